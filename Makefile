@@ -1,0 +1,37 @@
+# scalable-api-operator: run `make help` for the list of targets.
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+export PATH := $(CURDIR)/.tools/bin:$(PATH)
+CARGO ?= cargo
+
+##@ General
+.PHONY: help
+help: ## Show this help
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} \
+	  /^[a-zA-Z0-9_-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } \
+	  /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Development
+.PHONY: deps
+deps: ## Install what the tests need when missing (PostgreSQL, Redis, shellcheck, helm, kubectl, kubernetes-validate)
+	scripts/ensure-deps.sh services lint k8s
+
+.PHONY: fmt
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+.PHONY: lint
+lint: ## cargo fmt --check and clippy -D warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+##@ Test
+.PHONY: test
+test: deps lint test-rust ## Run every test that can run without Docker (installs PostgreSQL/Redis/helm when missing)
+
+.PHONY: test-rust
+test-rust: ## Unit, API (real PostgreSQL + Redis) and controller tests
+	$(CARGO) nextest run --workspace --all-targets --locked --no-fail-fast
+	$(CARGO) test --workspace --doc --locked

