@@ -1,0 +1,85 @@
+{{/* Chart name, truncated to the 63-character label limit. */}}
+{{- define "scalable-api-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified name. If the release name already contains the chart name it is used as is,
+so `helm install scalable-api-operator ...` gives "scalable-api-operator", not a doubled name.
+*/}}
+{{- define "scalable-api-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "scalable-api-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels for every object. */}}
+{{- define "scalable-api-operator.labels" -}}
+helm.sh/chart: {{ include "scalable-api-operator.chart" . }}
+{{ include "scalable-api-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: scalable-api-operator
+{{- end }}
+
+{{/* Selector labels: stable across upgrades (a Deployment selector is immutable). */}}
+{{- define "scalable-api-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "scalable-api-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "scalable-api-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "scalable-api-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* repository@digest, else repository:tag, the tag defaulting to appVersion. */}}
+{{- define "scalable-api-operator.imageRef" -}}
+{{- $img := index . 0 }}
+{{- $appVersion := index . 1 }}
+{{- if $img.digest }}
+{{- printf "%s@%s" $img.repository $img.digest }}
+{{- else }}
+{{- printf "%s:%s" $img.repository (default $appVersion $img.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "scalable-api-operator.image" -}}
+{{- include "scalable-api-operator.imageRef" (list .Values.image .Chart.AppVersion) }}
+{{- end }}
+
+{{- define "scalable-api-operator.defaultApiImage" -}}
+{{- include "scalable-api-operator.imageRef" (list .Values.defaultApiImage .Chart.AppVersion) }}
+{{- end }}
+
+{{- define "scalable-api-operator.leaseName" -}}
+{{- default (include "scalable-api-operator.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{/* Fail early on combinations that would deploy a broken operator. */}}
+{{- define "scalable-api-operator.validate" -}}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
+{{- fail "replicaCount > 1 needs leaderElection.enabled=true: two active operators would fight over every object" }}
+{{- end }}
+{{- if and .Values.networkPolicy.enabled (empty .Values.networkPolicy.apiServer.cidrs) }}
+{{- fail "networkPolicy.enabled=true needs networkPolicy.apiServer.cidrs: the API server endpoint addresses (kubectl get endpointslices -n default -l kubernetes.io/service-name=kubernetes). There is no 0.0.0.0/0 default on purpose." }}
+{{- end }}
+{{- if and .Values.serviceMonitor.enabled (not .Values.metrics.service.enabled) }}
+{{- fail "serviceMonitor.enabled=true needs metrics.service.enabled=true" }}
+{{- end }}
+{{- end }}
