@@ -18,6 +18,10 @@ help: ## Show this help
 deps: ## Install what the tests need when missing (PostgreSQL, Redis, shellcheck, helm, kubectl, kubernetes-validate)
 	scripts/ensure-deps.sh services lint k8s
 
+.PHONY: render
+render: ## Print the Kubernetes objects one ScalableApi becomes, without a cluster (FILE=examples/production.yaml)
+	$(CARGO) run --quiet --locked -p scalable-api-operator -- render -f $(or $(FILE),examples/production.yaml)
+
 .PHONY: fmt
 fmt: ## Format the code
 	$(CARGO) fmt --all
