@@ -1,0 +1,83 @@
+//! Command line: `run` (default), `crd`, `render -f FILE`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::crd::DEFAULT_IMAGE;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "scalable-api-operator",
+    version,
+    about = "Turns a ScalableApi into a production-shaped API stack"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Arguments of `run`, also accepted without the subcommand.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl Cli {
+    /// The subcommand to execute; `run` when none was given.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Run(self.run))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller (the default).
+    Run(RunArgs),
+    /// Print the ScalableApi CustomResourceDefinition as YAML.
+    Crd,
+    /// Print the children a ScalableApi becomes, without a cluster.
+    Render(RenderArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Image for ScalableApis without spec.image.
+    #[arg(long, env = "DEFAULT_API_IMAGE", default_value = DEFAULT_IMAGE)]
+    pub default_image: String,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    pub http_addr: SocketAddr,
+    /// Take a coordination.k8s.io Lease before reconciling, so replicas are safe.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "scalable-api-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// Identity in the Lease (default: the host name).
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RenderArgs {
+    /// ScalableApi YAML file; `-` reads standard input.
+    #[arg(short = 'f', long = "filename")]
+    pub file: PathBuf,
+    /// Image for a ScalableApi without spec.image.
+    #[arg(long, env = "DEFAULT_API_IMAGE", default_value = DEFAULT_IMAGE)]
+    pub default_image: String,
+}

@@ -1,0 +1,415 @@
+//! The `ScalableApi` custom resource: types, schema (ranges, enums, defaults) and CEL rules.
+//!
+//! Helper methods live in `crd_funcs.rs`; this file only declares the API surface, so the
+//! generated CRD (`crds/scalableapis.scalable.dev.yaml`) can be read next to it.
+
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerBehavior;
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Image used when `spec.image` is unset: the api-server released with this operator.
+pub const DEFAULT_IMAGE: &str = concat!(
+    "ghcr.io/scalable-dev/api-server:",
+    env!("CARGO_PKG_VERSION")
+);
+
+/// Exact CEL messages, shared by the schema, the tests and docs/crd-reference.md.
+pub mod messages {
+    pub const REPLICAS_WITH_AUTOSCALING: &str = "spec.replicas and spec.autoscaling are mutually exclusive: remove spec.replicas (the HorizontalPodAutoscaler owns the replica count between minReplicas and maxReplicas) or remove spec.autoscaling to run a fixed number of replicas";
+    pub const MIN_ABOVE_MAX: &str =
+        "spec.autoscaling.minReplicas must be less than or equal to spec.autoscaling.maxReplicas";
+    pub const DATABASE_ONE_FORM: &str = "set exactly one of spec.database.passwordSecretRef (together with host, name and user) or spec.database.uriSecretRef (a Secret key holding a full postgres:// URI)";
+    pub const DATABASE_PASSWORD_FORM: &str = "spec.database.passwordSecretRef needs spec.database.host, spec.database.name and spec.database.user";
+    pub const DATABASE_URI_FORM: &str = "spec.database.uriSecretRef carries host, name and user in the URI: remove spec.database.host, spec.database.name and spec.database.user";
+    pub const POOL_MIN_ABOVE_MAX: &str = "spec.database.pool.minConnections must be less than or equal to spec.database.pool.maxConnections";
+    pub const MAX_MEMORY_QUANTITY: &str =
+        "spec.cache.maxMemory must be a positive Kubernetes quantity such as 64Mi or 1Gi";
+}
+
+/// One ScalableApi becomes a ConfigMap, a Deployment (api + Redis sidecar), a Service, an
+/// HPA and a PodDisruptionBudget.
+// Each printcolumn repeats `type_`, which clippy mistakes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[kube(
+    group = "scalable.dev",
+    version = "v1alpha1",
+    kind = "ScalableApi",
+    namespaced,
+    shortname = "sapi",
+    status = "ScalableApiStatus",
+    derive = "PartialEq",
+    doc = "A production-shaped API stack: Deployment with a Redis sidecar, Service, HPA, PodDisruptionBudget and Postgres wiring.",
+    cel,
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Ready condition"
+    ),
+    printcolumn(
+        name = "Replicas",
+        type_ = "integer",
+        json_path = ".status.readyReplicas",
+        description = "Ready replicas (compare with Desired)"
+    ),
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredReplicas",
+        description = "Replicas wanted now (spec.replicas or the HPA's choice)"
+    ),
+    printcolumn(
+        name = "Min",
+        type_ = "integer",
+        json_path = ".spec.autoscaling.minReplicas",
+        description = "Autoscaling lower bound"
+    ),
+    printcolumn(
+        name = "Max",
+        type_ = "integer",
+        json_path = ".spec.autoscaling.maxReplicas",
+        description = "Autoscaling upper bound"
+    ),
+    printcolumn(
+        name = "URL",
+        type_ = "string",
+        json_path = ".status.url",
+        description = "In-cluster URL of the Service"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))").message(messages::REPLICAS_WITH_AUTOSCALING))]
+#[serde(rename_all = "camelCase")]
+pub struct ScalableApiSpec {
+    /// Container image of the API. Default: the api-server released with the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
+    /// Fixed replica count, used only without autoscaling (also the scale subresource).
+    /// Unset means 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+    /// HorizontalPodAutoscaler settings; when set, the HPA owns the replica count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+    /// Resources of the `api` container. Default: requests cpu 100m, memory 64Mi.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// The Service in front of the pods.
+    #[serde(default)]
+    pub service: ServiceSpec,
+    /// How the API reaches Postgres.
+    pub database: DatabaseSpec,
+    /// The per-pod Redis cache sidecar.
+    #[serde(default)]
+    pub cache: CacheSpec,
+    /// Per-client-IP token bucket in the API; unset means no rate limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+    /// Pause reconciliation: children stay as they are and no HPA is applied.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// HPA (autoscaling/v2) settings.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas").message(messages::MIN_ABOVE_MAX))]
+#[serde(rename_all = "camelCase")]
+pub struct Autoscaling {
+    /// Lower bound of the replica count.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// Upper bound of the replica count.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Average CPU utilisation (percent of the CPU request) the HPA aims for.
+    #[serde(
+        rename = "targetCPUUtilizationPercentage",
+        default = "default_target_cpu"
+    )]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization_percentage: i32,
+    /// Optional average memory utilisation (percent of the memory request) target.
+    #[serde(
+        rename = "targetMemoryUtilizationPercentage",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_memory_utilization_percentage: Option<i32>,
+    /// HPA v2 `behavior`, passed through verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<HorizontalPodAutoscalerBehavior>,
+}
+
+/// The Service type; `ExternalName` makes no sense for a workload and is not offered.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// The Service in front of the API pods.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Service type.
+    #[serde(rename = "type", default)]
+    pub type_: ServiceType,
+    /// Service port; traffic goes to the container port named `http` (8080).
+    #[serde(default = "default_service_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        Self {
+            type_: ServiceType::default(),
+            port: default_service_port(),
+        }
+    }
+}
+
+/// A key in a Secret in the ScalableApi's namespace.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SecretKeyRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key inside the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// libpq `sslmode` values.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Allow,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Allow => "allow",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// Postgres connection: either host/name/user + passwordSecretRef, or uriSecretRef.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(
+    validation = Rule::new("has(self.passwordSecretRef) != has(self.uriSecretRef)").message(messages::DATABASE_ONE_FORM),
+    validation = Rule::new("!has(self.passwordSecretRef) || (has(self.host) && has(self.name) && has(self.user))").message(messages::DATABASE_PASSWORD_FORM),
+    validation = Rule::new("!has(self.uriSecretRef) || (!has(self.host) && !has(self.name) && !has(self.user))").message(messages::DATABASE_URI_FORM)
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSpec {
+    /// Postgres host (PGHOST).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub host: Option<String>,
+    /// Postgres port (PGPORT).
+    #[serde(default = "default_pg_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Database name (PGDATABASE).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub name: Option<String>,
+    /// Database user (PGUSER).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub user: Option<String>,
+    /// Secret key holding the password (PGPASSWORD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// Secret key holding a full postgres URI (DATABASE_URL), e.g. CloudNativePG's `<cluster>-app` / `uri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri_secret_ref: Option<SecretKeyRef>,
+    /// libpq sslmode (PGSSLMODE); with uriSecretRef the URI's own sslmode wins.
+    #[serde(default)]
+    pub ssl_mode: SslMode,
+    /// Connection pool of each replica.
+    #[serde(default)]
+    pub pool: PoolSpec,
+}
+
+/// Connection pool of each API replica (max connections to Postgres = replicas × maxConnections).
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[x_kube(validation = Rule::new("self.minConnections <= self.maxConnections").message(messages::POOL_MIN_ABOVE_MAX))]
+#[serde(rename_all = "camelCase")]
+pub struct PoolSpec {
+    /// DB_POOL_MAX.
+    #[serde(default = "default_pool_max")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_connections: i32,
+    /// DB_POOL_MIN.
+    #[serde(default = "default_pool_min")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_connections: i32,
+    /// DB_ACQUIRE_TIMEOUT_MS.
+    #[serde(default = "default_acquire_timeout_ms")]
+    #[schemars(range(min = 1, max = 600000))]
+    pub acquire_timeout_ms: i32,
+}
+
+impl Default for PoolSpec {
+    fn default() -> Self {
+        Self {
+            max_connections: default_pool_max(),
+            min_connections: default_pool_min(),
+            acquire_timeout_ms: default_acquire_timeout_ms(),
+        }
+    }
+}
+
+/// The Redis sidecar cache.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheSpec {
+    /// Run a Redis sidecar and let the API cache reads in it.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// CACHE_TTL_SECONDS.
+    #[serde(default = "default_ttl_seconds")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub ttl_seconds: i32,
+    /// Redis `maxmemory` (evicting with allkeys-lru), as a Kubernetes quantity.
+    #[serde(default = "default_max_memory")]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message(messages::MAX_MEMORY_QUANTITY))]
+    pub max_memory: String,
+}
+
+impl Default for CacheSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            ttl_seconds: default_ttl_seconds(),
+            max_memory: default_max_memory(),
+        }
+    }
+}
+
+/// Per-client-IP token bucket enforced by the API.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// RATE_LIMIT_RPS: tokens added per second.
+    #[schemars(range(min = 1, max = 1000000))]
+    pub requests_per_second: i32,
+    /// RATE_LIMIT_BURST: bucket size. Unset means requestsPerSecond.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub burst: Option<i32>,
+}
+
+/// Observed state, written by the controller through the status subresource.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalableApiStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pods of the Deployment (scale subresource `statusReplicasPath`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Ready pods of the Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    /// Replicas wanted now: spec.replicas, or the HPA's desired count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_replicas: Option<i32>,
+    /// Label selector of the pods (scale subresource `labelSelectorPath`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// In-cluster URL of the Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Ready, Progressing, DatabaseConfigured, Paused (metav1.Condition).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "conditions_schema")]
+    pub conditions: Vec<Condition>,
+}
+
+/// Conditions are a map keyed by `type`, so server-side apply merges them per type.
+fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut schema = generator.subschema_for::<Vec<Condition>>();
+    let obj = schema.ensure_object();
+    obj.insert("x-kubernetes-list-type".into(), "map".into());
+    obj.insert(
+        "x-kubernetes-list-map-keys".into(),
+        serde_json::json!(["type"]),
+    );
+    schema
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+fn default_target_cpu() -> i32 {
+    70
+}
+fn default_service_port() -> i32 {
+    80
+}
+fn default_pg_port() -> i32 {
+    5432
+}
+fn default_pool_max() -> i32 {
+    10
+}
+fn default_pool_min() -> i32 {
+    1
+}
+fn default_acquire_timeout_ms() -> i32 {
+    2000
+}
+fn default_true() -> bool {
+    true
+}
+fn default_ttl_seconds() -> i32 {
+    300
+}
+fn default_max_memory() -> String {
+    "64Mi".to_owned()
+}

@@ -1,0 +1,219 @@
+//! Deployment `<name>`: container `api`, optional Redis sidecar, restricted security, probes,
+//! topology spread and the config-hash annotation that rolls pods on config or Secret change.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
+    EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SecretKeySelector, SleepAction, TopologySpreadConstraint, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+
+use super::configmap::{HTTP_PORT, SHUTDOWN_TIMEOUT_SECONDS};
+use super::{CONFIG_HASH_ANNOTATION, Inputs, SpecError, child_meta, labels, redis, security};
+use crate::crd::ScalableApi;
+use crate::crd_funcs::DatabaseAuth;
+
+pub const API_CONTAINER: &str = "api";
+/// Time for endpoints to drop the pod before the api-server stops accepting connections.
+pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
+/// preStop sleep + the api-server's drain + margin, so the kubelet never SIGKILLs a drain.
+pub const TERMINATION_GRACE_SECONDS: i64 = PRE_STOP_SLEEP_SECONDS + SHUTDOWN_TIMEOUT_SECONDS + 10;
+
+pub fn deployment(
+    sapi: &ScalableApi,
+    inputs: &Inputs,
+    hash: &str,
+) -> Result<Deployment, SpecError> {
+    let spec = &sapi.spec;
+    let selector = labels::selector(sapi);
+    let mut init_containers = Vec::new();
+    let mut volumes = vec![empty_dir("tmp")];
+    if spec.cache.enabled {
+        init_containers.push(redis::sidecar(&spec.cache)?);
+        volumes.push(empty_dir(redis::DATA_VOLUME));
+    }
+    let pod = PodSpec {
+        containers: vec![api_container(sapi, inputs)?],
+        init_containers: (!init_containers.is_empty()).then_some(init_containers),
+        volumes: Some(volumes),
+        security_context: Some(security::pod()),
+        // The API never talks to the Kubernetes API, and service links would add env
+        // variables outside the api-server's interface.
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+        topology_spread_constraints: Some(vec![TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: "kubernetes.io/hostname".into(),
+            // Prefer spreading, but never leave a pod pending on a small cluster.
+            when_unsatisfiable: "ScheduleAnyway".into(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(selector.clone()),
+                ..LabelSelector::default()
+            }),
+            // Spread each ReplicaSet on its own, so a rollout does not skew the new pods.
+            match_label_keys: Some(vec!["pod-template-hash".into()]),
+            ..TopologySpreadConstraint::default()
+        }]),
+        ..PodSpec::default()
+    };
+    Ok(Deployment {
+        metadata: child_meta(sapi, sapi.name_any()),
+        spec: Some(DeploymentSpec {
+            // While an HPA owns the count the field is left out of the applied body entirely,
+            // so this field manager never fights the HPA (see docs/architecture.md).
+            replicas: (!sapi.autoscaling_enabled()).then(|| sapi.fixed_replicas()),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::String("25%".into())),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            revision_history_limit: Some(5),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels::common(sapi)),
+                    annotations: Some(BTreeMap::from([(
+                        CONFIG_HASH_ANNOTATION.to_owned(),
+                        hash.to_owned(),
+                    )])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    })
+}
+
+fn api_container(sapi: &ScalableApi, inputs: &Inputs) -> Result<Container, SpecError> {
+    let spec = &sapi.spec;
+    let (env_name, secret) = match spec.database.auth().ok_or(SpecError::DatabaseForm)? {
+        DatabaseAuth::Password(r) => ("PGPASSWORD", r),
+        DatabaseAuth::Uri(r) => ("DATABASE_URL", r),
+    };
+    Ok(Container {
+        name: API_CONTAINER.into(),
+        image: Some(
+            spec.image
+                .clone()
+                .unwrap_or_else(|| inputs.default_image.clone()),
+        ),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: HTTP_PORT,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env_from: Some(vec![EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource {
+                name: sapi.config_map_name(),
+                optional: Some(false),
+            }),
+            ..EnvFromSource::default()
+        }]),
+        env: Some(vec![EnvVar {
+            name: env_name.into(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: secret.name.clone(),
+                    key: secret.key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }]),
+        resources: Some(resources(sapi)?),
+        // Startup covers migrations at first boot; liveness only restarts a hung process.
+        startup_probe: Some(http_probe("/healthz", 2, 30)),
+        liveness_probe: Some(http_probe("/healthz", 10, 3)),
+        readiness_probe: Some(http_probe("/readyz", 5, 2)),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: PRE_STOP_SLEEP_SECONDS,
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        security_context: Some(security::container()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    })
+}
+
+/// `spec.resources`, or requests that make HPA utilisation work plus a memory limit.
+fn resources(sapi: &ScalableApi) -> Result<ResourceRequirements, SpecError> {
+    let Some(res) = sapi.spec.resources.clone() else {
+        return Ok(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("100m".into())),
+                ("memory".into(), Quantity("64Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".into(),
+                Quantity("256Mi".into()),
+            )])),
+            ..ResourceRequirements::default()
+        });
+    };
+    if let Some(a) = &sapi.spec.autoscaling {
+        // A limit without a request defaults the request to the limit, which also works.
+        let has = |r: &str| {
+            [&res.requests, &res.limits]
+                .iter()
+                .any(|m| m.as_ref().is_some_and(|m| m.contains_key(r)))
+        };
+        if !has("cpu") {
+            return Err(SpecError::MissingRequest { resource: "cpu" });
+        }
+        if a.target_memory_utilization_percentage.is_some() && !has("memory") {
+            return Err(SpecError::MissingRequest { resource: "memory" });
+        }
+    }
+    Ok(res)
+}
+
+fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            scheme: Some("HTTP".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period_seconds),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failure_threshold),
+        ..Probe::default()
+    }
+}
+
+fn empty_dir(name: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}

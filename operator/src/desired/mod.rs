@@ -1,0 +1,189 @@
+//! Pure desired state: what one ScalableApi becomes. No client, no async, no I/O.
+//!
+//! `desired()` re-checks the cross-field rules that the CRD's CEL rules enforce, so an object
+//! that bypassed them (an older CRD, a hand-made fixture) yields a `SpecError`, never nonsense.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use sha2::{Digest, Sha256};
+
+pub use crate::crd::DEFAULT_IMAGE;
+use crate::crd::ScalableApi;
+
+pub mod configmap;
+pub mod deployment;
+pub mod hpa;
+pub mod labels;
+pub mod pdb;
+pub mod redis;
+pub mod security;
+pub mod service;
+
+/// Pod-template annotation whose change rolls the pods when config or Secret data change.
+pub const CONFIG_HASH_ANNOTATION: &str = "scalable.dev/config-hash";
+
+/// What reconcile fetched before building: the only non-spec inputs of `desired()`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inputs {
+    /// Image used when `spec.image` is unset (`--default-image`).
+    pub default_image: String,
+    /// `secret_hash()` of the referenced Secret key; `None` when unknown (e.g. `render`).
+    pub secret_hash: Option<String>,
+}
+
+impl Default for Inputs {
+    fn default() -> Self {
+        Self {
+            default_image: DEFAULT_IMAGE.to_owned(),
+            secret_hash: None,
+        }
+    }
+}
+
+/// Every child of one ScalableApi. `hpa`/`pdb` are `None` when they must not exist.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Children {
+    pub config_map: ConfigMap,
+    pub deployment: Deployment,
+    pub service: Service,
+    pub hpa: Option<HorizontalPodAutoscaler>,
+    pub pdb: Option<PodDisruptionBudget>,
+}
+
+/// A spec the operator cannot turn into children. Messages say what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("metadata.name is missing: give the ScalableApi a name")]
+    MissingName,
+    #[error("{}", crate::crd::messages::DATABASE_ONE_FORM)]
+    DatabaseForm,
+    #[error("{}", crate::crd::messages::DATABASE_PASSWORD_FORM)]
+    DatabasePasswordForm,
+    #[error("{}", crate::crd::messages::REPLICAS_WITH_AUTOSCALING)]
+    ReplicasWithAutoscaling,
+    #[error(
+        "{} (got minReplicas {min}, maxReplicas {max})",
+        crate::crd::messages::MIN_ABOVE_MAX
+    )]
+    MinAboveMax { min: i32, max: i32 },
+    #[error(
+        "{} (got minConnections {min}, maxConnections {max})",
+        crate::crd::messages::POOL_MIN_ABOVE_MAX
+    )]
+    PoolMinAboveMax { min: i32, max: i32 },
+    #[error("{} (got {value:?})", crate::crd::messages::MAX_MEMORY_QUANTITY)]
+    MaxMemory { value: String },
+    #[error(
+        "spec.resources must request {resource} when autoscaling targets {resource} utilisation: set spec.resources.requests.{resource} (or leave spec.resources unset for the defaults)"
+    )]
+    MissingRequest { resource: &'static str },
+}
+
+/// Build every child of `sapi`. Pure: the same inputs always give the same children.
+///
+/// `spec.suspend` only removes the HPA (`hpa: None`): the controller does not apply anything
+/// while suspended, and never re-creates an HPA that would resume scaling behind the user's back.
+pub fn desired(sapi: &ScalableApi, inputs: &Inputs) -> Result<Children, SpecError> {
+    check(sapi)?;
+    let config_map = configmap::config_map(sapi);
+    let hash = config_hash(&config_map, inputs.secret_hash.as_deref());
+    Ok(Children {
+        deployment: deployment::deployment(sapi, inputs, &hash)?,
+        service: service::service(sapi),
+        hpa: if sapi.spec.suspend {
+            None
+        } else {
+            hpa::hpa(sapi)
+        },
+        pdb: pdb::pdb(sapi),
+        config_map,
+    })
+}
+
+/// Cross-field rules (mirrors of the CEL rules, for objects that skipped admission).
+fn check(sapi: &ScalableApi) -> Result<(), SpecError> {
+    if sapi.meta().name.as_deref().is_none_or(str::is_empty) {
+        return Err(SpecError::MissingName);
+    }
+    let spec = &sapi.spec;
+    let db = &spec.database;
+    let auth = db.auth().ok_or(SpecError::DatabaseForm)?;
+    if matches!(auth, crate::crd_funcs::DatabaseAuth::Password(_))
+        && (db.host.is_none() || db.name.is_none() || db.user.is_none())
+    {
+        return Err(SpecError::DatabasePasswordForm);
+    }
+    if db.pool.min_connections > db.pool.max_connections {
+        return Err(SpecError::PoolMinAboveMax {
+            min: db.pool.min_connections,
+            max: db.pool.max_connections,
+        });
+    }
+    if let Some(a) = &spec.autoscaling {
+        if spec.replicas.is_some() {
+            return Err(SpecError::ReplicasWithAutoscaling);
+        }
+        if a.min_replicas > a.max_replicas {
+            return Err(SpecError::MinAboveMax {
+                min: a.min_replicas,
+                max: a.max_replicas,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Hash of one Secret key's value, so a rotated password rolls the pods.
+/// `None` when the key is missing (in `data` or `stringData`).
+pub fn secret_hash(secret: &Secret, key: &str) -> Option<String> {
+    let bytes: &[u8] = match secret.data.as_ref().and_then(|d| d.get(key)) {
+        Some(v) => &v.0,
+        None => secret.string_data.as_ref()?.get(key)?.as_bytes(),
+    };
+    Some(hex(&Sha256::digest(bytes)))
+}
+
+/// Hash of the rendered ConfigMap data plus the Secret hash: the pod-template annotation.
+pub fn config_hash(config_map: &ConfigMap, secret_hash: Option<&str>) -> String {
+    let mut h = Sha256::new();
+    // BTreeMap iteration is sorted, and NUL separators keep "a=bc" apart from "ab=c".
+    for (k, v) in config_map.data.iter().flatten() {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    h.update(b"secret\0");
+    h.update(secret_hash.unwrap_or("").as_bytes());
+    // 128 bits are plenty to detect a change, and keep `kubectl describe` readable.
+    hex(&h.finalize()[..16])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Metadata shared by every child: name, namespace, labels and the controller owner ref.
+/// Without a uid (e.g. `render` of a file) the owner ref is left out rather than invented.
+pub(crate) fn child_meta(sapi: &ScalableApi, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: sapi.namespace(),
+        labels: Some(labels::common(sapi)),
+        owner_references: sapi.controller_owner_ref(&()).map(|o| vec![o]),
+        ..ObjectMeta::default()
+    }
+}
+
+#[cfg(test)]
+mod tests;

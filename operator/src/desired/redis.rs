@@ -1,0 +1,119 @@
+//! The Redis cache as a native sidecar: an init container with `restartPolicy: Always`, so it
+//! starts before the API and stops after it.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Container, ExecAction, Probe, ResourceRequirements, VolumeMount};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use super::{SpecError, security};
+use crate::crd::CacheSpec;
+
+pub const IMAGE: &str = "redis:7.4-alpine";
+pub const CONTAINER: &str = "redis";
+pub const DATA_VOLUME: &str = "redis-data";
+/// Memory Redis needs beyond `maxmemory` (allocator, buffers, the process itself).
+const OVERHEAD_BYTES: u64 = 32 * 1024 * 1024;
+
+pub fn sidecar(cache: &CacheSpec) -> Result<Container, SpecError> {
+    let max_memory = quantity_bytes(&cache.max_memory)
+        .filter(|b| *b > 0)
+        .ok_or_else(|| SpecError::MaxMemory {
+            value: cache.max_memory.clone(),
+        })?;
+    let args = [
+        "--port",
+        "6379",
+        // Only the api container in this pod may talk to it.
+        "--bind",
+        "127.0.0.1",
+        // A cache: no persistence, evict least-recently-used keys when full.
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--maxmemory",
+        &max_memory.to_string(),
+        "--maxmemory-policy",
+        "allkeys-lru",
+        "--dir",
+        "/data",
+    ];
+    // Requests cover CPU and memory because HPA utilisation is only defined when every
+    // container of the pod (sidecars included) requests the measured resource.
+    let memory = Quantity((max_memory + OVERHEAD_BYTES).to_string());
+    Ok(Container {
+        name: CONTAINER.into(),
+        image: Some(IMAGE.into()),
+        command: Some(vec!["redis-server".into()]),
+        args: Some(args.iter().map(|s| (*s).to_owned()).collect()),
+        restart_policy: Some("Always".into()),
+        // The bind is 127.0.0.1, so the kubelet cannot probe over TCP: exec redis-cli.
+        startup_probe: Some(ping(1, 30)),
+        liveness_probe: Some(ping(10, 3)),
+        // No readiness probe: Redis is an optimisation, a pod without it still serves.
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("50m".into())),
+                ("memory".into(), memory.clone()),
+            ])),
+            limits: Some(BTreeMap::from([("memory".into(), memory)])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(security::container()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: DATA_VOLUME.into(),
+            mount_path: "/data".into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    })
+}
+
+fn ping(period_seconds: i32, failure_threshold: i32) -> Probe {
+    Probe {
+        exec: Some(ExecAction {
+            command: Some(vec![
+                "redis-cli".into(),
+                "-h".into(),
+                "127.0.0.1".into(),
+                "ping".into(),
+            ]),
+        }),
+        period_seconds: Some(period_seconds),
+        timeout_seconds: Some(2),
+        failure_threshold: Some(failure_threshold),
+        ..Probe::default()
+    }
+}
+
+/// Bytes of a Kubernetes quantity (`64Mi`, `1G`, `1.5Gi`, `1e9`), rounded up; `None` if malformed.
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+'))
+        .unwrap_or(q.len());
+    let (number, suffix) = q.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let multiplier: f64 = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        s if s.starts_with(['e', 'E']) => 10f64.powi(s[1..].parse().ok()?),
+        _ => return None,
+    };
+    let bytes = (value * multiplier).ceil();
+    // Finite and within u64: the cast below cannot truncate.
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
