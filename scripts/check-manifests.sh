@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# Proves the manifests without a cluster (run by `make check-manifests`, part of `make test`):
+#   - chart: version/appVersion match the workspace, CRD template not stale, helm lint --strict,
+#     helm template for several value sets, every object valid against the official Kubernetes
+#     schemas (kubernetes-validate --strict), and chart policies (no RBAC wildcards, probes,
+#     restricted security context);
+#   - examples: every valid one rendered by `scalable-api-operator render` and validated, every
+#     invalid-*.yaml rejected with its `# expect-error:` substring(s);
+#   - shellcheck on every shell script.
+# Every check runs; the script lists the failures at the end and exits non-zero if any.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+K8S_VERSION="${K8S_VERSION:-1.33.0}"
+chart="charts/scalable-api-operator"
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+operator_bin="$target_dir/debug/scalable-api-operator"
+
+scripts/ensure-deps.sh k8s lint
+export PATH="$root/.tools/bin:$PATH"
+validate=("$root/.tools/venv/bin/kubernetes-validate" --strict -k "$K8S_VERSION" --quiet)
+py="$root/.tools/venv/bin/python"
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+failures=()
+fail() { echo "FAIL: $*" >&2; failures+=("$*"); }
+ok() { echo "ok: $*"; }
+
+# --- chart metadata ------------------------------------------------------------------------
+crate_version="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)"
+app_version="$(sed -n 's/^appVersion: "\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$chart/Chart.yaml")"
+if [ "$crate_version" = "$app_version" ]; then ok "Chart appVersion $app_version = workspace version"
+else fail "Chart.yaml appVersion '$app_version' != workspace version '$crate_version'"; fi
+
+# --- CRD in the chart is generated from crds/ ------------------------------------------------
+if scripts/generate-chart-crd.sh --check; then ok "chart CRD template matches crds/"
+else fail "chart CRD drift (run: make generate)"; fi
+
+# --- helm lint + template + schema validation ------------------------------------------------
+# name | helm arguments
+value_sets=(
+  "default|"
+  "full-values|-f $chart/ci/full-values.yaml"
+  "watch-namespace|--set watchNamespace=shop"
+  "no-crds-two-replicas|--set crds.install=false --set replicaCount=2"
+  "network-policy|--set networkPolicy.enabled=true --set networkPolicy.apiServer.cidrs[0]=172.18.0.2/32 --set networkPolicy.metricsFrom[0].podSelector.matchLabels.app=prometheus"
+)
+for entry in "${value_sets[@]}"; do
+  name="${entry%%|*}"
+  read -r -a args <<<"${entry#*|}"
+  if helm lint --strict "$chart" "${args[@]}" >"$work/lint-$name.log" 2>&1; then ok "helm lint --strict ($name)"
+  else cat "$work/lint-$name.log" >&2; fail "helm lint --strict ($name)"; continue; fi
+  out="$work/chart-$name.yaml"
+  if ! helm template sapi "$chart" --namespace scalable-system --kube-version "$K8S_VERSION" \
+      "${args[@]}" >"$out" 2>"$work/template-$name.log"; then
+    cat "$work/template-$name.log" >&2; fail "helm template ($name)"; continue
+  fi
+  if "${validate[@]}" "$out" >"$work/validate-$name.log" 2>&1; then
+    ok "kubernetes-validate $K8S_VERSION: chart ($name), $(grep -c '^kind:' "$out") objects"
+  else cat "$work/validate-$name.log" >&2; fail "kubernetes-validate chart ($name)"; fi
+  if "$py" "$root/scripts/check_chart_policy.py" "$out" "$name"; then ok "chart policy ($name)"
+  else fail "chart policy ($name)"; fi
+done
+
+# Values the schema or the templates must refuse.
+refuse() { # description, helm args...
+  local what="$1"; shift
+  if helm template sapi "$chart" "$@" >/dev/null 2>&1; then fail "chart accepted $what"
+  else ok "chart refuses $what"; fi
+}
+refuse "an unknown value" --set replicaCnt=2
+refuse "replicaCount=2 without leader election" --set replicaCount=2 --set leaderElection.enabled=false
+refuse "a NetworkPolicy without API server CIDRs" --set networkPolicy.enabled=true
+refuse "runAsNonRoot=false" --set podSecurityContext.runAsNonRoot=false
+refuse "allowPrivilegeEscalation=true" --set securityContext.allowPrivilegeEscalation=true
+refuse "an unknown log format" --set logFormat=xml
+
+# --- examples through `scalable-api-operator render` ------------------------------------------
+render_ready=""
+if cargo build --locked -q -p scalable-api-operator --bin scalable-api-operator 2>"$work/build.log" \
+    && "$operator_bin" render --help >/dev/null 2>&1; then
+  render_ready=1
+else
+  tail -n 20 "$work/build.log" >&2 || true
+  fail "'scalable-api-operator render' is not available yet (build failed or no render subcommand): examples NOT checked"
+fi
+
+if "${validate[@]}" examples/postgres-dev.yaml >"$work/pg.log" 2>&1; then ok "kubernetes-validate examples/postgres-dev.yaml"
+else cat "$work/pg.log" >&2; fail "kubernetes-validate examples/postgres-dev.yaml"; fi
+
+if [ -n "$render_ready" ]; then
+  for f in examples/*.yaml; do
+    base="$(basename "$f")"
+    case "$base" in
+      postgres-dev.yaml) continue ;;
+      invalid-*)
+        expected=()
+        while IFS= read -r line; do expected+=("$line"); done \
+          < <(sed -n 's/^# expect-error: //p' "$f")
+        if [ "${#expected[@]}" -eq 0 ]; then fail "$f has no '# expect-error:' line"; continue; fi
+        if "$operator_bin" render -f "$f" >"$work/$base.out" 2>&1; then
+          fail "$f was accepted by render (expected: ${expected[*]})"; continue
+        fi
+        missing=""
+        for e in "${expected[@]}"; do
+          grep -qF -- "$e" "$work/$base.out" || missing="$e"
+        done
+        if [ -z "$missing" ]; then ok "$f rejected: $(head -c 160 "$work/$base.out" | tr '\n' ' ')"
+        else cat "$work/$base.out" >&2; fail "$f rejected, but the message lacks '$missing'"; fi
+        ;;
+      *)
+        if ! "$operator_bin" render -f "$f" >"$work/$base.out" 2>"$work/$base.err"; then
+          cat "$work/$base.err" >&2; fail "render $f"; continue
+        fi
+        if ! grep -q '^kind: Deployment' "$work/$base.out"; then
+          fail "render $f printed no Deployment"; continue
+        fi
+        if "${validate[@]}" "$work/$base.out" >"$work/$base.val" 2>&1; then
+          ok "render $f: $(grep -c '^kind:' "$work/$base.out") objects valid against Kubernetes $K8S_VERSION"
+        else cat "$work/$base.val" >&2; fail "kubernetes-validate render $f"; fi
+        ;;
+    esac
+  done
+fi
+
+# --- shellcheck -------------------------------------------------------------------------------
+mapfile -t shell_scripts < <(git ls-files -co --exclude-standard -- '*.sh' .ci/run | sort -u)
+if shellcheck -x "${shell_scripts[@]}"; then ok "shellcheck (${#shell_scripts[@]} scripts)"
+else fail "shellcheck"; fi
+
+if [ "${#failures[@]}" -gt 0 ]; then
+  echo >&2
+  echo "check-manifests: ${#failures[@]} failure(s):" >&2
+  printf '  - %s\n' "${failures[@]}" >&2
+  exit 1
+fi
+echo "check-manifests: all checks passed"
