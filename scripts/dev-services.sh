@@ -6,6 +6,7 @@
 #   scripts/dev-services.sh status   report what runs; exit 0 only when both run
 #   scripts/dev-services.sh env      print `export` lines for the running services
 #   scripts/dev-services.sh clean    stop both and delete the state directory
+#   scripts/dev-services.sh free-port  print a TCP port that is free on 127.0.0.1
 #
 # Both listen on 127.0.0.1 only, on free ports chosen at first start (never the standard
 # 5432/6379, which another program may hold). PostgreSQL uses trust authentication and has
@@ -187,13 +188,16 @@ case "$cmd" in
     fi
     sed 's/^/export /' "$env_file"
     ;;
+  free-port)
+    free_port
+    ;;
   clean)
     redis_stop
     pg_stop
     rm -rf "$run_dir"
     ;;
   *)
-    echo "usage: $0 start|stop|status|env|clean" >&2
+    echo "usage: $0 start|stop|status|env|clean|free-port" >&2
     exit 2
     ;;
 esac

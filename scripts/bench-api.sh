@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# `make bench-api`: load test of a release build of api-server on 127.0.0.1.
+#
+# Starts a fresh throwaway PostgreSQL and Redis (scripts/dev-services.sh, state in
+# .tools/bench), builds and starts api-server (cache on, no rate limit, JSON logs at warn),
+# seeds BENCH_SEED users through POST /users, then drives wrk with BENCH_CONNECTIONS
+# connections on BENCH_THREADS threads for BENCH_DURATION seconds per scenario, each after
+# a BENCH_WARMUP-second warm-up whose figures are discarded:
+#   GET /healthz | GET /users/{random seeded id} (cache warmed first) | POST /users |
+#   GET /users?limit=50
+# and prints a Markdown table (req/s, p50, p99, non-2xx, CPU of each process) plus the
+# server's peak RSS. Everything it started is stopped on exit. Files: .tools/bench/.
+#
+# Knobs (environment): BENCH_DURATION=15 BENCH_WARMUP=5 BENCH_CONNECTIONS=64
+# BENCH_THREADS=2 BENCH_SEED=10000 BENCH_DB_POOL_MAX=32 BENCH_SCENARIOS="healthz get post list"
+# BENCH_NO_BUILD=1 (use the existing target/release/api-server; BENCH_SERVER_BIN=path another binary).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+duration="${BENCH_DURATION:-15}"
+warmup="${BENCH_WARMUP:-5}"
+conns="${BENCH_CONNECTIONS:-64}"
+threads="${BENCH_THREADS:-2}"
+seed="${BENCH_SEED:-10000}"
+pool_max="${BENCH_DB_POOL_MAX:-32}"
+scenarios="${BENCH_SCENARIOS:-healthz get post list}"
+work="$root/.tools/bench"
+services="$root/scripts/dev-services.sh"
+lua="$root/scripts/bench"
+server_bin="${BENCH_SERVER_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/api-server}"
+export DEV_SERVICES_DIR="$work/services"
+export BENCH_LUA_DIR="$lua"
+
+log() { echo "bench-api: $*" >&2; }
+
+"$root/scripts/ensure-deps.sh" services bench
+
+server_pid=""
+wrk_pid=""
+cleanup() {
+  set +e
+  [ -n "$wrk_pid" ] && kill "$wrk_pid" 2>/dev/null
+  if [ -n "$server_pid" ] && kill -0 "$server_pid" 2>/dev/null; then
+    kill -TERM "$server_pid"
+    for _ in $(seq 100); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$server_pid" 2>/dev/null
+  fi
+  "$services" stop >/dev/null 2>&1
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+mkdir -p "$work"
+rm -rf "$work/ids" "$work"/wrk-*.txt
+mkdir -p "$work/ids"
+
+# --- build, services, server ------------------------------------------------------------------
+if [ -z "${BENCH_NO_BUILD:-}" ]; then
+  log "cargo build --release -p api-server"
+  cargo build --release -p api-server
+fi
+[ -x "$server_bin" ] || { log "$server_bin missing"; exit 1; }
+
+"$services" clean >/dev/null 2>&1 || true # a fresh database every run
+"$services" start
+unset DATABASE_URL
+while IFS='=' read -r key value; do
+  [ -n "$key" ] && export "$key=$value"
+done <"$DEV_SERVICES_DIR/env"
+
+port="$("$services" free-port)"
+base="http://127.0.0.1:$port"
+log "starting api-server on $base (DB_POOL_MAX=$pool_max, cache on, no rate limit)"
+env -u RATE_LIMIT_RPS -u RATE_LIMIT_BURST \
+  PORT="$port" RUST_LOG=warn LOG_FORMAT=json DB_POOL_MAX="$pool_max" DB_POOL_MIN="$pool_max" \
+  CACHE_TTL_SECONDS=3600 "$server_bin" >"$work/server.log" 2>&1 &
+server_pid=$!
+
+for i in $(seq 600); do
+  if curl -fsS -o /dev/null "$base/readyz" 2>/dev/null; then break; fi
+  kill -0 "$server_pid" 2>/dev/null || { log "api-server exited:"; tail -n 30 "$work/server.log" >&2; exit 1; }
+  [ "$i" -eq 600 ] && { log "api-server not ready after 60 s"; tail -n 30 "$work/server.log" >&2; exit 1; }
+  sleep 0.1
+done
+
+# --- CPU accounting -------------------------------------------------------------------------
+pg_pids() {
+  local pm; pm="$(sed -n 1p "$DEV_SERVICES_DIR/pg/postmaster.pid")"
+  echo "$pm"; ps -o pid= --ppid "$pm"
+}
+redis_pid() { cat "$DEV_SERVICES_DIR/redis/redis.pid"; }
+# Sum of user+system clock ticks of the given pids (fields 14 and 15 of /proc/pid/stat).
+ticks() {
+  local sum=0 pid rest
+  for pid in "$@"; do
+    rest="$(cat "/proc/$pid/stat" 2>/dev/null)" || continue
+    rest="${rest##*) }"
+    # shellcheck disable=SC2086 # split the fields
+    set -- $rest
+    sum=$((sum + ${12} + ${13}))
+  done
+  echo "$sum"
+}
+# busy and total jiffies of the whole machine
+machine() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
+# shellcheck disable=SC2046
+snapshot() { echo "$(ticks "$server_pid") $(ticks $(pg_pids)) $(ticks "$(redis_pid)") $(machine)"; }
+# pct <process ticks> <wall ticks>: share of one core
+pct() { awk -v d="$1" -v t="$2" 'BEGIN{printf "%.0f%%", 100*d/t}'; }
+
+# --- wrk ------------------------------------------------------------------------------------
+# run_wrk <name> <seconds> <script> <path> [script args...]: prints the RESULT fields
+run_wrk() {
+  local name="$1" secs="$2" script="$3" path="$4"; shift 4
+  local out="$work/wrk-$name.txt"
+  wrk -t"$threads" -c"$conns" -d"${secs}s" -s "$script" "$base$path" -- "$@" >"$out" 2>&1 &
+  wrk_pid=$!
+  if ! wait "$wrk_pid"; then wrk_pid=""; log "wrk failed:"; cat "$out" >&2; exit 1; fi
+  wrk_pid=""
+  grep '^RESULT ' "$out" | tail -n 1 | cut -d' ' -f2- \
+    || { log "no RESULT from wrk:"; cat "$out" >&2; exit 1; }
+}
+
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
+
+# --- seed -----------------------------------------------------------------------------------
+log "seeding $seed users through POST /users"
+seed_start=$(date +%s.%N)
+BENCH_SEED="$seed" BENCH_IDS_DIR="$work/ids" \
+  wrk -t"$threads" -c16 -d300s -s "$lua/seed-users.lua" "$base/users" -- "$threads" \
+  >"$work/wrk-seed.txt" 2>&1 &
+wrk_pid=$!
+while kill -0 "$wrk_pid" 2>/dev/null; do
+  n_done=$(find "$work/ids" -name 'done-*' | wc -l)
+  [ "$n_done" -ge "$threads" ] && { kill -INT "$wrk_pid"; break; }
+  sleep 0.1
+done
+wait "$wrk_pid" || true
+wrk_pid=""
+failed=$(cat "$work"/ids/done-* 2>/dev/null | awk '{s+=$2} END{print s+0}')
+cat "$work"/ids/ids-* >"$work/ids.txt"
+n_ids=$(wc -l <"$work/ids.txt")
+seed_secs=$(awk -v s="$seed_start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}')
+if [ "$n_ids" -ne "$seed" ] || [ "$failed" -ne 0 ]; then
+  log "seeding failed: $n_ids ids, $failed failures"; cat "$work/wrk-seed.txt" >&2; exit 1
+fi
+log "seeded $n_ids users in ${seed_secs} s"
+export BENCH_IDS="$work/ids.txt"
+
+# --- scenarios ------------------------------------------------------------------------------
+declare -A label note script path args
+label[healthz]="GET /healthz";      note[healthz]="";                           script[healthz]="$lua/common.lua";         path[healthz]="/healthz";     args[healthz]=""
+label[get]="GET /users/{id}";       note[get]=" (random seeded id, warm cache)"; script[get]="$lua/get-users-random.lua"; path[get]="/users";          args[get]="random"
+label[post]="POST /users";          note[post]=" (unique emails)";              script[post]="$lua/post-users.lua";        path[post]="/users";         args[post]="run"
+label[list]="GET /users?limit=50";  note[list]=" (first page)";                 script[list]="$lua/common.lua";            path[list]="/users?limit=50"; args[list]=""
+
+rows=()
+for s in $scenarios; do
+  [ -n "${label[$s]:-}" ] || { log "unknown scenario $s"; exit 2; }
+  warm_args="${args[$s]}"
+  [ "$s" = get ] && warm_args="seq" # every seeded id once at least: a warm cache
+  [ "$s" = post ] && warm_args="warm"
+  log "$s: warm-up ${warmup} s"
+  # shellcheck disable=SC2086 # no argument when empty
+  run_wrk "$s-warmup" "$warmup" "${script[$s]}" "${path[$s]}" $warm_args >/dev/null
+  log "$s: ${duration} s, $conns connections, $threads threads"
+  read -r s_srv s_pg s_redis s_busy s_total < <(snapshot)
+  # shellcheck disable=SC2086
+  read -r rps p50 p99 non2xx sockerr total < <(run_wrk "$s" "$duration" "${script[$s]}" "${path[$s]}" ${args[$s]})
+  read -r e_srv e_pg e_redis e_busy e_total < <(snapshot)
+  wall=$(( (e_total - s_total) / $(nproc) )) # wall-clock ticks
+  [ "$wall" -gt 0 ] || wall=1
+  machine_busy=$(awk -v b=$((e_busy - s_busy)) -v t=$((e_total - s_total)) 'BEGIN{printf "%.0f%%", 100*b/t}')
+  rows+=("| \`${label[$s]}\`${note[$s]} | $rps | $p50 ms | $p99 ms | $((non2xx + sockerr)) | $(pct $((e_srv - s_srv)) "$wall") | $(pct $((e_pg - s_pg)) "$wall") | $(pct $((e_redis - s_redis)) "$wall") | $machine_busy |")
+  log "$s: $rps req/s, p50 $p50 ms, p99 $p99 ms, non-2xx $non2xx, socket errors $sockerr, $total requests"
+done
+
+curl -fsS "$base/metrics" >"$work/metrics.txt" 2>/dev/null || true
+hwm=$(awk '/^VmHWM/{printf "%.1f MiB", $2/1024}' "/proc/$server_pid/status")
+rss=$(awk '/^VmRSS/{printf "%.1f MiB", $2/1024}' "/proc/$server_pid/status")
+
+{
+  echo
+  echo "api-server load test: $conns connections, $threads wrk threads, ${duration} s per scenario after a ${warmup} s warm-up, $seed seeded users, DB_POOL_MAX=$pool_max"
+  echo "$(nproc) CPUs shared with wrk; load average before the run: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
+  echo
+  echo "| scenario | req/s | p50 | p99 | non-2xx | api-server CPU | Postgres CPU | Redis CPU | machine busy |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  printf '%s\n' "${rows[@]}"
+  echo
+  echo "api-server peak RSS (VmHWM): $hwm; RSS at the end: $rss. Seeding $seed users took ${seed_secs} s."
+  echo "CPU columns: share of one core during the measured run; 'non-2xx' counts responses >= 400 and socket errors."
+} | tee "$work/results.md"

@@ -1,0 +1,19 @@
+-- Shared by the wrk scripts of scripts/bench-api.sh: thread numbering and a one-line,
+-- machine-readable summary printed by done():
+--   RESULT <requests/s> <p50 ms> <p99 ms> <non-2xx> <socket errors> <requests>
+-- wrk counts every response with status >= 400 in errors.status (1xx/3xx never occur here).
+local threads = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("tid", #threads)
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  local secs = summary.duration / 1e6
+  io.write(string.format("RESULT %.0f %.2f %.2f %d %d %d\n",
+    summary.requests / secs,
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000,
+    e.status, e.connect + e.read + e.write + e.timeout, summary.requests))
+end

@@ -1,0 +1,17 @@
+-- POST /users with an email unique per run tag (wrk arg 1), thread and request.
+dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
+
+local tag, n
+local headers = { ["Content-Type"] = "application/json" }
+
+function init(args)
+  tag = (args[1] or "run") .. os.time()
+  n = 0
+end
+
+function request()
+  n = n + 1
+  local body = string.format('{"name":"Bench User %d","email":"b-%s-%d-%d@bench.example.com"}',
+    n, tag, tid, n)
+  return wrk.format("POST", "/users", headers, body)
+end
