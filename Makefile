@@ -39,3 +39,14 @@ test: deps lint test-rust ## Run every test that can run without Docker (install
 test-rust: ## Unit, API (real PostgreSQL + Redis) and controller tests
 	$(CARGO) nextest run --workspace --all-targets --locked --no-fail-fast
 	$(CARGO) test --workspace --doc --locked
+
+##@ Run and benchmark
+.PHONY: run-api bench-api bench-limits
+run-api: ## Run api-server on :8080 (PORT=...) against a throwaway local PostgreSQL + Redis, installed and started as needed
+	scripts/run-api.sh
+
+bench-api: ## Load-test a release build with wrk (64 connections): healthz, cached GET, POST, list; prints req/s, p50, p99, RSS
+	scripts/bench-api.sh
+
+bench-limits: ## Ceilings of the backing services on this machine (redis-benchmark, pgbench, pg_test_fsync)
+	scripts/bench-limits.sh
