@@ -7,12 +7,14 @@
 # connections on BENCH_THREADS threads for BENCH_DURATION seconds per scenario, each after
 # a BENCH_WARMUP-second warm-up whose figures are discarded:
 #   GET /healthz | GET /users/{random seeded id} (cache warmed first) | POST /users |
-#   GET /users?limit=50
+#   POST /users with synchronous_commit=off | GET /users?limit=50
 # and prints a Markdown table (req/s, p50, p99, non-2xx, CPU of each process) plus the
 # server's peak RSS. Everything it started is stopped on exit. Files: .tools/bench/.
 #
 # Knobs (environment): BENCH_DURATION=15 BENCH_WARMUP=5 BENCH_CONNECTIONS=64
-# BENCH_THREADS=2 BENCH_SEED=10000 BENCH_DB_POOL_MAX=32 BENCH_SCENARIOS="healthz get post list"
+# BENCH_THREADS=2 BENCH_SEED=10000 BENCH_DB_POOL_MAX=32
+# BENCH_SCENARIOS="healthz get post post-nosync list" (post-nosync: POST /users while Postgres
+# runs with synchronous_commit=off, to separate the app's cost from the disk's fsync rate)
 # BENCH_NO_BUILD=1 (use the existing target/release/api-server; BENCH_SERVER_BIN=path another binary).
 set -euo pipefail
 
@@ -25,7 +27,7 @@ conns="${BENCH_CONNECTIONS:-64}"
 threads="${BENCH_THREADS:-2}"
 seed="${BENCH_SEED:-10000}"
 pool_max="${BENCH_DB_POOL_MAX:-32}"
-scenarios="${BENCH_SCENARIOS:-healthz get post list}"
+scenarios="${BENCH_SCENARIOS:-healthz get post post-nosync list}"
 work="$root/.tools/bench"
 services="$root/scripts/dev-services.sh"
 lua="$root/scripts/bench"
@@ -111,6 +113,14 @@ snapshot() { echo "$(ticks "$server_pid") $(ticks $(pg_pids)) $(ticks "$(redis_p
 # pct <process ticks> <wall ticks>: share of one core
 pct() { awk -v d="$1" -v t="$2" 'BEGIN{printf "%.0f%%", 100*d/t}'; }
 
+# pg_sync on|off: the server-wide synchronous_commit (reloaded into every session)
+pg_sync() {
+  if [ "$1" = off ]; then psql -qX -c "ALTER SYSTEM SET synchronous_commit = off" >/dev/null
+  else psql -qX -c "ALTER SYSTEM RESET synchronous_commit" >/dev/null; fi
+  psql -qX -c "SELECT pg_reload_conf()" >/dev/null
+  sleep 0.5
+}
+
 # --- wrk ------------------------------------------------------------------------------------
 # run_wrk <name> <seconds> <script> <path> [script args...]: prints the RESULT fields
 run_wrk() {
@@ -155,6 +165,7 @@ declare -A label note script path args
 label[healthz]="GET /healthz";      note[healthz]="";                           script[healthz]="$lua/common.lua";         path[healthz]="/healthz";     args[healthz]=""
 label[get]="GET /users/{id}";       note[get]=" (random seeded id, warm cache)"; script[get]="$lua/get-users-random.lua"; path[get]="/users";          args[get]="random"
 label[post]="POST /users";          note[post]=" (unique emails)";              script[post]="$lua/post-users.lua";        path[post]="/users";         args[post]="run"
+label[post-nosync]="POST /users"; note[post-nosync]=" with Postgres \`synchronous_commit=off\` (not durable: the app's own ceiling)"; script[post-nosync]="$lua/post-users.lua"; path[post-nosync]="/users"; args[post-nosync]="nosync"
 label[list]="GET /users?limit=50";  note[list]=" (first page)";                 script[list]="$lua/common.lua";            path[list]="/users?limit=50"; args[list]=""
 
 rows=()
@@ -163,6 +174,7 @@ for s in $scenarios; do
   warm_args="${args[$s]}"
   [ "$s" = get ] && warm_args="seq" # every seeded id once at least: a warm cache
   [ "$s" = post ] && warm_args="warm"
+  [ "$s" = post-nosync ] && { warm_args="warmnosync"; pg_sync off; }
   log "$s: warm-up ${warmup} s"
   # shellcheck disable=SC2086 # no argument when empty
   run_wrk "$s-warmup" "$warmup" "${script[$s]}" "${path[$s]}" $warm_args >/dev/null
@@ -175,6 +187,7 @@ for s in $scenarios; do
   [ "$wall" -gt 0 ] || wall=1
   machine_busy=$(awk -v b=$((e_busy - s_busy)) -v t=$((e_total - s_total)) 'BEGIN{printf "%.0f%%", 100*b/t}')
   rows+=("| \`${label[$s]}\`${note[$s]} | $rps | $p50 ms | $p99 ms | $((non2xx + sockerr)) | $(pct $((e_srv - s_srv)) "$wall") | $(pct $((e_pg - s_pg)) "$wall") | $(pct $((e_redis - s_redis)) "$wall") | $machine_busy |")
+  [ "$s" = post-nosync ] && pg_sync on
   log "$s: $rps req/s, p50 $p50 ms, p99 $p99 ms, non-2xx $non2xx, socket errors $sockerr, $total requests"
 done
 
