@@ -9,3 +9,16 @@ pub mod validate;
 
 #[cfg(test)]
 pub mod fixtures;
+
+pub mod apply;
+pub mod controller;
+pub mod error;
+pub mod events;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod status;
+mod supervisor;
+pub mod telemetry;
+
+pub use error::{Error, Result};

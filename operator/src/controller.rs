@@ -1,0 +1,398 @@
+//! The reconcile loop: a kube-runtime `Controller` on ScalableApi that owns every child kind
+//! and watches the Secrets the ScalableApis reference.
+//!
+//! Required RBAC (kept in sync with charts/scalable-api-operator/templates/rbac.yaml):
+//!
+//! ```text
+//! scalable.dev            scalableapis                  get list watch
+//! scalable.dev            scalableapis/status           get patch update
+//! ""                      configmaps, services          get list watch create patch update delete
+//! apps                    deployments                   get list watch create patch update delete
+//! autoscaling             horizontalpodautoscalers      get list watch create patch update delete
+//! policy                  poddisruptionbudgets          get list watch create patch update delete
+//! ""                      secrets                       get list watch
+//! events.k8s.io           events                        create patch
+//! coordination.k8s.io     leases                        get create update  (lease namespace only)
+//! ```
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{PartialObjectMeta, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use rand::Rng;
+use serde_json::json;
+
+use crate::apply::{self, FIELD_MANAGER};
+use crate::crd::ScalableApi;
+use crate::desired::{self, Inputs, labels};
+use crate::error::{Error, ErrorClass, Result};
+use crate::events;
+use crate::metrics::Metrics;
+use crate::status::{self, Observation, SecretState};
+
+pub use crate::supervisor::run;
+
+/// Re-check of a healthy object, in case a watch event was missed.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30 * 60);
+/// Re-check of an object waiting for its Secret (the Secret watch usually comes first).
+pub const SECRET_RECHECK: Duration = Duration::from_secs(5 * 60);
+/// Exponential back-off per error class: (first delay, cap).
+pub const BACKOFF_CONFLICT: (Duration, Duration) =
+    (Duration::from_millis(500), Duration::from_secs(30));
+pub const BACKOFF_TRANSIENT: (Duration, Duration) =
+    (Duration::from_secs(2), Duration::from_secs(300));
+pub const BACKOFF_PERMANENT: (Duration, Duration) =
+    (Duration::from_secs(30), Duration::from_secs(900));
+/// Delays vary by up to ±20 % so objects that failed together do not retry together.
+pub const BACKOFF_JITTER: f64 = 0.2;
+/// Reporting controller name of our Events.
+pub const CONTROLLER_NAME: &str = "scalable-api-operator";
+
+/// What the controller needs to know from the command line.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Watch only this namespace; `None` watches all.
+    pub namespace: Option<String>,
+    pub default_image: String,
+    /// This replica's identity in Events (the pod name).
+    pub instance: String,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    default_image: String,
+    store: Store<ScalableApi>,
+    /// Consecutive failures per object, for the exponential back-off.
+    failures: Mutex<HashMap<ObjectRef<ScalableApi>, u32>>,
+}
+
+impl Context {
+    fn record_failure(&self, sapi: &ScalableApi) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = failures.entry(ObjectRef::from_obj(sapi)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    fn reset_failures(&self, sapi: &ScalableApi) {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        failures.remove(&ObjectRef::from_obj(sapi));
+    }
+}
+
+/// How a successful reconcile ended; decides the requeue and the metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Suspended,
+    WaitingForSecret,
+    InvalidSpec,
+    Deleting,
+}
+
+impl Outcome {
+    pub fn action(self) -> Action {
+        match self {
+            Outcome::Applied => Action::requeue(RESYNC_INTERVAL),
+            Outcome::WaitingForSecret => Action::requeue(SECRET_RECHECK),
+            // Only a spec change can help: the watch brings it.
+            Outcome::Suspended | Outcome::InvalidSpec | Outcome::Deleting => Action::await_change(),
+        }
+    }
+
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Suspended => "suspended",
+            Outcome::WaitingForSecret => "waiting_for_secret",
+            Outcome::InvalidSpec => "invalid_spec",
+            Outcome::Deleting => "deleting",
+        }
+    }
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The ScalableApis in `secret`'s namespace that reference it.
+fn referencing(
+    store: &Store<ScalableApi>,
+    secret: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<ScalableApi>> {
+    let (ns, name) = (secret.namespace(), secret.name_any());
+    store
+        .state()
+        .iter()
+        .filter(|s| s.namespace() == ns && s.secret_ref().is_some_and(|r| r.name == name))
+        .map(|s| ObjectRef::from_obj(&**s))
+        .collect()
+}
+
+/// The controller and its context; `run` and the tests add shutdown and drive it.
+pub fn build(
+    client: Client,
+    settings: Settings,
+    metrics: Metrics,
+) -> (Controller<ScalableApi>, Arc<Context>) {
+    let ns = settings.namespace.as_deref();
+    let ours =
+        watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
+    let controller = Controller::new(api::<ScalableApi>(&client, ns), watcher::Config::default());
+    let store = controller.store();
+    let mapper_store = store.clone();
+    let controller = controller
+        .owns(api::<ConfigMap>(&client, ns), ours.clone())
+        .owns(api::<Deployment>(&client, ns), ours.clone())
+        .owns(api::<Service>(&client, ns), ours.clone())
+        .owns(api::<HorizontalPodAutoscaler>(&client, ns), ours.clone())
+        .owns(api::<PodDisruptionBudget>(&client, ns), ours)
+        // Metadata only: the data of every Secret in the cluster never enters our memory.
+        .watches(
+            api::<PartialObjectMeta<Secret>>(&client, ns),
+            watcher::Config::default(),
+            move |secret| referencing(&mapper_store, &secret),
+        );
+    let reporter = Reporter {
+        controller: CONTROLLER_NAME.into(),
+        instance: Some(settings.instance),
+    };
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        metrics,
+        default_image: settings.default_image,
+        store,
+        failures: Mutex::new(HashMap::new()),
+    });
+    (controller, ctx)
+}
+
+/// Runs the controller stream to its end, logging every result (errors are never dropped).
+pub async fn drive(controller: Controller<ScalableApi>, ctx: Arc<Context>) {
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, action)) => tracing::debug!(object = %obj, ?action, "reconciled"),
+                Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
+                    tracing::warn!(object = %obj, reason = e.metric_label(), error = %e, "reconcile failed");
+                }
+                Err(e) => tracing::warn!(error = %e, "controller error"),
+            }
+        })
+        .await;
+}
+
+#[tracing::instrument(skip_all, fields(namespace = sapi.namespace().unwrap_or_default(), name = %sapi.name_any()))]
+pub async fn reconcile(sapi: Arc<ScalableApi>, ctx: Arc<Context>) -> Result<Action> {
+    let timer = ctx.metrics.start();
+    let result = reconcile_inner(&sapi, &ctx).await;
+    timer.finish(result.as_ref().map(|o| o.metric_label()));
+    ctx.metrics.set_managed_objects(ctx.store.state().len());
+    let outcome = result?;
+    ctx.reset_failures(&sapi);
+    tracing::debug!(outcome = outcome.metric_label(), "reconciled");
+    Ok(outcome.action())
+}
+
+async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
+    let ns = sapi.namespace().ok_or(Error::MissingNamespace)?;
+    if sapi.meta().deletion_timestamp.is_some() {
+        // Children carry owner references: the garbage collector removes them.
+        return Ok(Outcome::Deleting);
+    }
+    let name = sapi.name_any();
+    let secret = observe_secret(&ctx.client, &ns, sapi).await?;
+    let mut obs = Observation {
+        generation: sapi.meta().generation,
+        suspended: sapi.spec.suspend,
+        spec_error: None,
+        secret: &secret,
+        deployment: None,
+        hpa: None,
+        fixed_replicas: (!sapi.autoscaling_enabled()).then(|| sapi.fixed_replicas()),
+        selector: sapi.selector_string(),
+        url: sapi.url(),
+    };
+    if sapi.spec.suspend {
+        let live = apply::suspend_children(&ctx.client, &ns, &name).await?;
+        obs.deployment = live.as_ref();
+        write_status(ctx, sapi, &ns, &obs).await?;
+        return Ok(Outcome::Suspended);
+    }
+    let secret_hash = match &secret {
+        SecretState::Found { hash } => Some(hash.clone()),
+        _ => None,
+    };
+    let inputs = Inputs {
+        default_image: ctx.default_image.clone(),
+        secret_hash,
+    };
+    let (outcome, children) = match desired::desired(sapi, &inputs) {
+        Err(e) => (Outcome::InvalidSpec, Err(e.to_string())),
+        // Existing children are left alone until the Secret is usable: a running stack
+        // keeps serving while someone restores its Secret.
+        Ok(_) if !secret.is_usable() => (Outcome::WaitingForSecret, Err(String::new())),
+        Ok(c) => (Outcome::Applied, Ok(c)),
+    };
+    match children {
+        Ok(children) => {
+            let applied = apply::apply_children(&ctx.client, &ns, &children).await?;
+            obs.deployment = Some(&applied.deployment);
+            obs.hpa = applied.hpa.as_ref();
+            write_status(ctx, sapi, &ns, &obs).await?;
+        }
+        Err(message) => {
+            obs.spec_error = (outcome == Outcome::InvalidSpec).then_some(message);
+            let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+            let live = deployments
+                .get_opt(&name)
+                .await
+                .map_err(Error::GetDeployment)?;
+            obs.deployment = live.as_ref();
+            write_status(ctx, sapi, &ns, &obs).await?;
+        }
+    }
+    Ok(outcome)
+}
+
+async fn observe_secret(client: &Client, ns: &str, sapi: &ScalableApi) -> Result<SecretState> {
+    let Some(r) = sapi.secret_ref() else {
+        return Ok(SecretState::Unreferenced);
+    };
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secret = secrets.get_opt(&r.name).await.map_err(Error::GetSecret)?;
+    Ok(match secret {
+        None => SecretState::SecretNotFound {
+            name: r.name.clone(),
+        },
+        Some(s) => match desired::secret_hash(&s, &r.key) {
+            Some(hash) => SecretState::Found { hash },
+            None => SecretState::KeyNotFound {
+                name: r.name.clone(),
+                key: r.key.clone(),
+            },
+        },
+    })
+}
+
+/// Writes the status only when it changed, then publishes Events for the transitions.
+async fn write_status(
+    ctx: &Context,
+    sapi: &ScalableApi,
+    ns: &str,
+    obs: &Observation<'_>,
+) -> Result<()> {
+    let previous = sapi.status.as_ref();
+    let new = status::compute(obs, previous, Timestamp::now());
+    if status::unchanged(previous, &new) {
+        return Ok(());
+    }
+    let body = json!({
+        "apiVersion": ScalableApi::api_version(&()),
+        "kind": ScalableApi::kind(&()),
+        "status": new,
+    });
+    let api: Api<ScalableApi> = Api::namespaced(ctx.client.clone(), ns);
+    let pp = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(&sapi.name_any(), &pp, &Patch::Apply(&body))
+        .await
+        .map_err(Error::PatchStatus)?;
+    events::publish(&ctx.recorder, sapi, &events::events_for(previous, &new)).await;
+    Ok(())
+}
+
+/// Exponential back-off for the `failures`-th consecutive error of `class`; `jitter` in
+/// [-BACKOFF_JITTER, BACKOFF_JITTER] scales the delay.
+pub fn backoff(class: ErrorClass, failures: u32, jitter: f64) -> Duration {
+    let (first, cap) = match class {
+        ErrorClass::Conflict => BACKOFF_CONFLICT,
+        ErrorClass::Transient => BACKOFF_TRANSIENT,
+        ErrorClass::Permanent => BACKOFF_PERMANENT,
+    };
+    let exponent = failures.saturating_sub(1).min(16);
+    let delay = first.saturating_mul(1 << exponent).min(cap);
+    delay.mul_f64(1.0 + jitter.clamp(-BACKOFF_JITTER, BACKOFF_JITTER))
+}
+
+pub fn error_policy(sapi: Arc<ScalableApi>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.record_failure(&sapi);
+    let jitter = rand::rng().random_range(-BACKOFF_JITTER..=BACKOFF_JITTER);
+    let delay = backoff(error.class(), failures, jitter);
+    tracing::warn!(
+        name = %sapi.name_any(),
+        reason = error.metric_label(),
+        failures,
+        retry_in = ?delay,
+        error = %error,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_failure_up_to_the_cap() {
+        assert_eq!(
+            backoff(ErrorClass::Transient, 1, 0.0),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            backoff(ErrorClass::Transient, 2, 0.0),
+            Duration::from_secs(4)
+        );
+        assert_eq!(
+            backoff(ErrorClass::Transient, 3, 0.0),
+            Duration::from_secs(8)
+        );
+        assert_eq!(backoff(ErrorClass::Transient, 30, 0.0), BACKOFF_TRANSIENT.1);
+    }
+
+    #[test]
+    fn conflicts_retry_sooner_than_permanent_errors() {
+        assert!(backoff(ErrorClass::Conflict, 1, 0.0) < backoff(ErrorClass::Transient, 1, 0.0));
+        assert!(backoff(ErrorClass::Transient, 1, 0.0) < backoff(ErrorClass::Permanent, 1, 0.0));
+    }
+
+    #[test]
+    fn jitter_is_bounded() {
+        let base = backoff(ErrorClass::Permanent, 1, 0.0);
+        assert_eq!(backoff(ErrorClass::Permanent, 1, 5.0), base.mul_f64(1.2));
+        assert_eq!(backoff(ErrorClass::Permanent, 1, -5.0), base.mul_f64(0.8));
+    }
+
+    #[test]
+    fn invalid_specs_and_suspended_objects_wait_for_a_change() {
+        assert_eq!(Outcome::InvalidSpec.action(), Action::await_change());
+        assert_eq!(Outcome::Suspended.action(), Action::await_change());
+        assert_eq!(
+            Outcome::WaitingForSecret.action(),
+            Action::requeue(SECRET_RECHECK)
+        );
+    }
+}

@@ -1,0 +1,160 @@
+//! The operator's error type: one variant per failed operation, a stable metric label each.
+
+use std::time::Duration;
+
+/// Errors of the reconcile loop and of `run`. Invalid specs and missing Secrets are not
+/// errors: they are reported in status and Events (see `controller::Outcome`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the ScalableApi has no namespace")]
+    MissingNamespace,
+    #[error("reading the referenced Secret failed: {0}")]
+    GetSecret(#[source] kube::Error),
+    #[error("reading the live Deployment failed: {0}")]
+    GetDeployment(#[source] kube::Error),
+    #[error("applying the ConfigMap failed: {0}")]
+    ApplyConfigMap(#[source] kube::Error),
+    #[error("handing spec.replicas over to the HPA failed: {0}")]
+    HandOverReplicas(#[source] kube::Error),
+    #[error("applying the Deployment failed: {0}")]
+    ApplyDeployment(#[source] kube::Error),
+    #[error("applying the Service failed: {0}")]
+    ApplyService(#[source] kube::Error),
+    #[error("applying the HorizontalPodAutoscaler failed: {0}")]
+    ApplyHpa(#[source] kube::Error),
+    #[error("deleting the HorizontalPodAutoscaler failed: {0}")]
+    DeleteHpa(#[source] kube::Error),
+    #[error("applying the PodDisruptionBudget failed: {0}")]
+    ApplyPdb(#[source] kube::Error),
+    #[error("deleting the PodDisruptionBudget failed: {0}")]
+    DeletePdb(#[source] kube::Error),
+    #[error("patching the ScalableApi status failed: {0}")]
+    PatchStatus(#[source] kube::Error),
+    #[error("creating the Kubernetes client failed: {0}")]
+    CreateClient(#[source] kube::Error),
+    #[error("binding the HTTP listener failed: {0}")]
+    BindHttp(#[source] std::io::Error),
+    #[error("serving HTTP failed: {0}")]
+    ServeHttp(#[source] std::io::Error),
+    #[error("reading or writing the leader Lease failed: {0}")]
+    Lease(#[source] kube::Error),
+    #[error(
+        "lost the leader Lease (not renewed within {0:?}); exiting so another replica takes over"
+    )]
+    LeadershipLost(Duration),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How `error_policy` retries a failed reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Someone else wrote first (409): retry soon.
+    Conflict,
+    /// Network, throttling, 5xx: retry with growing delays.
+    Transient,
+    /// Forbidden, invalid, not found: retrying fast will not help.
+    Permanent,
+}
+
+impl Error {
+    /// A stable, low-cardinality label for metrics (never the Debug string).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::MissingNamespace => "missing_namespace",
+            Error::GetSecret(_) => "get_secret",
+            Error::GetDeployment(_) => "get_deployment",
+            Error::ApplyConfigMap(_) => "apply_configmap",
+            Error::HandOverReplicas(_) => "handover_replicas",
+            Error::ApplyDeployment(_) => "apply_deployment",
+            Error::ApplyService(_) => "apply_service",
+            Error::ApplyHpa(_) => "apply_hpa",
+            Error::DeleteHpa(_) => "delete_hpa",
+            Error::ApplyPdb(_) => "apply_pdb",
+            Error::DeletePdb(_) => "delete_pdb",
+            Error::PatchStatus(_) => "patch_status",
+            Error::CreateClient(_) => "create_client",
+            Error::BindHttp(_) => "bind_http",
+            Error::ServeHttp(_) => "serve_http",
+            Error::Lease(_) => "lease",
+            Error::LeadershipLost(_) => "leadership_lost",
+        }
+    }
+
+    fn kube_error(&self) -> Option<&kube::Error> {
+        match self {
+            Error::GetSecret(e)
+            | Error::GetDeployment(e)
+            | Error::ApplyConfigMap(e)
+            | Error::HandOverReplicas(e)
+            | Error::ApplyDeployment(e)
+            | Error::ApplyService(e)
+            | Error::ApplyHpa(e)
+            | Error::DeleteHpa(e)
+            | Error::ApplyPdb(e)
+            | Error::DeletePdb(e)
+            | Error::PatchStatus(e)
+            | Error::CreateClient(e)
+            | Error::Lease(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    pub fn class(&self) -> ErrorClass {
+        match self.kube_error() {
+            Some(kube::Error::Api(status)) => match status.code {
+                409 => ErrorClass::Conflict,
+                429 | 500..=599 => ErrorClass::Transient,
+                _ => ErrorClass::Permanent,
+            },
+            Some(_) => ErrorClass::Transient,
+            None => match self {
+                Error::MissingNamespace => ErrorClass::Permanent,
+                _ => ErrorClass::Transient,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    fn api_error(code: u16) -> kube::Error {
+        kube::Error::Api(Status::failure("boom", "Reason").with_code(code).boxed())
+    }
+
+    #[test]
+    fn a_conflict_is_retried_soon() {
+        assert_eq!(
+            Error::ApplyDeployment(api_error(409)).class(),
+            ErrorClass::Conflict
+        );
+    }
+
+    #[test]
+    fn server_errors_and_throttling_are_transient() {
+        assert_eq!(
+            Error::ApplyService(api_error(503)).class(),
+            ErrorClass::Transient
+        );
+        assert_eq!(
+            Error::ApplyService(api_error(429)).class(),
+            ErrorClass::Transient
+        );
+    }
+
+    #[test]
+    fn forbidden_is_permanent() {
+        assert_eq!(
+            Error::PatchStatus(api_error(403)).class(),
+            ErrorClass::Permanent
+        );
+    }
+
+    #[test]
+    fn metric_labels_do_not_carry_the_error_text() {
+        assert_eq!(Error::ApplyHpa(api_error(500)).metric_label(), "apply_hpa");
+    }
+}

@@ -1,0 +1,171 @@
+//! Kubernetes Events, published only when a condition changes (never on a plain requeue).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Resource;
+use kube::runtime::events::{Event, EventType, Recorder};
+
+use crate::crd::{ScalableApi, ScalableApiStatus};
+use crate::status::{self, reasons, types};
+
+/// Event reasons beyond the condition reasons in `status::reasons`.
+pub const RESUMED: &str = "Resumed";
+pub const UNAVAILABLE: &str = "Unavailable";
+/// `action` of every Event we publish.
+const ACTION: &str = "Reconcile";
+
+fn event(type_: EventType, reason: &str, note: &str) -> Event {
+    Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note.to_owned()),
+        action: ACTION.to_owned(),
+        secondary: None,
+    }
+}
+
+fn is_true(c: Option<&Condition>) -> bool {
+    c.is_some_and(|c| c.status == "True")
+}
+
+/// The Events a status change deserves. Pure, so the rules are unit-tested.
+pub fn events_for(previous: Option<&ScalableApiStatus>, new: &ScalableApiStatus) -> Vec<Event> {
+    let mut out = Vec::new();
+    for (old, c) in status::transitions(previous, new) {
+        let now_true = c.status == "True";
+        match c.type_.as_str() {
+            types::DATABASE_CONFIGURED if !now_true && c.reason != reasons::INVALID_SPEC => {
+                out.push(event(EventType::Warning, &c.reason, &c.message));
+            }
+            types::DATABASE_CONFIGURED if now_true && old.is_some() => {
+                out.push(event(EventType::Normal, &c.reason, &c.message));
+            }
+            types::READY if now_true => out.push(event(EventType::Normal, &c.reason, &c.message)),
+            types::READY if c.reason == reasons::INVALID_SPEC => {
+                out.push(event(EventType::Warning, &c.reason, &c.message));
+            }
+            types::READY
+                if is_true(old)
+                    && c.reason != reasons::SECRET_NOT_FOUND
+                    && c.reason != reasons::KEY_NOT_FOUND =>
+            {
+                out.push(event(EventType::Warning, UNAVAILABLE, &c.message));
+            }
+            types::PAUSED if now_true => out.push(event(EventType::Normal, &c.reason, &c.message)),
+            types::PAUSED if is_true(old) => out.push(event(
+                EventType::Normal,
+                RESUMED,
+                "spec.suspend is false again",
+            )),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Publishes `events` for `sapi`. Best effort: a failed Event is logged, never fails reconcile.
+pub async fn publish(recorder: &Recorder, sapi: &ScalableApi, events: &[Event]) {
+    let reference = sapi.object_ref(&());
+    for e in events {
+        if let Err(err) = recorder.publish(e, &reference).await {
+            tracing::warn!(error = %err, reason = %e.reason, "publishing an Event failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn cond(t: &str, ok: bool, reason: &str) -> Condition {
+        Condition {
+            type_: t.into(),
+            status: if ok { "True" } else { "False" }.into(),
+            reason: reason.into(),
+            message: "m".into(),
+            observed_generation: Some(1),
+            last_transition_time: Time(Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    fn status(conditions: Vec<Condition>) -> ScalableApiStatus {
+        ScalableApiStatus {
+            conditions,
+            ..ScalableApiStatus::default()
+        }
+    }
+
+    fn reasons_of(events: &[Event]) -> Vec<&str> {
+        events.iter().map(|e| e.reason.as_str()).collect()
+    }
+
+    #[test]
+    fn a_missing_secret_is_a_warning_event() {
+        let new = status(vec![cond(
+            types::DATABASE_CONFIGURED,
+            false,
+            reasons::SECRET_NOT_FOUND,
+        )]);
+        let events = events_for(None, &new);
+        assert_eq!(reasons_of(&events), vec![reasons::SECRET_NOT_FOUND]);
+        assert_eq!(events[0].type_, EventType::Warning);
+    }
+
+    #[test]
+    fn no_event_when_nothing_changed() {
+        let s = status(vec![
+            cond(types::READY, true, reasons::AVAILABLE),
+            cond(types::DATABASE_CONFIGURED, false, reasons::KEY_NOT_FOUND),
+        ]);
+        assert!(events_for(Some(&s), &s).is_empty());
+    }
+
+    #[test]
+    fn the_first_healthy_status_only_announces_readiness() {
+        let new = status(vec![
+            cond(types::READY, true, reasons::AVAILABLE),
+            cond(types::PROGRESSING, false, reasons::ROLLOUT_COMPLETE),
+            cond(types::DATABASE_CONFIGURED, true, reasons::SECRET_FOUND),
+            cond(types::PAUSED, false, reasons::ACTIVE),
+        ]);
+        assert_eq!(
+            reasons_of(&events_for(None, &new)),
+            vec![reasons::AVAILABLE]
+        );
+    }
+
+    #[test]
+    fn losing_readiness_and_resuming_are_reported() {
+        let old = status(vec![
+            cond(types::READY, true, reasons::AVAILABLE),
+            cond(types::PAUSED, true, reasons::SUSPENDED),
+        ]);
+        let new = status(vec![
+            cond(types::READY, false, reasons::REPLICAS_NOT_READY),
+            cond(types::PAUSED, false, reasons::ACTIVE),
+        ]);
+        assert_eq!(
+            reasons_of(&events_for(Some(&old), &new)),
+            vec![UNAVAILABLE, RESUMED]
+        );
+    }
+
+    #[test]
+    fn a_secret_that_appears_is_reported_once() {
+        let old = status(vec![cond(
+            types::DATABASE_CONFIGURED,
+            false,
+            reasons::SECRET_NOT_FOUND,
+        )]);
+        let new = status(vec![cond(
+            types::DATABASE_CONFIGURED,
+            true,
+            reasons::SECRET_FOUND,
+        )]);
+        assert_eq!(
+            reasons_of(&events_for(Some(&old), &new)),
+            vec![reasons::SECRET_FOUND]
+        );
+    }
+}

@@ -1,0 +1,194 @@
+use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerStatus;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::jiff::SignedDuration;
+
+use super::*;
+
+fn deployment(replicas: i32, ready: i32) -> Deployment {
+    Deployment {
+        metadata: ObjectMeta {
+            generation: Some(2),
+            ..ObjectMeta::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(replicas),
+            ..DeploymentSpec::default()
+        }),
+        status: Some(DeploymentStatus {
+            observed_generation: Some(2),
+            replicas: Some(replicas),
+            updated_replicas: Some(replicas),
+            available_replicas: Some(ready),
+            ready_replicas: Some(ready),
+            ..DeploymentStatus::default()
+        }),
+    }
+}
+
+const UNREFERENCED: SecretState = SecretState::Unreferenced;
+
+fn obs<'a>(secret: &'a SecretState, d: Option<&'a Deployment>) -> Observation<'a> {
+    Observation {
+        generation: Some(3),
+        suspended: false,
+        spec_error: None,
+        secret,
+        deployment: d,
+        hpa: None,
+        fixed_replicas: Some(3),
+        selector: "app.kubernetes.io/instance=a".into(),
+        url: "http://a.ns.svc:80".into(),
+    }
+}
+
+fn found() -> SecretState {
+    SecretState::Found { hash: "h".into() }
+}
+
+fn get<'a>(s: &'a ScalableApiStatus, t: &str) -> &'a Condition {
+    s.conditions.iter().find(|c| c.type_ == t).unwrap()
+}
+
+#[test]
+fn all_replicas_ready_means_ready_and_rolled_out() {
+    let d = deployment(3, 3);
+    let secret = found();
+    let s = compute(&obs(&secret, Some(&d)), None, Timestamp::now());
+    assert_eq!(get(&s, types::READY).status, "True");
+    assert_eq!(get(&s, types::READY).reason, reasons::AVAILABLE);
+    assert_eq!(
+        get(&s, types::PROGRESSING).reason,
+        reasons::ROLLOUT_COMPLETE
+    );
+    assert_eq!(get(&s, types::DATABASE_CONFIGURED).status, "True");
+    assert_eq!(get(&s, types::PAUSED).status, "False");
+    assert_eq!(s.observed_generation, Some(3));
+    assert_eq!(
+        (s.replicas, s.ready_replicas, s.desired_replicas),
+        (Some(3), Some(3), Some(3))
+    );
+    assert_eq!(s.url.as_deref(), Some("http://a.ns.svc:80"));
+}
+
+#[test]
+fn missing_secret_is_reported_with_its_reason() {
+    let secret = SecretState::SecretNotFound { name: "db".into() };
+    let s = compute(&obs(&secret, None), None, Timestamp::now());
+    let db = get(&s, types::DATABASE_CONFIGURED);
+    assert_eq!(
+        (db.status.as_str(), db.reason.as_str()),
+        ("False", reasons::SECRET_NOT_FOUND)
+    );
+    assert!(db.message.contains("\"db\""));
+    assert_eq!(get(&s, types::READY).reason, reasons::SECRET_NOT_FOUND);
+    assert_eq!(
+        get(&s, types::PROGRESSING).reason,
+        reasons::WAITING_FOR_DATABASE
+    );
+}
+
+#[test]
+fn missing_key_is_reported_with_its_reason() {
+    let secret = SecretState::KeyNotFound {
+        name: "db".into(),
+        key: "password".into(),
+    };
+    let s = compute(&obs(&secret, None), None, Timestamp::now());
+    assert_eq!(
+        get(&s, types::DATABASE_CONFIGURED).reason,
+        reasons::KEY_NOT_FOUND
+    );
+}
+
+#[test]
+fn not_enough_ready_replicas_is_not_ready() {
+    let d = deployment(3, 1);
+    let secret = found();
+    let s = compute(&obs(&secret, Some(&d)), None, Timestamp::now());
+    let ready = get(&s, types::READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.message.as_str()),
+        ("False", "1/3 replicas ready")
+    );
+    assert_eq!(get(&s, types::PROGRESSING).status, "True");
+}
+
+#[test]
+fn suspended_objects_are_paused() {
+    let d = deployment(3, 3);
+    let secret = found();
+    let mut o = obs(&secret, Some(&d));
+    o.suspended = true;
+    let s = compute(&o, None, Timestamp::now());
+    assert_eq!(get(&s, types::PAUSED).status, "True");
+    assert_eq!(get(&s, types::PROGRESSING).reason, reasons::SUSPENDED);
+}
+
+#[test]
+fn invalid_spec_says_what_to_fix() {
+    let secret = UNREFERENCED;
+    let mut o = obs(&secret, None);
+    o.spec_error = Some("remove spec.replicas".into());
+    let s = compute(&o, None, Timestamp::now());
+    let ready = get(&s, types::READY);
+    assert_eq!(
+        (ready.reason.as_str(), ready.message.as_str()),
+        (reasons::INVALID_SPEC, "remove spec.replicas")
+    );
+}
+
+#[test]
+fn with_autoscaling_the_hpa_decides_the_desired_count() {
+    let d = deployment(4, 4);
+    let hpa = HorizontalPodAutoscaler {
+        status: Some(HorizontalPodAutoscalerStatus {
+            desired_replicas: 6,
+            ..HorizontalPodAutoscalerStatus::default()
+        }),
+        ..HorizontalPodAutoscaler::default()
+    };
+    let secret = found();
+    let mut o = obs(&secret, Some(&d));
+    o.fixed_replicas = None;
+    o.hpa = Some(&hpa);
+    let s = compute(&o, None, Timestamp::now());
+    assert_eq!(s.desired_replicas, Some(6));
+    assert_eq!(get(&s, types::READY).message, "4/6 replicas ready");
+}
+
+#[test]
+fn transition_time_is_kept_while_the_status_does_not_flip() {
+    let d = deployment(3, 1);
+    let secret = found();
+    let t0 = Timestamp::now();
+    let first = compute(&obs(&secret, Some(&d)), None, t0);
+    let later = t0 + SignedDuration::from_secs(60);
+    let second = compute(&obs(&secret, Some(&d)), Some(&first), later);
+    assert!(unchanged(Some(&first), &second));
+    assert!(transitions(Some(&first), &second).is_empty());
+
+    let ready = deployment(3, 3);
+    let third = compute(&obs(&secret, Some(&ready)), Some(&second), later);
+    let old_ready = get(&second, types::READY);
+    let new_ready = get(&third, types::READY);
+    assert_ne!(
+        old_ready.last_transition_time,
+        new_ready.last_transition_time
+    );
+    assert_eq!(
+        get(&second, types::DATABASE_CONFIGURED).last_transition_time,
+        get(&third, types::DATABASE_CONFIGURED).last_transition_time
+    );
+    assert!(!unchanged(Some(&second), &third));
+}
+
+#[test]
+fn condition_order_does_not_count_as_a_change() {
+    let d = deployment(3, 3);
+    let secret = found();
+    let s = compute(&obs(&secret, Some(&d)), None, Timestamp::now());
+    let mut reordered = s.clone();
+    reordered.conditions.reverse();
+    assert!(unchanged(Some(&reordered), &s));
+}

@@ -1,0 +1,125 @@
+//! `run`: the process around the controller. HTTP first (so probes answer while standing
+//! by), then the leader Lease, then the controller until a signal or a lost Lease.
+
+use std::sync::Arc;
+
+use kube::Client;
+use prometheus_client::registry::Registry;
+
+use crate::cli::RunArgs;
+use crate::controller::{self, Settings};
+use crate::error::{Error, Result};
+use crate::http::{self, HttpState, Readiness};
+use crate::leader::{LeaseLock, Timing};
+use crate::metrics::Metrics;
+
+/// Resolves on SIGTERM or Ctrl-C (used while standing by; the running controller uses
+/// kube-runtime's own `shutdown_on_signal`).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}
+
+fn identity(args: &RunArgs) -> String {
+    args.pod_name
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("scalable-api-operator-{:08x}", rand::random::<u32>()))
+}
+
+/// Runs the operator until SIGTERM/Ctrl-C (Ok) or until the leader Lease is lost (Err:
+/// the process should exit so it restarts as a standby).
+pub async fn run(args: RunArgs) -> Result<()> {
+    let client = Client::try_default().await.map_err(Error::CreateClient)?;
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let readiness = Readiness::default();
+    let listener = http::bind(args.http_addr).await?;
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let state = HttpState {
+        registry: Arc::new(registry),
+        readiness: readiness.clone(),
+    };
+    let server = tokio::spawn(http::serve(listener, state, async {
+        // A dropped sender also stops the server.
+        let _ = http_stopped.await;
+    }));
+
+    let identity = identity(&args);
+    let lease = args.leader_election.then(|| {
+        LeaseLock::new(
+            client.clone(),
+            &args.lease_namespace,
+            &args.lease_name,
+            &identity,
+            Timing::default(),
+        )
+    });
+    if let Some(lock) = &lease {
+        tracing::info!(identity = %identity, lease = %args.lease_name, "waiting for the leader Lease");
+        tokio::select! {
+            () = lock.acquire() => {},
+            () = shutdown_signal() => {
+                let _ = stop_http.send(());
+                return Ok(());
+            }
+        }
+        metrics.set_leader(true);
+    }
+
+    let settings = Settings {
+        namespace: args.namespace.clone(),
+        default_image: args.default_image.clone(),
+        instance: identity,
+    };
+    let (ctrl, ctx) = controller::build(client, settings, metrics.clone());
+    let ctrl = ctrl.shutdown_on_signal();
+    tracing::info!(
+        namespace = args.namespace.as_deref().unwrap_or("<all>"),
+        "starting the controller"
+    );
+    readiness.set(true);
+    let result = match &lease {
+        Some(lock) => tokio::select! {
+            () = controller::drive(ctrl, ctx) => Ok(()),
+            e = lock.keep_renewing() => Err(e),
+        },
+        None => {
+            controller::drive(ctrl, ctx).await;
+            Ok(())
+        }
+    };
+    readiness.set(false);
+    metrics.set_leader(false);
+    if let (Ok(()), Some(lock)) = (&result, &lease) {
+        match lock.release().await {
+            Ok(()) => tracing::info!("released the leader Lease"),
+            Err(e) => tracing::warn!(error = %e, "releasing the leader Lease failed"),
+        }
+    }
+    let _ = stop_http.send(());
+    match server.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+        Err(e) => tracing::warn!(error = %e, "HTTP server task failed"),
+        Ok(Ok(())) => {}
+    }
+    result
+}
