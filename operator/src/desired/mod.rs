@@ -184,6 +184,3 @@ pub(crate) fn child_meta(sapi: &ScalableApi, name: String) -> ObjectMeta {
         ..ObjectMeta::default()
     }
 }
-
-#[cfg(test)]
-mod tests;

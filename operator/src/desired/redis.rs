@@ -13,7 +13,8 @@ pub const IMAGE: &str = "redis:7.4-alpine";
 pub const CONTAINER: &str = "redis";
 pub const DATA_VOLUME: &str = "redis-data";
 /// Memory Redis needs beyond `maxmemory` (allocator, buffers, the process itself).
-const OVERHEAD_BYTES: u64 = 32 * 1024 * 1024;
+const OVERHEAD_BYTES: u64 = 32 * MIB;
+const MIB: u64 = 1024 * 1024;
 
 pub fn sidecar(cache: &CacheSpec) -> Result<Container, SpecError> {
     let max_memory = quantity_bytes(&cache.max_memory)
@@ -41,7 +42,7 @@ pub fn sidecar(cache: &CacheSpec) -> Result<Container, SpecError> {
     ];
     // Requests cover CPU and memory because HPA utilisation is only defined when every
     // container of the pod (sidecars included) requests the measured resource.
-    let memory = Quantity((max_memory + OVERHEAD_BYTES).to_string());
+    let memory = Quantity(format!("{}Mi", (max_memory + OVERHEAD_BYTES).div_ceil(MIB)));
     Ok(Container {
         name: CONTAINER.into(),
         image: Some(IMAGE.into()),
