@@ -13,7 +13,7 @@
 #
 # Knobs (environment): BENCH_DURATION=15 BENCH_WARMUP=5 BENCH_CONNECTIONS=64
 # BENCH_THREADS=2 BENCH_SEED=10000 BENCH_DB_POOL_MAX=32
-# BENCH_SCENARIOS="healthz get post post-nosync list" (post-nosync: POST /users while Postgres
+# BENCH_SCENARIOS="healthz get post list", plus optional post-nosync (POST /users while Postgres
 # runs with synchronous_commit=off, to separate the app's cost from the disk's fsync rate)
 # BENCH_NO_BUILD=1 (use the existing target/release/api-server; BENCH_SERVER_BIN=path another binary).
 set -euo pipefail
@@ -27,7 +27,7 @@ conns="${BENCH_CONNECTIONS:-64}"
 threads="${BENCH_THREADS:-2}"
 seed="${BENCH_SEED:-10000}"
 pool_max="${BENCH_DB_POOL_MAX:-32}"
-scenarios="${BENCH_SCENARIOS:-healthz get post post-nosync list}"
+scenarios="${BENCH_SCENARIOS:-healthz get post list}"
 work="$root/.tools/bench"
 services="$root/scripts/dev-services.sh"
 lua="$root/scripts/bench"

@@ -5,9 +5,9 @@
 #   redis-benchmark GET and SET (random keys among 10,000, 300-byte values, unpipelined)
 #   pgbench select-only (the standard -S script, scale 10, prepared statements)
 #   pgbench with the api-server's three query shapes on a users-like table of 10,000 rows:
-#     a primary-key read, the first page of a keyset list (50 rows), and a single-row
-#     INSERT + NOTIFY transaction (commits are durable: fsync and synchronous_commit on),
-#     the same INSERT without NOTIFY and with synchronous_commit = off
+#     a primary-key read, the first page of a keyset list (51 rows), a single-row INSERT
+#     (durable commit, then with synchronous_commit = off) and an UPDATE + NOTIFY
+#     transaction (PostgreSQL serialises the commits of NOTIFYing transactions)
 #   pg_test_fsync: how many fdatasync calls per second the disk takes
 # and prints a Markdown table. Knobs: LIMITS_SECONDS=8 LIMITS_CLIENTS=64.
 set -euo pipefail
@@ -94,12 +94,13 @@ SQL
 cat >"$work/list.sql" <<'SQL'
 SELECT id, name, email, created_at, updated_at FROM bench_users ORDER BY id LIMIT 51;
 SQL
-cat >"$work/insert.sql" <<'SQL'
+cat >"$work/update-notify.sql" <<'SQL'
+\set n random(1, 10000)
 BEGIN;
-INSERT INTO bench_users (name, email)
-  VALUES ('Bench User', 'b-' || :client_id || '-' || random() || '@bench.example.com')
+UPDATE bench_users SET name = 'Bench User ' || :client_id, updated_at = now()
+  WHERE id = (SELECT id FROM bench_ids WHERE n = :n)
   RETURNING id, name, email, created_at, updated_at;
-NOTIFY bench_users_changed;
+SELECT pg_notify('bench_users_changed', (SELECT id FROM bench_ids WHERE n = :n)::text);
 COMMIT;
 SQL
 cat >"$work/insert-no-notify.sql" <<'SQL'
@@ -113,14 +114,13 @@ SET LOCAL synchronous_commit = off;
 INSERT INTO bench_users (name, email)
   VALUES ('Bench User', 'a-' || :client_id || '-' || random() || '@bench.example.com')
   RETURNING id, name, email, created_at, updated_at;
-NOTIFY bench_users_changed;
 COMMIT;
 SQL
 run_pgbench "users by primary key (random of 10,000)" -f "$work/get.sql"
 run_pgbench "users keyset list, first page (51 rows)" -f "$work/list.sql"
-run_pgbench "users INSERT + NOTIFY, one transaction, durable commit" -f "$work/insert.sql"
-run_pgbench "users INSERT without NOTIFY, durable commit" -f "$work/insert-no-notify.sql"
-run_pgbench "users INSERT + NOTIFY, \`synchronous_commit = off\`" -f "$work/insert-async.sql"
+run_pgbench "users INSERT, durable commit (the POST path)" -f "$work/insert-no-notify.sql"
+run_pgbench "users INSERT, \`synchronous_commit = off\`" -f "$work/insert-async.sql"
+run_pgbench "users UPDATE + NOTIFY, durable commit (the PUT/DELETE path)" -f "$work/update-notify.sql"
 log "pg_test_fsync (one 8 kB write + fdatasync)"
 fsync_rate="$("$bindir/pg_test_fsync" -s 2 -f "$work/fsync.test" 2>/dev/null \
   | awk '/fdatasync/ && /ops\/sec/ {print $2; exit}')" || fsync_rate="?"
