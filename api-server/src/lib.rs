@@ -1,1 +1,17 @@
-//! The bundled user API.
+//! The bundled user API: axum on Postgres with a coherent Redis cache.
+//!
+//! `main.rs` only reads the config, sets up logging and runs [`startup::Application`].
+
+pub mod cache;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod middleware;
+pub mod routes;
+pub mod shutdown;
+pub mod startup;
+pub mod state;
+pub mod telemetry;

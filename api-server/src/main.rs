@@ -1,1 +1,33 @@
-fn main() {}
+use std::process::ExitCode;
+
+use api_server::config::Config;
+use api_server::startup::Application;
+use api_server::{shutdown, telemetry};
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = Config::parse();
+    if let Err(error) = telemetry::init(telemetry::subscriber(
+        config.server.log_format,
+        std::io::stdout,
+    )) {
+        eprintln!("cannot initialise logging: {error}");
+        return ExitCode::FAILURE;
+    }
+    let app = match Application::build(config).await {
+        Ok(app) => app,
+        Err(error) => {
+            tracing::error!(error = ?anyhow::Error::from(error), "start-up failed");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::spawn(shutdown::cancel_on_signal(app.shutdown_token()));
+    match app.run_until_stopped().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = ?anyhow::Error::from(error), "server failed");
+            ExitCode::FAILURE
+        }
+    }
+}

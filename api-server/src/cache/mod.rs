@@ -1,0 +1,328 @@
+//! Cache-aside for single users in the pod's own Redis.
+//!
+//! - Values are the user's JSON exactly as served, so a hit is returned without decoding.
+//! - Misses for one id are coalesced (single-flight): N concurrent readers, one query.
+//! - Keys carry an epoch. A flush bumps the epoch, which makes every older key unreachable
+//!   at once, even while Redis is down; old keys expire by TTL (and Redis's LRU).
+//! - Cached reads are trusted only while the LISTEN connection is subscribed (see
+//!   `invalidation`); otherwise reads go to Postgres.
+//! - Redis is an optimisation: every operation has a short timeout, failures go to Postgres,
+//!   and a circuit breaker stops trying for a moment after repeated failures. An eviction
+//!   that cannot be confirmed flushes, so nothing stale survives a Redis outage.
+
+mod breaker;
+pub mod invalidation;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+use crate::domain::User;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+pub use breaker::Breaker;
+
+/// Upper bound on one Redis operation (and on connecting). A slow Redis must not make the
+/// API slower than Postgres alone would be.
+pub const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Invalidation counters, striped by id so that a write only disturbs fills of ids that
+/// share its stripe.
+const STRIPES: usize = 256;
+
+const KEY_PREFIX: &str = "api-server:user";
+
+type Flight = Arc<OnceCell<Result<Option<Bytes>, Arc<sqlx::Error>>>>;
+
+/// Cheap to clone; all clones share one state.
+#[derive(Clone)]
+pub struct Cache(Arc<Inner>);
+
+struct Inner {
+    redis: Option<ConnectionManager>,
+    ttl_secs: u64,
+    breaker: Breaker,
+    epoch: AtomicU64,
+    /// True while invalidations are being received, so cached values can be believed.
+    trusted: AtomicBool,
+    invalidations: [AtomicU64; STRIPES],
+    in_flight: Mutex<HashMap<Uuid, Flight>>,
+    metrics: Arc<Metrics>,
+}
+
+/// What `/readyz` reports about the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheStatus {
+    Disabled,
+    Up,
+    Down,
+}
+
+impl CacheStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disabled => "disabled",
+            Self::Up => "up",
+            Self::Down => "down",
+        }
+    }
+}
+
+impl Cache {
+    /// No Redis: every read goes to Postgres (still single-flighted).
+    pub fn disabled(metrics: Arc<Metrics>) -> Self {
+        Self::new(None, 1, metrics)
+    }
+
+    /// Prepares a Redis connection; it is made lazily, so a Redis that is down at start-up
+    /// does not stop the server. Fails only on an invalid URL.
+    pub fn connect(
+        url: &str,
+        ttl: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, redis::RedisError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(REDIS_TIMEOUT);
+        let manager = ConnectionManager::new_lazy_with_config(client, config)?;
+        Ok(Self::new(Some(manager), ttl.as_secs().max(1), metrics))
+    }
+
+    fn new(redis: Option<ConnectionManager>, ttl_secs: u64, metrics: Arc<Metrics>) -> Self {
+        Self(Arc::new(Inner {
+            redis,
+            ttl_secs,
+            breaker: Breaker::default(),
+            // A fresh process must not believe entries an earlier process left in Redis:
+            // it did not hear the invalidations sent while it was away.
+            epoch: AtomicU64::new(rand::random()),
+            trusted: AtomicBool::new(false),
+            invalidations: std::array::from_fn(|_| AtomicU64::new(0)),
+            in_flight: Mutex::new(HashMap::new()),
+            metrics,
+        }))
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.0.redis.is_some()
+    }
+
+    /// The user's JSON: from Redis when possible, else from `load` (once per id at a time).
+    pub async fn get_user<F, Fut>(&self, id: Uuid, load: F) -> Result<Option<Bytes>, ApiError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<User>, sqlx::Error>>,
+    {
+        if let Some(json) = self.lookup(id, true).await {
+            return Ok(Some(json));
+        }
+        let flight = self.join_flight(id);
+        let result = flight
+            .get_or_init(|| async {
+                // A flight that just landed may have filled the key after our lookup.
+                if let Some(json) = self.lookup(id, false).await {
+                    return Ok(Some(json));
+                }
+                let epoch = self.0.epoch.load(Ordering::Acquire);
+                let seen = self.stripe(id).load(Ordering::Acquire);
+                self.0.metrics.db_user_reads.inc();
+                let Some(user) = load().await.map_err(Arc::new)? else {
+                    return Ok(None);
+                };
+                let json = Bytes::from(serde_json::to_vec(&user).unwrap_or_default());
+                self.fill(id, epoch, seen, json.clone()).await;
+                Ok(Some(json))
+            })
+            .await
+            .clone();
+        self.land_flight(id, &flight);
+        result.map_err(ApiError::from_db)
+    }
+
+    /// Forgets one user. Called after a local write commits and for every NOTIFY.
+    pub async fn evict(&self, id: Uuid, source: &'static str) {
+        // Order matters: bump the counter before deleting, so a fill that races with this
+        // eviction sees the bump after its SET and deletes its own (possibly stale) value.
+        self.stripe(id).fetch_add(1, Ordering::AcqRel);
+        self.0
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        self.0.metrics.invalidated(source);
+        if self.0.redis.is_none() {
+            return;
+        }
+        let key = self.key(self.0.epoch.load(Ordering::Acquire), id);
+        if !self.delete(&key).await {
+            self.flush("an eviction could not be confirmed");
+        }
+    }
+
+    /// Makes every cached entry unreachable (new epoch).
+    pub fn flush(&self, reason: &'static str) {
+        self.0.epoch.fetch_add(1, Ordering::AcqRel);
+        self.0.metrics.cache_flushes.inc();
+        tracing::info!(reason, "cache flushed");
+    }
+
+    /// Trust cached values only while the invalidation feed is live.
+    pub fn set_trusted(&self, trusted: bool) {
+        self.0.trusted.store(trusted, Ordering::Release);
+    }
+
+    pub fn is_trusted(&self) -> bool {
+        self.0.trusted.load(Ordering::Acquire)
+    }
+
+    pub async fn status(&self) -> CacheStatus {
+        if self.0.redis.is_none() {
+            return CacheStatus::Disabled;
+        }
+        if self.0.breaker.is_open() && !self.0.breaker.allow() {
+            return CacheStatus::Down;
+        }
+        match self.call::<String>("PING", redis::cmd("PING")).await {
+            Some(_) => CacheStatus::Up,
+            None => CacheStatus::Down,
+        }
+    }
+
+    /// A cached value, or None on miss, error, open breaker or untrusted cache.
+    async fn lookup(&self, id: Uuid, count: bool) -> Option<Bytes> {
+        self.0.redis.as_ref()?;
+        if !self.is_trusted() || !self.0.breaker.allow() {
+            if count {
+                self.0.metrics.cache_bypassed.inc();
+            }
+            return None;
+        }
+        let mut get = redis::cmd("GET");
+        get.arg(self.key(self.0.epoch.load(Ordering::Acquire), id));
+        match self.call::<Option<Vec<u8>>>("GET", get).await? {
+            Some(json) => {
+                self.0.metrics.cache_hits.inc();
+                Some(Bytes::from(json))
+            }
+            None => {
+                if count {
+                    self.0.metrics.cache_misses.inc();
+                }
+                None
+            }
+        }
+    }
+
+    /// Stores a value read from Postgres, unless the id was invalidated meanwhile.
+    async fn fill(&self, id: Uuid, epoch: u64, seen: u64, json: Bytes) {
+        let stripe = self.stripe(id);
+        if self.0.redis.is_none()
+            || !self.is_trusted()
+            || stripe.load(Ordering::Acquire) != seen
+            || !self.0.breaker.allow()
+        {
+            return;
+        }
+        // The epoch is the one read before the query: if a flush happened since, this value
+        // lands in the old, unreachable namespace instead of poisoning the new one.
+        let key = self.key(epoch, id);
+        let mut set = redis::cmd("SET");
+        set.arg(&key)
+            .arg(json.as_ref())
+            .arg("EX")
+            .arg(self.0.ttl_secs);
+        if self.call::<()>("SET", set).await.is_none() {
+            return;
+        }
+        if stripe.load(Ordering::Acquire) != seen && !self.delete(&key).await {
+            self.flush("a raced fill could not be removed");
+        }
+    }
+
+    /// DEL with the usual timeout and breaker; true when Redis confirmed it.
+    async fn delete(&self, key: &str) -> bool {
+        if self.0.redis.is_none() {
+            return true;
+        }
+        if !self.0.breaker.allow() {
+            return false;
+        }
+        let mut del = redis::cmd("DEL");
+        del.arg(key);
+        self.call::<i64>("DEL", del).await.is_some()
+    }
+
+    /// One Redis command with the timeout; failures feed the breaker. None on any failure.
+    async fn call<T: redis::FromRedisValue>(&self, op: &'static str, cmd: redis::Cmd) -> Option<T> {
+        let mut conn = self.0.redis.as_ref()?.clone();
+        match tokio::time::timeout(REDIS_TIMEOUT, cmd.query_async::<T>(&mut conn)).await {
+            Ok(Ok(value)) => {
+                self.0.breaker.success();
+                Some(value)
+            }
+            Ok(Err(error)) => {
+                self.redis_failed(op, &error);
+                None
+            }
+            Err(_) => {
+                self.redis_timed_out(op);
+                None
+            }
+        }
+    }
+
+    fn redis_failed(&self, op: &'static str, error: &redis::RedisError) {
+        self.0.metrics.cache_errors.inc();
+        self.0.breaker.failure();
+        tracing::debug!(op, %error, "redis operation failed");
+    }
+
+    fn redis_timed_out(&self, op: &'static str) {
+        self.0.metrics.cache_errors.inc();
+        self.0.breaker.failure();
+        tracing::debug!(op, "redis operation timed out");
+    }
+
+    fn key(&self, epoch: u64, id: Uuid) -> String {
+        format!("{KEY_PREFIX}:{epoch:016x}:{id}")
+    }
+
+    fn stripe(&self, id: Uuid) -> &AtomicU64 {
+        // UUIDv7's random tail spreads ids evenly over the stripes.
+        let index = usize::from(id.as_bytes()[15]) % STRIPES;
+        &self.0.invalidations[index]
+    }
+
+    fn join_flight(&self, id: Uuid) -> Flight {
+        let mut flights = self
+            .0
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        flights.entry(id).or_default().clone()
+    }
+
+    fn land_flight(&self, id: Uuid, flight: &Flight) {
+        let mut flights = self
+            .0
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if flights
+            .get(&id)
+            .is_some_and(|current| Arc::ptr_eq(current, flight))
+        {
+            flights.remove(&id);
+        }
+    }
+}

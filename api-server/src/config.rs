@@ -1,0 +1,345 @@
+//! Settings, read only from the environment (every field also has a `--flag`).
+//!
+//! `api-server --help` lists every variable with its default; docs/configuration.md
+//! explains them.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "api-server",
+    version,
+    about = "The bundled user API: axum on Postgres with a coherent Redis cache"
+)]
+pub struct Config {
+    #[command(flatten)]
+    pub database: DatabaseConfig,
+    #[command(flatten)]
+    pub cache: CacheConfig,
+    #[command(flatten)]
+    pub rate_limit: RateLimitConfig,
+    #[command(flatten)]
+    pub server: ServerConfig,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseConfig {
+    /// Full Postgres URL; when set it wins over every PG* variable.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<Secret>,
+    /// Postgres host name, IP address or Unix-socket directory.
+    #[arg(long, env = "PGHOST", default_value = "localhost")]
+    pub pg_host: String,
+    #[arg(long, env = "PGPORT", default_value_t = 5432)]
+    pub pg_port: u16,
+    /// Database name.
+    #[arg(long, env = "PGDATABASE", default_value = "postgres")]
+    pub pg_database: String,
+    #[arg(long, env = "PGUSER", default_value = "postgres")]
+    pub pg_user: String,
+    #[arg(long, env = "PGPASSWORD", hide_env_values = true)]
+    pub pg_password: Option<Secret>,
+    /// disable, allow, prefer, require, verify-ca or verify-full (as in libpq).
+    #[arg(long, env = "PGSSLMODE", default_value = "prefer", value_parser = parse_ssl_mode)]
+    pub pg_ssl_mode: PgSslMode,
+    /// Most connections the pool opens.
+    #[arg(long, env = "DB_POOL_MAX", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pool_max: u32,
+    /// Connections the pool keeps open when idle.
+    #[arg(long, env = "DB_POOL_MIN", default_value_t = 1)]
+    pub pool_min: u32,
+    /// How long a request waits for a connection before it gets 503.
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub acquire_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CacheConfig {
+    /// Redis for the per-user cache, e.g. redis://127.0.0.1:6379. Unset: no cache.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+    /// How long a cached user lives in Redis.
+    #[arg(long, env = "CACHE_TTL_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RateLimitConfig {
+    /// Requests per second allowed per client IP on /users. Unset: no rate limit.
+    #[arg(long = "rate-limit-rps", env = "RATE_LIMIT_RPS")]
+    pub rps: Option<NonZeroU32>,
+    /// Burst size per client IP (default: RATE_LIMIT_RPS). Needs RATE_LIMIT_RPS.
+    #[arg(long = "rate-limit-burst", env = "RATE_LIMIT_BURST", requires = "rps")]
+    pub burst: Option<NonZeroU32>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServerConfig {
+    /// TCP port to listen on (all interfaces); 0 picks a free one.
+    #[arg(long, env = "PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    pub log_format: LogFormat,
+    /// After SIGTERM, how long in-flight requests may take before they are cut off.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 20)]
+    pub shutdown_timeout_seconds: u64,
+    /// After SIGTERM, how long to keep accepting requests (while /readyz is already 503) so
+    /// load balancers can stop routing here first. 0 stops accepting at once.
+    #[arg(long, env = "SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
+    pub shutdown_delay_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// A string that never shows up in `Debug` output or logs.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+fn parse_ssl_mode(s: &str) -> Result<PgSslMode, String> {
+    s.parse::<PgSslMode>().map_err(|_| {
+        format!("`{s}` is not one of disable, allow, prefer, require, verify-ca, verify-full")
+    })
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("DATABASE_URL is not a valid Postgres URL: {0}")]
+    DatabaseUrl(#[source] sqlx::Error),
+    #[error("DB_POOL_MIN ({min}) is larger than DB_POOL_MAX ({max})")]
+    PoolBounds { min: u32, max: u32 },
+}
+
+impl DatabaseConfig {
+    /// A config for `url` with the defaults for everything else (used by tests and tools).
+    pub fn from_url(url: &str) -> Self {
+        Self {
+            database_url: Some(Secret::new(url)),
+            pg_host: "localhost".into(),
+            pg_port: 5432,
+            pg_database: "postgres".into(),
+            pg_user: "postgres".into(),
+            pg_password: None,
+            pg_ssl_mode: PgSslMode::Prefer,
+            pool_max: 10,
+            pool_min: 1,
+            acquire_timeout_ms: 2000,
+        }
+    }
+
+    /// Connection options: `DATABASE_URL` when set, else the PG* fields.
+    pub fn connect_options(&self) -> Result<PgConnectOptions, ConfigError> {
+        if self.pool_min > self.pool_max {
+            return Err(ConfigError::PoolBounds {
+                min: self.pool_min,
+                max: self.pool_max,
+            });
+        }
+        let options = match &self.database_url {
+            Some(url) => {
+                PgConnectOptions::from_str(url.expose()).map_err(ConfigError::DatabaseUrl)?
+            }
+            None => {
+                // `new_without_pgpass` still reads PG* from the environment; every field is
+                // set explicitly below so the result depends only on this struct.
+                let options = PgConnectOptions::new_without_pgpass()
+                    .host(&self.pg_host)
+                    .port(self.pg_port)
+                    .database(&self.pg_database)
+                    .username(&self.pg_user)
+                    .ssl_mode(self.pg_ssl_mode);
+                match &self.pg_password {
+                    Some(password) => options.password(password.expose()),
+                    None => options,
+                }
+            }
+        };
+        Ok(options.application_name("api-server"))
+    }
+
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.acquire_timeout_ms)
+    }
+}
+
+impl CacheConfig {
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_seconds)
+    }
+}
+
+impl RateLimitConfig {
+    /// `(rps, burst)` when rate limiting is on.
+    pub fn quota(&self) -> Option<(NonZeroU32, NonZeroU32)> {
+        self.rps.map(|rps| (rps, self.burst.unwrap_or(rps)))
+    }
+}
+
+impl ServerConfig {
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_seconds)
+    }
+
+    pub fn shutdown_delay(&self) -> Duration {
+        Duration::from_secs(self.shutdown_delay_seconds)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Flags override the environment, so these tests do not depend on the caller's env.
+    fn parse(extra: &[&str]) -> Result<Config, clap::Error> {
+        let base = [
+            "api-server",
+            "--pg-host",
+            "db.example",
+            "--pg-port",
+            "6543",
+            "--port",
+            "9000",
+        ];
+        Config::try_parse_from(base.iter().chain(extra))
+    }
+
+    #[test]
+    fn pg_fields_build_the_connection_options() {
+        let config = parse(&["--pg-database", "users", "--pg-user", "app"]).unwrap();
+        let options = config.database.connect_options().unwrap();
+        assert_eq!(options.get_host(), "db.example");
+        assert_eq!(options.get_port(), 6543);
+        assert_eq!(options.get_database(), Some("users"));
+        assert_eq!(options.get_username(), "app");
+    }
+
+    #[test]
+    fn database_url_wins_over_pg_fields() {
+        let config = parse(&["--database-url", "postgres://u:p@other:7000/x"]).unwrap();
+        let options = config.database.connect_options().unwrap();
+        assert_eq!(options.get_host(), "other");
+        assert_eq!(options.get_port(), 7000);
+        assert_eq!(options.get_database(), Some("x"));
+    }
+
+    #[test]
+    fn an_invalid_database_url_is_rejected() {
+        let config = parse(&["--database-url", "postgres://u@host:notaport/db"]).unwrap();
+        assert!(config.database.connect_options().is_err());
+    }
+
+    #[test]
+    fn an_unknown_ssl_mode_is_rejected() {
+        assert!(parse(&["--pg-ssl-mode", "sometimes"]).is_err());
+    }
+
+    #[test]
+    fn pool_min_above_max_is_rejected() {
+        let config = parse(&["--pool-max", "2", "--pool-min", "3"]).unwrap();
+        assert!(matches!(
+            config.database.connect_options(),
+            Err(ConfigError::PoolBounds { min: 3, max: 2 })
+        ));
+    }
+
+    #[test]
+    fn a_zero_pool_max_is_rejected() {
+        assert!(parse(&["--pool-max", "0"]).is_err());
+    }
+
+    #[test]
+    fn burst_defaults_to_rps() {
+        let config = parse(&["--rate-limit-rps", "100"]).unwrap();
+        let (rps, burst) = config.rate_limit.quota().unwrap();
+        assert_eq!((rps.get(), burst.get()), (100, 100));
+    }
+
+    #[test]
+    fn burst_without_rps_is_rejected() {
+        assert!(parse(&["--rate-limit-burst", "10"]).is_err());
+    }
+
+    #[test]
+    fn a_zero_rps_is_rejected() {
+        assert!(parse(&["--rate-limit-rps", "0"]).is_err());
+    }
+
+    #[test]
+    fn log_format_accepts_json_and_text_only() {
+        assert_eq!(
+            parse(&["--log-format", "text"]).unwrap().server.log_format,
+            LogFormat::Text
+        );
+        assert!(parse(&["--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let config = parse(&["--pg-password", "hunter2"]).unwrap();
+        assert!(!format!("{config:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn help_lists_every_environment_variable() {
+        let help = <Config as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        for var in [
+            "DATABASE_URL",
+            "PGHOST",
+            "PGPORT",
+            "PGDATABASE",
+            "PGUSER",
+            "PGPASSWORD",
+            "PGSSLMODE",
+            "DB_POOL_MAX",
+            "DB_POOL_MIN",
+            "DB_ACQUIRE_TIMEOUT_MS",
+            "REDIS_URL",
+            "CACHE_TTL_SECONDS",
+            "RATE_LIMIT_RPS",
+            "RATE_LIMIT_BURST",
+            "PORT",
+            "LOG_FORMAT",
+            "SHUTDOWN_TIMEOUT_SECONDS",
+            "SHUTDOWN_DELAY_SECONDS",
+        ] {
+            assert!(help.contains(var), "--help does not mention {var}");
+        }
+    }
+}

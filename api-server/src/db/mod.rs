@@ -1,0 +1,3 @@
+//! All SQL lives here.
+
+pub mod users;

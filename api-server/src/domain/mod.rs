@@ -1,0 +1,9 @@
+//! User input parsed into types that cannot hold invalid values.
+
+mod email;
+mod user;
+mod user_name;
+
+pub use email::Email;
+pub use user::{FieldError, NewUser, User, UserBody};
+pub use user_name::UserName;

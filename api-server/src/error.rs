@@ -1,0 +1,291 @@
+//! The one mapping from failures to `application/problem+json` responses (RFC 9457).
+//!
+//! Server-side failures are logged here with their full cause; the client only sees a
+//! generic detail, never a driver message or a SQL fragment.
+
+use std::sync::Arc;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::domain::FieldError;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// Seconds a client should wait after a 503 before retrying.
+const RETRY_AFTER_UNAVAILABLE_SECS: u64 = 1;
+
+/// Every way a request can fail, one variant per HTTP outcome.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("invalid fields")]
+    Validation(Vec<FieldError>),
+    /// A well-formed body whose shape does not fit (wrong types, missing fields).
+    #[error("unprocessable body: {0}")]
+    Unprocessable(String),
+    #[error("not found: {0}")]
+    NotFound(&'static str),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    #[error("payload too large")]
+    PayloadTooLarge,
+    #[error("rate limited")]
+    RateLimited { retry_after_secs: u64 },
+    /// Shared because one failed query can answer many coalesced requests (single-flight).
+    #[error("the database is unavailable")]
+    Unavailable(#[source] Arc<sqlx::Error>),
+    #[error("the request took too long")]
+    Timeout,
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// The problem document. Extension member `errors` lists invalid fields on a 422.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    #[schema(example = "about:blank")]
+    pub kind: &'static str,
+    #[schema(example = "Unprocessable Entity")]
+    pub title: &'static str,
+    #[schema(example = 422)]
+    pub status: u16,
+    #[schema(example = "email: must contain an @")]
+    pub detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Validation(_) | Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) | Self::Timeout | Self::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// What the client is told. Never includes the source of a server-side error.
+    fn detail(&self) -> String {
+        match self {
+            Self::BadRequest(detail) | Self::Unprocessable(detail) => detail.clone(),
+            Self::Validation(errors) => errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+            Self::NotFound(what) | Self::Conflict(what) => (*what).to_owned(),
+            Self::MethodNotAllowed => "this method is not allowed on this resource".into(),
+            Self::PayloadTooLarge => "the request body is larger than 16 KiB".into(),
+            Self::RateLimited { .. } => "too many requests from this client; retry later".into(),
+            Self::Unavailable(_) => "the database is unavailable; retry later".into(),
+            Self::Timeout => "the request took too long; retry later".into(),
+            Self::ShuttingDown => "the server is shutting down; retry on another replica".into(),
+            Self::Internal(_) => "an unexpected error occurred".into(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            Self::Unavailable(_) | Self::Timeout | Self::ShuttingDown => {
+                Some(RETRY_AFTER_UNAVAILABLE_SECS)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn problem(&self) -> Problem {
+        let status = self.status();
+        Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.detail(),
+            errors: match self {
+                Self::Validation(errors) => errors.clone(),
+                _ => Vec::new(),
+            },
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            Self::Unavailable(source) => tracing::warn!(error = %source, "database unavailable"),
+            Self::Internal(source) => tracing::error!(error = ?source, "internal error"),
+            _ => {}
+        }
+        let problem = self.problem();
+        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        let mut response = (self.status(), body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(secs) = self.retry_after() {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    /// Connection-level failures are 503 (retryable); anything else is a bug, so 500.
+    fn from(error: sqlx::Error) -> Self {
+        Self::from_db(Arc::new(error))
+    }
+}
+
+impl ApiError {
+    pub fn from_db(error: Arc<sqlx::Error>) -> Self {
+        if is_unavailable(&error) {
+            Self::Unavailable(error)
+        } else {
+            Self::Internal(error.into())
+        }
+    }
+}
+
+pub fn is_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception, 53: insufficient resources, 57P: operator
+            // intervention (shutdown, cannot connect now), 40001/40P01: retryable conflicts.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code == "57014" // query_canceled (statement_timeout)
+                || code == "40001"
+                || code == "40P01"
+        }),
+        _ => false,
+    }
+}
+
+/// Maps a violation of one named constraint to a chosen error; other errors convert as usual.
+pub trait ResultExt<T> {
+    fn on_constraint(
+        self,
+        name: &str,
+        map: impl FnOnce(Box<dyn sqlx::error::DatabaseError>) -> ApiError,
+    ) -> Result<T, ApiError>;
+}
+
+impl<T> ResultExt<T> for Result<T, sqlx::Error> {
+    fn on_constraint(
+        self,
+        name: &str,
+        map: impl FnOnce(Box<dyn sqlx::error::DatabaseError>) -> ApiError,
+    ) -> Result<T, ApiError> {
+        self.map_err(|error| match error {
+            sqlx::Error::Database(db) if db.constraint() == Some(name) => map(db),
+            other => ApiError::from(other),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_errors_are_422_and_name_each_field() {
+        let error = ApiError::Validation(vec![
+            FieldError {
+                field: "name",
+                message: "must not be empty",
+            },
+            FieldError {
+                field: "email",
+                message: "must contain an @",
+            },
+        ]);
+        let problem = error.problem();
+        assert_eq!(problem.status, 422);
+        assert_eq!(
+            problem.detail,
+            "name: must not be empty; email: must contain an @"
+        );
+        assert_eq!(problem.errors.len(), 2);
+    }
+
+    #[test]
+    fn pool_timeouts_are_503() {
+        assert_eq!(
+            ApiError::from(sqlx::Error::PoolTimedOut).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn io_errors_are_503() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(
+            ApiError::from(sqlx::Error::Io(io)).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn decode_errors_are_500_without_detail() {
+        let error = ApiError::from(sqlx::Error::ColumnNotFound("secret_column".into()));
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!error.problem().detail.contains("secret_column"));
+    }
+
+    #[test]
+    fn unavailable_detail_hides_the_driver_message() {
+        let io = std::io::Error::other("10.0.0.7:5432 refused");
+        let problem = ApiError::from(sqlx::Error::Io(io)).problem();
+        assert!(!problem.detail.contains("10.0.0.7"));
+    }
+
+    #[test]
+    fn responses_are_problem_json_with_retry_after_when_retryable() {
+        let response = ApiError::RateLimited {
+            retry_after_secs: 3,
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "3");
+    }
+
+    #[test]
+    fn client_errors_have_no_retry_after() {
+        let response = ApiError::NotFound("no user with this id").into_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn on_constraint_leaves_other_errors_alone() {
+        let result: Result<(), sqlx::Error> = Err(sqlx::Error::PoolTimedOut);
+        let error = result
+            .on_constraint("users_email_key", |_| ApiError::Conflict("dup"))
+            .unwrap_err();
+        assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+}

@@ -1,0 +1,244 @@
+//! Prometheus metrics, served as OpenMetrics text on `/metrics`.
+//!
+//! Label values are `&'static str` or integers picked from fixed sets, so recording a
+//! request allocates nothing and the number of series is bounded.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Routes as registered; anything else is recorded as `unmatched`.
+const ROUTES: [&str; 6] = [
+    "/users",
+    "/users/{id}",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+];
+
+/// Latency buckets from 250 µs to 10 s.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: &'static str,
+    pub route: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+type HistogramFamily = Family<HttpLabels, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: HistogramFamily,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub cache_errors: Counter,
+    pub cache_bypassed: Counter,
+    pub cache_invalidations: Family<SourceLabel, Counter>,
+    pub cache_flushes: Counter,
+    pub db_user_reads: Counter,
+    pub db_pool_connections: Family<StateLabel, Gauge>,
+    pub rate_limited: Counter,
+    pub listener_connected: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by method, route and status",
+            http_requests.clone(),
+        );
+        let http_duration: HistogramFamily =
+            Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS));
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by method, route and status",
+            http_duration.clone(),
+        );
+        let cache_hits = Counter::default();
+        registry.register(
+            "cache_hits",
+            "User reads answered from Redis",
+            cache_hits.clone(),
+        );
+        let cache_misses = Counter::default();
+        registry.register(
+            "cache_misses",
+            "User reads not found in Redis",
+            cache_misses.clone(),
+        );
+        let cache_errors = Counter::default();
+        registry.register(
+            "cache_errors",
+            "Failed or timed-out Redis operations",
+            cache_errors.clone(),
+        );
+        let cache_bypassed = Counter::default();
+        registry.register(
+            "cache_bypassed",
+            "User reads that skipped Redis (breaker open or invalidation feed down)",
+            cache_bypassed.clone(),
+        );
+        let cache_invalidations = Family::<SourceLabel, Counter>::default();
+        registry.register(
+            "cache_invalidations",
+            "Cache evictions by source (local write or NOTIFY from any replica)",
+            cache_invalidations.clone(),
+        );
+        let cache_flushes = Counter::default();
+        registry.register(
+            "cache_flushes",
+            "Whole-cache flushes (start-up, LISTEN reconnect, failed eviction)",
+            cache_flushes.clone(),
+        );
+        let db_user_reads = Counter::default();
+        registry.register(
+            "db_user_reads",
+            "Single-user reads sent to Postgres",
+            db_user_reads.clone(),
+        );
+        let db_pool_connections = Family::<StateLabel, Gauge>::default();
+        registry.register(
+            "db_pool_connections",
+            "Postgres pool connections by state (in_use, idle)",
+            db_pool_connections.clone(),
+        );
+        let rate_limited = Counter::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429",
+            rate_limited.clone(),
+        );
+        let listener_connected = Gauge::default();
+        registry.register(
+            "cache_listener_connected",
+            "1 while the LISTEN connection for invalidations is subscribed",
+            listener_connected.clone(),
+        );
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            cache_hits,
+            cache_misses,
+            cache_errors,
+            cache_bypassed,
+            cache_invalidations,
+            cache_flushes,
+            db_user_reads,
+            db_pool_connections,
+            rate_limited,
+            listener_connected,
+        }
+    }
+
+    pub fn observe_request(&self, labels: HttpLabels, seconds: f64) {
+        self.http_duration.get_or_create(&labels).observe(seconds);
+        self.http_requests.get_or_create(&labels).inc();
+    }
+
+    pub fn invalidated(&self, source: &'static str) {
+        self.cache_invalidations
+            .get_or_create(&SourceLabel { source })
+            .inc();
+    }
+
+    pub fn set_pool(&self, in_use: i64, idle: i64) {
+        self.db_pool_connections
+            .get_or_create(&StateLabel { state: "in_use" })
+            .set(in_use);
+        self.db_pool_connections
+            .get_or_create(&StateLabel { state: "idle" })
+            .set(idle);
+    }
+
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(8 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// The registered route for a matched path, as a static label value.
+pub fn route_label(matched: Option<&str>) -> &'static str {
+    matched
+        .and_then(|path| ROUTES.iter().find(|r| **r == path).copied())
+        .unwrap_or("unmatched")
+}
+
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::PATCH => "PATCH",
+        _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_routes_keep_their_template() {
+        assert_eq!(route_label(Some("/users/{id}")), "/users/{id}");
+    }
+
+    #[test]
+    fn unknown_paths_collapse_into_one_label() {
+        assert_eq!(route_label(Some("/admin")), "unmatched");
+        assert_eq!(route_label(None), "unmatched");
+    }
+
+    #[test]
+    fn encoded_output_names_requests_by_route_and_status() {
+        let metrics = Metrics::new();
+        metrics.observe_request(
+            HttpLabels {
+                method: "GET",
+                route: "/users/{id}",
+                status: 200,
+            },
+            0.001,
+        );
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains(
+                r#"http_requests_total{method="GET",route="/users/{id}",status="200"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("http_request_duration_seconds_bucket"));
+    }
+}

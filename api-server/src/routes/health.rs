@@ -1,0 +1,110 @@
+//! Probes and metrics. These are attached outside the request-tracing layer.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::state::AppState;
+
+/// How long `/readyz` waits for Postgres before calling it down.
+const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "probes", responses((status = 200, description = "Alive")))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not ready`.
+    pub status: &'static str,
+    pub shutting_down: bool,
+    /// `up` or `down`.
+    pub postgres: &'static str,
+    /// `up`, `down` or `disabled`. Never affects readiness.
+    pub redis: &'static str,
+    /// Whether cached reads are trusted (the LISTEN connection is subscribed).
+    pub cache_trusted: bool,
+}
+
+/// Readiness: 200 only while Postgres answers and shutdown has not begun.
+#[utoipa::path(get, path = "/readyz", tag = "probes", responses(
+    (status = 200, description = "Ready", body = Readiness),
+    (status = 503, description = "Not ready", body = Readiness),
+))]
+pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<Readiness>) {
+    let shutting_down = state.shutdown.is_cancelled();
+    let ping = sqlx::query("SELECT 1").execute(&state.db);
+    let (postgres, redis) = tokio::join!(
+        async {
+            matches!(
+                tokio::time::timeout(DB_CHECK_TIMEOUT, ping).await,
+                Ok(Ok(_))
+            )
+        },
+        state.cache.status()
+    );
+    let ready = postgres && !shutting_down;
+    let body = Readiness {
+        status: if ready { "ready" } else { "not ready" },
+        shutting_down,
+        postgres: if postgres { "up" } else { "down" },
+        redis: redis.as_str(),
+        cache_trusted: state.cache.is_trusted(),
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body))
+}
+
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", tag = "probes", responses((status = 200, description = "OpenMetrics text")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let idle = i64::try_from(state.db.num_idle()).unwrap_or(i64::MAX);
+    let size = i64::from(state.db.size());
+    state.metrics.set_pool(size - idle, idle);
+    match state.metrics.encode() {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            )],
+            text,
+        )
+            .into_response(),
+        Err(error) => crate::error::ApiError::Internal(error.into()).into_response(),
+    }
+}
+
+/// The OpenAPI 3.1 document of this API.
+#[utoipa::path(get, path = "/openapi.json", tag = "probes", responses((status = 200, description = "OpenAPI document")))]
+pub async fn openapi(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        state.openapi.clone(),
+    )
+        .into_response()
+}

@@ -1,0 +1,242 @@
+//! Building and running the server: `Application::build` / `port()` / `run_until_stopped()`.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use sqlx::PgPool;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{Cache, invalidation};
+use crate::config::{Config, ConfigError};
+use crate::error::is_unavailable;
+use crate::metrics::Metrics;
+use crate::middleware::{RateLimiter, rate_limiter};
+use crate::routes;
+use crate::state::AppState;
+
+/// The schema, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// How long start-up keeps retrying while Postgres is unreachable before giving up.
+const MIGRATE_RETRY_FOR: Duration = Duration::from_secs(60);
+const MIGRATE_MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often idle per-IP rate-limit buckets are dropped.
+const RATE_LIMIT_GC_EVERY: Duration = Duration::from_secs(60);
+/// Bound on closing the pool after the server stopped.
+const POOL_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot migrate the database")]
+    Migrate(#[source] MigrateError),
+    #[error("REDIS_URL is invalid")]
+    Redis(#[source] redis::RedisError),
+    #[error("cannot listen on port {port}")]
+    Bind { port: u16, source: std::io::Error },
+    #[error("cannot render the OpenAPI document")]
+    OpenApi(#[source] serde_json::Error),
+    #[error("the HTTP server failed")]
+    Serve(#[source] std::io::Error),
+}
+
+pub struct Application {
+    port: u16,
+    listener: TcpListener,
+    state: AppState,
+    listener_pool: PgPool,
+    shutdown_delay: Duration,
+    shutdown_timeout: Duration,
+}
+
+impl Application {
+    /// Connects, migrates (under Postgres's advisory lock) and binds. Nothing is served yet.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        let options = config.database.connect_options()?;
+        let db = PgPoolOptions::new()
+            .max_connections(config.database.pool_max)
+            .min_connections(config.database.pool_min)
+            .acquire_timeout(config.database.acquire_timeout())
+            .connect_lazy_with(options.clone());
+        migrate(&db).await.map_err(StartupError::Migrate)?;
+
+        let metrics = Arc::new(Metrics::new());
+        let cache = match &config.cache.redis_url {
+            Some(url) => Cache::connect(url.expose(), config.cache.ttl(), metrics.clone())
+                .map_err(StartupError::Redis)?,
+            None => Cache::disabled(metrics.clone()),
+        };
+        let rate_limiter: Option<Arc<RateLimiter>> = config
+            .rate_limit
+            .quota()
+            .map(|(rps, burst)| Arc::new(rate_limiter(rps, burst)));
+        let openapi = Bytes::from(routes::openapi_json().map_err(StartupError::OpenApi)?);
+
+        let port = config.server.port;
+        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+            .await
+            .map_err(|source| StartupError::Bind { port, source })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { port, source })?
+            .port();
+
+        let state = AppState {
+            db,
+            cache,
+            metrics,
+            shutdown: CancellationToken::new(),
+            rate_limiter,
+            openapi,
+        };
+        Ok(Self {
+            port,
+            listener,
+            state,
+            listener_pool: invalidation::listener_pool(options, config.database.acquire_timeout()),
+            shutdown_delay: config.server.shutdown_delay(),
+            shutdown_timeout: config.server.shutdown_timeout(),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Cancel it to begin a graceful shutdown (main does so on SIGTERM/SIGINT).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.shutdown.clone()
+    }
+
+    /// Serves until shutdown: `/readyz` turns 503 at once, requests keep being served for
+    /// the shutdown delay, then in-flight requests get up to the shutdown timeout.
+    pub async fn run_until_stopped(self) -> Result<(), StartupError> {
+        let Self {
+            port,
+            listener,
+            state,
+            listener_pool,
+            shutdown_delay,
+            shutdown_timeout,
+        } = self;
+        let shutdown = state.shutdown.clone();
+        let db = state.db.clone();
+
+        let invalidations = state.cache.is_enabled().then(|| {
+            tokio::spawn(invalidation::run(
+                listener_pool.clone(),
+                state.cache.clone(),
+                state.metrics.clone(),
+                shutdown.clone(),
+            ))
+        });
+        if let Some(limiter) = state.rate_limiter.clone() {
+            tokio::spawn(forget_idle_clients(limiter, shutdown.clone()));
+        }
+
+        let app = routes::router(state.clone());
+        let stop_accepting = {
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                tracing::info!(
+                    delay_s = shutdown_delay.as_secs(),
+                    "shutdown started; /readyz is 503"
+                );
+                tokio::time::sleep(shutdown_delay).await;
+                tracing::info!("no longer accepting connections; draining");
+            }
+        };
+        let server = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop_accepting)
+        .into_future();
+        let deadline = {
+            let shutdown = shutdown.clone();
+            async move {
+                shutdown.cancelled().await;
+                tokio::time::sleep(shutdown_delay + shutdown_timeout).await;
+            }
+        };
+        tracing::info!(port, "listening");
+
+        tokio::pin!(server, deadline);
+        let served = match invalidations {
+            Some(mut task) => {
+                tokio::select! {
+                    served = &mut server => served,
+                    ended = &mut task => {
+                        // It only returns on shutdown; anything else is a bug. Keep serving,
+                        // from Postgres only, rather than serve a cache nobody invalidates.
+                        state.cache.set_trusted(false);
+                        tracing::error!(?ended, "the invalidation listener stopped; cache disabled");
+                        tokio::select! {
+                            served = &mut server => served,
+                            () = &mut deadline => Ok(()),
+                        }
+                    }
+                    () = &mut deadline => {
+                        tracing::warn!("in-flight requests outlived SHUTDOWN_TIMEOUT_SECONDS; exiting");
+                        Ok(())
+                    }
+                }
+            }
+            None => tokio::select! {
+                served = &mut server => served,
+                () = &mut deadline => {
+                    tracing::warn!("in-flight requests outlived SHUTDOWN_TIMEOUT_SECONDS; exiting");
+                    Ok(())
+                }
+            },
+        };
+        shutdown.cancel();
+        let _ = tokio::time::timeout(POOL_CLOSE_TIMEOUT, async {
+            tokio::join!(db.close(), listener_pool.close())
+        })
+        .await;
+        tracing::info!("stopped");
+        served.map_err(StartupError::Serve)
+    }
+}
+
+/// Runs the embedded migrations. sqlx takes a Postgres advisory lock around them, so
+/// replicas starting together apply each migration once and the others wait, then see it
+/// applied. Retries while Postgres is still coming up.
+pub async fn migrate(db: &PgPool) -> Result<(), MigrateError> {
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match MIGRATOR.run(db).await {
+            Ok(()) => return Ok(()),
+            Err(MigrateError::Execute(error))
+                if is_unavailable(&error) && started.elapsed() < MIGRATE_RETRY_FOR =>
+            {
+                tracing::warn!(%error, retry_in_ms = backoff.as_millis(), "Postgres not reachable yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MIGRATE_MAX_BACKOFF);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+async fn forget_idle_clients(limiter: Arc<RateLimiter>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(RATE_LIMIT_GC_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
+            }
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! Shared state handed to every handler.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::FromRef;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::Cache;
+use crate::metrics::Metrics;
+use crate::middleware::RateLimiter;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub cache: Cache,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when shutdown begins; `/readyz` turns 503 at once.
+    pub shutdown: CancellationToken,
+    pub rate_limiter: Option<Arc<RateLimiter>>,
+    /// The OpenAPI document, rendered once at start-up.
+    pub openapi: Bytes,
+}
+
+impl FromRef<AppState> for PgPool {
+    fn from_ref(state: &AppState) -> Self {
+        state.db.clone()
+    }
+}
+
+impl FromRef<AppState> for Cache {
+    fn from_ref(state: &AppState) -> Self {
+        state.cache.clone()
+    }
+}
+
+impl FromRef<AppState> for Arc<Metrics> {
+    fn from_ref(state: &AppState) -> Self {
+        state.metrics.clone()
+    }
+}
