@@ -217,3 +217,6 @@ fn empty_dir(name: &str) -> Volume {
         ..Volume::default()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -184,3 +184,6 @@ pub(crate) fn child_meta(sapi: &ScalableApi, name: String) -> ObjectMeta {
         ..ObjectMeta::default()
     }
 }
+
+#[cfg(test)]
+mod tests;

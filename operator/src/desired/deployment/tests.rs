@@ -1,0 +1,292 @@
+//! Deployment builder: names, selector, replicas, containers, probes, env, security, spread.
+
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+
+use super::*;
+use crate::desired::{Inputs, configmap, desired};
+
+fn deployment_of(sapi: &ScalableApi) -> Deployment {
+    desired(sapi, &Inputs::default()).expect("valid").deployment
+}
+
+fn pod(d: &Deployment) -> &PodSpec {
+    d.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .expect("pod spec")
+}
+
+fn api(d: &Deployment) -> &Container {
+    pod(d)
+        .containers
+        .iter()
+        .find(|c| c.name == API_CONTAINER)
+        .expect("api container")
+}
+
+fn sidecar(d: &Deployment) -> Option<&Container> {
+    pod(d)
+        .init_containers
+        .as_ref()?
+        .iter()
+        .find(|c| c.name == "redis")
+}
+
+fn replicas(sapi: &ScalableApi) -> Option<i32> {
+    deployment_of(sapi).spec.and_then(|s| s.replicas)
+}
+
+#[test]
+fn selector_uses_name_and_instance_only() {
+    let d = deployment_of(&ScalableApi::test());
+    let spec = d.spec.as_ref().expect("spec");
+    let selector = spec.selector.match_labels.as_ref().expect("labels");
+    assert_eq!(selector, &labels::selector(&ScalableApi::test()));
+    assert_eq!(selector.len(), 2);
+    assert_eq!(
+        selector.get(labels::NAME).map(String::as_str),
+        Some("api-server")
+    );
+    assert_eq!(
+        selector.get(labels::INSTANCE).map(String::as_str),
+        Some("users")
+    );
+    // The pods carry every selector label, or the Deployment would be rejected.
+    let pod_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.labels.as_ref());
+    assert_eq!(pod_labels, Some(&labels::common(&ScalableApi::test())));
+}
+
+#[test]
+fn replicas_follow_spec_replicas_without_autoscaling() {
+    assert_eq!(replicas(&ScalableApi::test().with_replicas(4)), Some(4));
+    assert_eq!(replicas(&ScalableApi::test().with_replicas(0)), Some(0));
+}
+
+#[test]
+fn replicas_default_to_one() {
+    assert_eq!(replicas(&ScalableApi::test()), Some(1));
+}
+
+#[test]
+fn replicas_are_omitted_while_autoscaling_owns_them() {
+    assert_eq!(replicas(&ScalableApi::test().with_autoscaling(3, 20)), None);
+    let json = serde_json::to_value(deployment_of(&ScalableApi::test().with_autoscaling(3, 20)))
+        .expect("json");
+    assert!(json.pointer("/spec/replicas").is_none());
+}
+
+#[test]
+fn api_container_uses_the_default_image_unless_spec_image_is_set() {
+    let inputs = Inputs {
+        default_image: "registry.local/api:7".into(),
+        secret_hash: None,
+    };
+    let d = desired(&ScalableApi::test(), &inputs)
+        .expect("valid")
+        .deployment;
+    assert_eq!(api(&d).image.as_deref(), Some("registry.local/api:7"));
+    let d = deployment_of(&ScalableApi::test().with_image("example.com/api:2"));
+    assert_eq!(api(&d).image.as_deref(), Some("example.com/api:2"));
+}
+
+#[test]
+fn api_container_exposes_http_on_8080() {
+    let ports = api(&deployment_of(&ScalableApi::test()))
+        .ports
+        .clone()
+        .expect("ports");
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].name.as_deref(), Some("http"));
+    assert_eq!(ports[0].container_port, 8080);
+}
+
+#[test]
+fn probes_are_healthz_for_liveness_and_readyz_for_readiness() {
+    let d = deployment_of(&ScalableApi::test());
+    let c = api(&d);
+    let path = |p: &Option<Probe>| {
+        let get = p
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("httpGet");
+        assert_eq!(get.port, IntOrString::String("http".into()));
+        get.path.clone()
+    };
+    assert_eq!(path(&c.liveness_probe).as_deref(), Some("/healthz"));
+    assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
+    assert_eq!(path(&c.startup_probe).as_deref(), Some("/healthz"));
+}
+
+#[test]
+fn password_form_sets_only_pgpassword_from_the_secret() {
+    let d = deployment_of(&ScalableApi::test());
+    let env = api(&d).env.clone().expect("env");
+    assert_eq!(env.len(), 1);
+    assert_eq!(env[0].name, "PGPASSWORD");
+    let r = env[0]
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .expect("secretKeyRef");
+    assert_eq!((r.name.as_str(), r.key.as_str()), ("users-db", "password"));
+}
+
+#[test]
+fn uri_form_sets_only_database_url_from_the_secret() {
+    let d = deployment_of(&ScalableApi::test().with_uri_secret("pg-app", "uri"));
+    let env = api(&d).env.clone().expect("env");
+    assert_eq!(env.len(), 1);
+    assert_eq!(env[0].name, "DATABASE_URL");
+    let r = env[0]
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .expect("secretKeyRef");
+    assert_eq!((r.name.as_str(), r.key.as_str()), ("pg-app", "uri"));
+}
+
+#[test]
+fn the_rest_of_the_env_comes_from_the_config_map() {
+    let d = deployment_of(&ScalableApi::test());
+    let from = api(&d).env_from.clone().expect("envFrom");
+    assert_eq!(from.len(), 1);
+    let cm = from[0].config_map_ref.as_ref().expect("configMapRef");
+    assert_eq!(cm.name, "users-config");
+    // Service links would inject *_SERVICE_HOST variables outside the api-server's interface.
+    assert_eq!(pod(&d).enable_service_links, Some(false));
+}
+
+#[test]
+fn default_requests_make_hpa_utilisation_work() {
+    let d = deployment_of(
+        &ScalableApi::test()
+            .with_autoscaling(2, 5)
+            .with_memory_target(80),
+    );
+    let res = api(&d).resources.clone().expect("resources");
+    let requests = res.requests.expect("requests");
+    assert_eq!(requests.get("cpu"), Some(&Quantity("100m".into())));
+    assert_eq!(requests.get("memory"), Some(&Quantity("64Mi".into())));
+    // Every container, the sidecar included, needs requests for pod utilisation.
+    let side = sidecar(&d)
+        .and_then(|c| c.resources.clone())
+        .and_then(|r| r.requests);
+    let side = side.expect("sidecar requests");
+    assert!(side.contains_key("cpu") && side.contains_key("memory"));
+}
+
+#[test]
+fn spec_resources_are_used_verbatim() {
+    let sapi = ScalableApi::test().with_requests(&[("cpu", "250m"), ("memory", "128Mi")]);
+    let d = deployment_of(&sapi);
+    assert_eq!(api(&d).resources, sapi.spec.resources);
+}
+
+#[test]
+fn redis_is_a_native_sidecar_when_the_cache_is_enabled() {
+    let d = deployment_of(&ScalableApi::test().with_cache_memory("128Mi"));
+    let r = sidecar(&d).expect("redis sidecar");
+    assert_eq!(r.restart_policy.as_deref(), Some("Always"));
+    let args = r.args.clone().expect("args");
+    let pair = |flag: &str| {
+        let i = args.iter().position(|a| a == flag).expect(flag);
+        args[i + 1].clone()
+    };
+    assert_eq!(pair("--save"), "");
+    assert_eq!(pair("--appendonly"), "no");
+    assert_eq!(pair("--maxmemory"), (128u64 * 1024 * 1024).to_string());
+    assert_eq!(pair("--maxmemory-policy"), "allkeys-lru");
+    assert_eq!(pair("--bind"), "127.0.0.1");
+    assert!(r.startup_probe.is_some() && r.liveness_probe.is_some());
+    // Redis down must not take the pod out of the Service: no readiness probe.
+    assert!(r.readiness_probe.is_none());
+    let volumes = pod(&d).volumes.clone().expect("volumes");
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v.name == redis::DATA_VOLUME && v.empty_dir.is_some())
+    );
+}
+
+#[test]
+fn no_sidecar_without_the_cache() {
+    let d = deployment_of(&ScalableApi::test().without_cache());
+    assert!(pod(&d).init_containers.is_none());
+    assert!(
+        !pod(&d)
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| v.name == redis::DATA_VOLUME)
+    );
+}
+
+#[test]
+fn every_container_and_the_pod_are_restricted() {
+    let d = deployment_of(&ScalableApi::test());
+    let p = pod(&d);
+    let psc = p.security_context.as_ref().expect("pod securityContext");
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert!(psc.run_as_user.is_some_and(|u| u > 0));
+    assert_eq!(
+        psc.seccomp_profile.as_ref().map(|s| s.type_.as_str()),
+        Some("RuntimeDefault")
+    );
+    let all = p
+        .containers
+        .iter()
+        .chain(p.init_containers.iter().flatten());
+    let mut count = 0;
+    for c in all {
+        count += 1;
+        let sc = c.security_context.as_ref().expect("securityContext");
+        assert_eq!(sc.run_as_non_root, Some(true), "{}", c.name);
+        assert!(sc.run_as_user.is_some_and(|u| u > 0), "{}", c.name);
+        assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
+        assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+        let drop = sc.capabilities.as_ref().and_then(|c| c.drop.clone());
+        assert_eq!(drop, Some(vec!["ALL".to_owned()]), "{}", c.name);
+        let seccomp = sc.seccomp_profile.as_ref().map(|s| s.type_.clone());
+        assert_eq!(seccomp.as_deref(), Some("RuntimeDefault"), "{}", c.name);
+    }
+    assert_eq!(count, 2);
+    // The read-only root filesystem gets a writable /tmp.
+    let mounts = api(&d).volume_mounts.clone().expect("mounts");
+    assert!(mounts.iter().any(|m| m.mount_path == "/tmp"));
+}
+
+#[test]
+fn pods_spread_over_nodes_without_blocking_scheduling() {
+    let d = deployment_of(&ScalableApi::test());
+    let tsc = pod(&d).topology_spread_constraints.clone().expect("spread");
+    assert_eq!(tsc.len(), 1);
+    assert_eq!(tsc[0].topology_key, "kubernetes.io/hostname");
+    assert_eq!(tsc[0].when_unsatisfiable, "ScheduleAnyway");
+    let selector = tsc[0]
+        .label_selector
+        .as_ref()
+        .and_then(|s| s.match_labels.clone());
+    assert_eq!(selector, Some(labels::selector(&ScalableApi::test())));
+}
+
+#[test]
+fn grace_period_outlasts_the_drain() {
+    let d = deployment_of(&ScalableApi::test());
+    let grace = pod(&d).termination_grace_period_seconds.expect("grace");
+    assert!(grace > configmap::SHUTDOWN_TIMEOUT_SECONDS + PRE_STOP_SLEEP_SECONDS);
+}
+
+#[test]
+fn rollouts_never_reduce_capacity() {
+    let d = deployment_of(&ScalableApi::test());
+    let ru = d
+        .spec
+        .and_then(|s| s.strategy)
+        .and_then(|s| s.rolling_update)
+        .expect("rollingUpdate");
+    assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
+}

@@ -1,0 +1,214 @@
+//! desired(): children set, owner refs, labels, hashes and spec errors.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+
+use super::*;
+
+fn build(sapi: &ScalableApi) -> Children {
+    desired(sapi, &Inputs::default()).expect("valid fixture")
+}
+
+fn pod_hash(children: &Children) -> String {
+    children
+        .deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(CONFIG_HASH_ANNOTATION))
+        .cloned()
+        .expect("config-hash annotation")
+}
+
+fn secret(pairs: &[(&str, &str)]) -> Secret {
+    Secret {
+        data: Some(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+#[test]
+fn autoscaled_api_has_all_five_children() {
+    let c = build(&ScalableApi::test().with_autoscaling(3, 20));
+    assert!(c.hpa.is_some());
+    assert!(c.pdb.is_some());
+    assert_eq!(c.config_map.metadata.name.as_deref(), Some("users-config"));
+    assert_eq!(c.deployment.metadata.name.as_deref(), Some("users"));
+    assert_eq!(c.service.metadata.name.as_deref(), Some("users"));
+}
+
+#[test]
+fn single_fixed_replica_has_no_hpa_and_no_pdb() {
+    let c = build(&ScalableApi::test());
+    assert!(c.hpa.is_none());
+    assert!(c.pdb.is_none());
+}
+
+#[test]
+fn suspend_removes_only_the_hpa() {
+    let running = build(&ScalableApi::test().with_autoscaling(3, 20));
+    let suspended = build(&ScalableApi::test().with_autoscaling(3, 20).suspended());
+    assert!(suspended.hpa.is_none());
+    assert_eq!(suspended.deployment, running.deployment);
+    assert_eq!(suspended.pdb, running.pdb);
+    assert_eq!(suspended.config_map, running.config_map);
+}
+
+#[test]
+fn every_child_is_owned_by_the_scalable_api_and_labelled() {
+    let sapi = ScalableApi::test().with_autoscaling(2, 4);
+    let c = build(&sapi);
+    let metas = [
+        &c.config_map.metadata,
+        &c.deployment.metadata,
+        &c.service.metadata,
+        &c.hpa.as_ref().expect("hpa").metadata,
+        &c.pdb.as_ref().expect("pdb").metadata,
+    ];
+    for meta in metas {
+        assert_eq!(meta.namespace.as_deref(), Some("shop"));
+        assert_eq!(meta.labels.as_ref(), Some(&labels::common(&sapi)));
+        let owners = meta.owner_references.as_ref().expect("owner refs");
+        assert_eq!(owners.len(), 1);
+        let o = &owners[0];
+        assert_eq!(o.kind, "ScalableApi");
+        assert_eq!(o.api_version, "scalable.dev/v1alpha1");
+        assert_eq!(o.name, "users");
+        assert_eq!(Some(&o.uid), sapi.metadata.uid.as_ref());
+        assert_eq!(o.controller, Some(true));
+    }
+}
+
+#[test]
+fn without_uid_the_owner_reference_is_left_out() {
+    let c = build(&ScalableApi::test().without_uid());
+    assert_eq!(c.deployment.metadata.owner_references, None);
+    assert_eq!(c.config_map.metadata.owner_references, None);
+}
+
+#[test]
+fn hash_changes_when_config_changes() {
+    let before = pod_hash(&build(&ScalableApi::test()));
+    for changed in [
+        ScalableApi::test().with_cache_ttl(60),
+        ScalableApi::test().with_pool(2, 20),
+        ScalableApi::test().with_rate_limit(10, None),
+        ScalableApi::test().without_cache(),
+    ] {
+        assert_ne!(pod_hash(&build(&changed)), before);
+    }
+}
+
+#[test]
+fn hash_changes_when_secret_data_changes() {
+    let sapi = ScalableApi::test();
+    let with = |s: &Secret| Inputs {
+        secret_hash: secret_hash(s, "password"),
+        ..Inputs::default()
+    };
+    let a = desired(&sapi, &with(&secret(&[("password", "one")]))).expect("valid");
+    let b = desired(&sapi, &with(&secret(&[("password", "two")]))).expect("valid");
+    let same = desired(&sapi, &with(&secret(&[("password", "one")]))).expect("valid");
+    assert_ne!(pod_hash(&a), pod_hash(&b));
+    assert_eq!(pod_hash(&a), pod_hash(&same));
+}
+
+#[test]
+fn hash_ignores_what_does_not_reach_the_pods_config() {
+    let before = pod_hash(&build(&ScalableApi::test()));
+    for unrelated in [
+        ScalableApi::test().with_replicas(5),
+        ScalableApi::test().with_image("example.com/api:2"),
+        ScalableApi::test().with_autoscaling(2, 9),
+        ScalableApi::test().suspended(),
+    ] {
+        assert_eq!(pod_hash(&build(&unrelated)), before);
+    }
+}
+
+#[test]
+fn secret_hash_depends_only_on_the_referenced_key() {
+    let a = secret(&[("password", "pw"), ("other", "1")]);
+    let b = secret(&[("password", "pw"), ("other", "2")]);
+    assert_eq!(secret_hash(&a, "password"), secret_hash(&b, "password"));
+    assert_ne!(secret_hash(&a, "other"), secret_hash(&b, "other"));
+}
+
+#[test]
+fn secret_hash_is_none_when_the_key_is_missing() {
+    assert_eq!(secret_hash(&secret(&[("user", "app")]), "password"), None);
+    assert_eq!(secret_hash(&Secret::default(), "password"), None);
+}
+
+#[test]
+fn secret_hash_reads_string_data_too() {
+    let s = Secret {
+        string_data: Some(BTreeMap::from([("password".into(), "pw".into())])),
+        ..Secret::default()
+    };
+    assert_eq!(
+        secret_hash(&s, "password"),
+        secret_hash(&secret(&[("password", "pw")]), "password")
+    );
+}
+
+#[test]
+fn invalid_specs_are_spec_errors_that_say_what_to_fix() {
+    let mut neither = ScalableApi::test();
+    neither.spec.database.password_secret_ref = None;
+    let both = ScalableApi::test()
+        .with_uri_secret("db", "uri")
+        .with_password_secret("db", "pw");
+    let mut no_host = ScalableApi::test();
+    no_host.spec.database.host = None;
+    let cases = [
+        (neither, SpecError::DatabaseForm),
+        (both, SpecError::DatabaseForm),
+        (no_host, SpecError::DatabasePasswordForm),
+        (
+            ScalableApi::test().with_replicas(2).with_autoscaling(1, 3),
+            SpecError::ReplicasWithAutoscaling,
+        ),
+        (
+            ScalableApi::test().with_autoscaling(5, 3),
+            SpecError::MinAboveMax { min: 5, max: 3 },
+        ),
+        (
+            ScalableApi::test().with_pool(9, 3),
+            SpecError::PoolMinAboveMax { min: 9, max: 3 },
+        ),
+        (
+            ScalableApi::test().with_cache_memory("lots"),
+            SpecError::MaxMemory {
+                value: "lots".into(),
+            },
+        ),
+        (
+            ScalableApi::test()
+                .with_autoscaling(1, 3)
+                .with_requests(&[("memory", "64Mi")]),
+            SpecError::MissingRequest { resource: "cpu" },
+        ),
+        (
+            ScalableApi::test()
+                .with_autoscaling(1, 3)
+                .with_memory_target(80)
+                .with_requests(&[("cpu", "100m")]),
+            SpecError::MissingRequest { resource: "memory" },
+        ),
+        (ScalableApi::test().named(""), SpecError::MissingName),
+    ];
+    for (sapi, expected) in cases {
+        let err = desired(&sapi, &Inputs::default()).expect_err("invalid spec");
+        assert_eq!(err, expected);
+        assert!(err.to_string().contains("spec.") || err == SpecError::MissingName);
+    }
+}
