@@ -1,0 +1,139 @@
+//! Status writes: only on change, invalid specs, error back-off.
+
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn an_unchanged_object_writes_no_status_and_changes_no_child() {
+    let h = Harness::start().await;
+    create_db_secret(&h, "users").await;
+    scalable_api("users").create(&h).await;
+    h.wait_for(SAPIS, "users", "status", |o| {
+        o.pointer("/status/observedGeneration").is_some()
+    })
+    .await;
+    h.settle().await;
+    let versions = |h: &Harness| {
+        [
+            (SAPIS, "users"),
+            (DEPLOYMENTS, "users"),
+            (SERVICES, "users"),
+            (CONFIGMAPS, "users-config"),
+            (PDBS, "users"),
+        ]
+        .map(|(r, n)| {
+            h.object(r, n)
+                .map(|o| o["metadata"]["resourceVersion"].clone())
+        })
+    };
+    let before = versions(&h);
+    let reconciles = h.reconciliations();
+    h.fake.clear_requests();
+
+    // A label on the ScalableApi triggers a reconcile without changing anything we manage.
+    let touch = json!({"metadata": {"labels": {"touched": "yes"}}});
+    h.api::<operator::crd::ScalableApi>()
+        .patch("users", &PatchParams::default(), &Patch::Merge(touch))
+        .await
+        .expect("touch");
+    eventually("a reconcile after the touch", || {
+        (h.reconciliations() > reconciles).then_some(())
+    })
+    .await;
+    h.settle().await;
+
+    let requests = h.fake.requests();
+    assert!(
+        requests
+            .iter()
+            .any(|r| r.method == "PATCH" && r.path.ends_with("/deployments/users")),
+        "children were re-applied"
+    );
+    let status_writes: Vec<_> = requests
+        .iter()
+        .filter(|r| r.path.ends_with("/status"))
+        .collect();
+    assert!(
+        status_writes.is_empty(),
+        "no status write expected, got {status_writes:?}"
+    );
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.method != "POST" || !r.path.contains("/events")),
+        "no Event expected"
+    );
+    let after = versions(&h);
+    assert_eq!(
+        before[1..],
+        after[1..],
+        "children keep their resourceVersion"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_spec_is_reported_and_not_retried_in_a_loop() {
+    let h = Harness::start().await;
+    create_db_secret(&h, "users").await;
+    // Both replicas and autoscaling: the CEL rule rejects this in a cluster; the operator
+    // must cope when it gets through anyway (older CRD, disabled validation).
+    scalable_api("users")
+        .autoscaling(2, 5)
+        .with("/spec/replicas", json!(3))
+        .create(&h)
+        .await;
+    eventually("Ready=False/InvalidSpec", || {
+        (condition(&h, "users", "Ready")?.1 == "InvalidSpec").then_some(())
+    })
+    .await;
+    eventually("an InvalidSpec Event", || {
+        (events_with_reason(&h, "users", "InvalidSpec") == 1).then_some(())
+    })
+    .await;
+    let sapi = h.object(SAPIS, "users").expect("sapi");
+    let ready = sapi["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .expect("ready");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("mutually exclusive"),
+        "{ready}"
+    );
+    assert!(h.object(DEPLOYMENTS, "users").is_none());
+    h.settle().await;
+    let settled = h.reconciliations();
+    h.settle().await;
+    assert_eq!(
+        h.reconciliations(),
+        settled,
+        "no reconcile without a change"
+    );
+    assert!(h.metric("reconciliations_total", "invalid_spec") >= 1);
+}
+
+#[tokio::test]
+async fn a_failed_apply_is_retried_and_counted_by_reason() {
+    let h = Harness::start().await;
+    create_db_secret(&h, "users").await;
+    h.fake.inject_fault("PATCH", "/deployments/users", 500, 1);
+    scalable_api("users").create(&h).await;
+    eventually("the failure to be counted", || {
+        (h.metric("reconcile_errors_total", "apply_deployment") == 1).then_some(())
+    })
+    .await;
+    // error_policy requeues (transient back-off); any new watch event also retries it.
+    h.wait_for(DEPLOYMENTS, "users", "deployment after the retry", |_| true)
+        .await;
+    h.wait_for(SAPIS, "users", "status", |o| {
+        o.pointer("/status/observedGeneration").is_some()
+    })
+    .await;
+}

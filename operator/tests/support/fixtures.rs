@@ -1,0 +1,181 @@
+//! Fixtures that read like sentences: `scalable_api("users").replicas(3).create(&h)`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use operator::crd::ScalableApi;
+use serde_json::{Value, json};
+
+use super::Harness;
+
+/// Namespace of every fixture.
+pub const NS: &str = "shop";
+/// `--default-image` of the test controller.
+pub const DEFAULT_TEST_IMAGE: &str = "registry.test/api-server:1.0.0";
+pub const DEPLOYMENTS: &str = "apps/v1/deployments";
+pub const CONFIGMAPS: &str = "v1/configmaps";
+pub const SERVICES: &str = "v1/services";
+pub const HPAS: &str = "autoscaling/v2/horizontalpodautoscalers";
+pub const PDBS: &str = "policy/v1/poddisruptionbudgets";
+pub const SAPIS: &str = "scalable.dev/v1alpha1/scalableapis";
+pub const EVENTS: &str = "events.k8s.io/v1/events";
+/// Field manager the tests use to act as kube-controller-manager (Deployment and HPA controllers).
+pub const KCM: &str = "kube-controller-manager";
+
+/// A ScalableApi under construction, as JSON so tests can set any field.
+pub struct SapiFixture {
+    pub obj: Value,
+}
+
+/// `name` with a password Secret reference `<name>-db`/`password` and 2 fixed replicas.
+pub fn scalable_api(name: &str) -> SapiFixture {
+    SapiFixture {
+        obj: json!({
+            "apiVersion": "scalable.dev/v1alpha1",
+            "kind": "ScalableApi",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {
+                "replicas": 2,
+                "database": {
+                    "host": "postgres.shop.svc",
+                    "name": "users",
+                    "user": "app",
+                    "passwordSecretRef": {"name": format!("{name}-db"), "key": "password"},
+                },
+            },
+        }),
+    }
+}
+
+impl SapiFixture {
+    pub fn replicas(mut self, n: i32) -> Self {
+        self.obj["spec"]["replicas"] = json!(n);
+        self
+    }
+
+    pub fn autoscaling(mut self, min: i32, max: i32) -> Self {
+        if let Some(spec) = self.obj["spec"].as_object_mut() {
+            spec.remove("replicas");
+        }
+        self.obj["spec"]["autoscaling"] = json!({"minReplicas": min, "maxReplicas": max});
+        self
+    }
+
+    pub fn in_namespace(mut self, ns: &str) -> Self {
+        self.obj["metadata"]["namespace"] = json!(ns);
+        self
+    }
+
+    pub fn with(mut self, pointer: &str, value: Value) -> Self {
+        if let Some(slot) = self.obj.pointer_mut(pointer) {
+            *slot = value;
+        } else {
+            let (parent, key) = pointer.rsplit_once('/').expect("pointer has a parent");
+            self.obj.pointer_mut(parent).expect("parent exists")[key] = value;
+        }
+        self
+    }
+
+    pub fn build(self) -> ScalableApi {
+        serde_json::from_value(self.obj).expect("valid ScalableApi fixture")
+    }
+
+    pub async fn create(self, h: &Harness) -> ScalableApi {
+        let ns = self.obj["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or(NS)
+            .to_owned();
+        let api: Api<ScalableApi> = Api::namespaced(h.client.clone(), &ns);
+        api.create(&PostParams::default(), &self.build())
+            .await
+            .expect("create ScalableApi")
+    }
+}
+
+pub fn secret(name: &str, key: &str, value: &str) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(NS.into()),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(
+            key.to_owned(),
+            ByteString(value.as_bytes().to_vec()),
+        )])),
+        ..Secret::default()
+    }
+}
+
+/// Creates the Secret a `scalable_api(name)` fixture references.
+pub async fn create_db_secret(h: &Harness, sapi_name: &str) {
+    h.api::<Secret>()
+        .create(
+            &PostParams::default(),
+            &secret(&format!("{sapi_name}-db"), "password", "s3cret"),
+        )
+        .await
+        .expect("create Secret");
+}
+
+/// Merge-patches the ScalableApi's spec, as `kubectl patch --type merge` would.
+pub async fn patch_spec(h: &Harness, name: &str, spec: Value) {
+    h.api::<ScalableApi>()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": spec})),
+        )
+        .await
+        .expect("patch ScalableApi spec");
+}
+
+/// Acts as the Deployment controller: all `replicas` pods exist and `ready` are ready.
+pub async fn set_deployment_status(h: &Harness, name: &str, ready: i32) {
+    let d = h.object(DEPLOYMENTS, name).expect("Deployment exists");
+    let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
+    let status = json!({"status": {
+        "observedGeneration": d["metadata"]["generation"],
+        "replicas": replicas, "updatedReplicas": replicas,
+        "readyReplicas": ready, "availableReplicas": ready,
+    }});
+    h.api::<k8s_openapi::api::apps::v1::Deployment>()
+        .patch_status(name, &as_kcm(), &Patch::Merge(status))
+        .await
+        .expect("patch Deployment status");
+}
+
+/// The condition `type_` of the stored ScalableApi, as (status, reason).
+pub fn condition(h: &Harness, name: &str, type_: &str) -> Option<(String, String)> {
+    let obj = h.object(SAPIS, name)?;
+    let c = obj
+        .pointer("/status/conditions")?
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)?
+        .clone();
+    Some((
+        c["status"].as_str()?.to_owned(),
+        c["reason"].as_str()?.to_owned(),
+    ))
+}
+
+/// Events regarding `name` with this reason.
+pub fn events_with_reason(h: &Harness, name: &str, reason: &str) -> usize {
+    h.fake
+        .objects(EVENTS, NS)
+        .iter()
+        .filter(|e| e["regarding"]["name"] == name && e["reason"] == reason)
+        .count()
+}
+
+/// PatchParams of an imperative write by kube-controller-manager.
+pub fn as_kcm() -> PatchParams {
+    PatchParams {
+        field_manager: Some(KCM.into()),
+        ..PatchParams::default()
+    }
+}
