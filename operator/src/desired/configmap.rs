@@ -58,3 +58,98 @@ pub fn config_map(sapi: &ScalableApi) -> ConfigMap {
         ..ConfigMap::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(sapi: &ScalableApi) -> BTreeMap<String, String> {
+        config_map(sapi).data.unwrap_or_default()
+    }
+
+    fn keys(sapi: &ScalableApi) -> Vec<String> {
+        data(sapi).into_keys().collect()
+    }
+
+    #[test]
+    fn is_named_after_the_scalable_api() {
+        let cm = config_map(&ScalableApi::test());
+        assert_eq!(cm.metadata.name.as_deref(), Some("users-config"));
+        assert_eq!(cm.metadata.namespace.as_deref(), Some("shop"));
+    }
+
+    #[test]
+    fn password_form_holds_the_libpq_settings() {
+        let d = data(&ScalableApi::test());
+        let get = |k: &str| d.get(k).map(String::as_str);
+        assert_eq!(get("PGHOST"), Some("postgres.shop.svc"));
+        assert_eq!(get("PGPORT"), Some("5432"));
+        assert_eq!(get("PGDATABASE"), Some("users"));
+        assert_eq!(get("PGUSER"), Some("app"));
+        assert_eq!(get("PGSSLMODE"), Some("prefer"));
+        assert_eq!(get("DB_POOL_MAX"), Some("10"));
+        assert_eq!(get("DB_POOL_MIN"), Some("1"));
+        assert_eq!(get("DB_ACQUIRE_TIMEOUT_MS"), Some("2000"));
+        assert_eq!(get("PORT"), Some("8080"));
+        assert_eq!(get("LOG_FORMAT"), Some("json"));
+        assert_eq!(get("SHUTDOWN_TIMEOUT_SECONDS"), Some("20"));
+        assert_eq!(get("CACHE_TTL_SECONDS"), Some("300"));
+    }
+
+    #[test]
+    fn holds_exactly_the_api_server_interface() {
+        let all = ScalableApi::test().with_rate_limit(100, Some(300));
+        assert_eq!(
+            keys(&all),
+            [
+                "CACHE_TTL_SECONDS",
+                "DB_ACQUIRE_TIMEOUT_MS",
+                "DB_POOL_MAX",
+                "DB_POOL_MIN",
+                "LOG_FORMAT",
+                "PGDATABASE",
+                "PGHOST",
+                "PGPORT",
+                "PGSSLMODE",
+                "PGUSER",
+                "PORT",
+                "RATE_LIMIT_BURST",
+                "RATE_LIMIT_RPS",
+                "REDIS_URL",
+                "SHUTDOWN_TIMEOUT_SECONDS",
+            ]
+        );
+    }
+
+    #[test]
+    fn never_holds_a_secret() {
+        let d = data(&ScalableApi::test().with_uri_secret("pg-app", "uri"));
+        assert!(!d.contains_key("PGPASSWORD") && !d.contains_key("DATABASE_URL"));
+    }
+
+    #[test]
+    fn uri_form_leaves_connection_details_to_the_uri() {
+        let k = keys(&ScalableApi::test().with_uri_secret("pg-app", "uri"));
+        for absent in ["PGHOST", "PGPORT", "PGDATABASE", "PGUSER"] {
+            assert!(!k.iter().any(|x| x == absent), "{absent}");
+        }
+        assert!(k.iter().any(|x| x == "DB_POOL_MAX"));
+    }
+
+    #[test]
+    fn redis_url_only_with_the_cache() {
+        let on = data(&ScalableApi::test());
+        assert_eq!(on.get("REDIS_URL").map(String::as_str), Some(REDIS_URL));
+        assert!(!data(&ScalableApi::test().without_cache()).contains_key("REDIS_URL"));
+    }
+
+    #[test]
+    fn rate_limit_only_when_set_and_burst_defaults_to_rps() {
+        assert!(!data(&ScalableApi::test()).contains_key("RATE_LIMIT_RPS"));
+        let d = data(&ScalableApi::test().with_rate_limit(50, None));
+        assert_eq!(d.get("RATE_LIMIT_RPS").map(String::as_str), Some("50"));
+        assert_eq!(d.get("RATE_LIMIT_BURST").map(String::as_str), Some("50"));
+        let d = data(&ScalableApi::test().with_rate_limit(50, Some(80)));
+        assert_eq!(d.get("RATE_LIMIT_BURST").map(String::as_str), Some("80"));
+    }
+}

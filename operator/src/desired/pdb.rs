@@ -31,3 +31,33 @@ pub fn pdb(sapi: &ScalableApi) -> Option<PodDisruptionBudget> {
         ..PodDisruptionBudget::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn none_when_at_most_one_replica_is_possible() {
+        assert!(pdb(&ScalableApi::test()).is_none());
+        assert!(pdb(&ScalableApi::test().with_replicas(0)).is_none());
+        assert!(pdb(&ScalableApi::test().with_autoscaling(1, 1)).is_none());
+    }
+
+    #[test]
+    fn allows_one_pod_at_a_time_when_more_are_possible() {
+        for sapi in [
+            ScalableApi::test().with_replicas(2),
+            ScalableApi::test().with_autoscaling(1, 3),
+        ] {
+            let p = pdb(&sapi).expect("pdb");
+            assert_eq!(p.metadata.name.as_deref(), Some("users"));
+            let spec = p.spec.expect("spec");
+            assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+            assert_eq!(spec.min_available, None);
+            assert_eq!(
+                spec.selector.and_then(|s| s.match_labels),
+                Some(labels::selector(&sapi))
+            );
+        }
+    }
+}

@@ -118,3 +118,42 @@ pub fn quantity_bytes(q: &str) -> Option<u64> {
     // Finite and within u64: the cast below cannot truncate.
     (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_become_bytes() {
+        assert_eq!(quantity_bytes("64Mi"), Some(64 * 1024 * 1024));
+        assert_eq!(quantity_bytes("1Gi"), Some(1024 * 1024 * 1024));
+        assert_eq!(quantity_bytes("1.5Gi"), Some(1536 * 1024 * 1024));
+        assert_eq!(quantity_bytes("100M"), Some(100_000_000));
+        assert_eq!(quantity_bytes("2k"), Some(2000));
+        assert_eq!(quantity_bytes("1e6"), Some(1_000_000));
+        assert_eq!(quantity_bytes("4096"), Some(4096));
+    }
+
+    #[test]
+    fn malformed_quantities_are_rejected() {
+        for bad in ["", "lots", "64MB", "Mi", "-1Gi", "1.2.3Mi"] {
+            assert_eq!(quantity_bytes(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn memory_request_covers_maxmemory_plus_overhead() {
+        let c = sidecar(&CacheSpec::default()).expect("sidecar");
+        let requests = c.resources.and_then(|r| r.requests).expect("requests");
+        assert_eq!(requests.get("memory"), Some(&Quantity("96Mi".into())));
+    }
+
+    #[test]
+    fn zero_max_memory_is_an_error() {
+        let cache = CacheSpec {
+            max_memory: "0".into(),
+            ..CacheSpec::default()
+        };
+        assert!(sidecar(&cache).is_err());
+    }
+}

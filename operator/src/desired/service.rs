@@ -28,3 +28,32 @@ pub fn service(sapi: &ScalableApi) -> Service {
         ..Service::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::ServiceType;
+
+    #[test]
+    fn routes_the_service_port_to_the_http_container_port() {
+        let svc = service(&ScalableApi::test().with_service(ServiceType::LoadBalancer, 8443));
+        assert_eq!(svc.metadata.name.as_deref(), Some("users"));
+        let spec = svc.spec.expect("spec");
+        assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+        let ports = spec.ports.expect("ports");
+        assert_eq!(ports.len(), 1);
+        assert_eq!(ports[0].port, 8443);
+        assert_eq!(
+            ports[0].target_port,
+            Some(IntOrString::String("http".into()))
+        );
+        assert_eq!(spec.selector, Some(labels::selector(&ScalableApi::test())));
+    }
+
+    #[test]
+    fn defaults_to_cluster_ip_on_port_80() {
+        let spec = service(&ScalableApi::test()).spec.expect("spec");
+        assert_eq!(spec.type_.as_deref(), Some("ClusterIP"));
+        assert_eq!(spec.ports.expect("ports")[0].port, 80);
+    }
+}
