@@ -206,3 +206,6 @@ fn check_range(schema: &Value, n: f64, at: &str, value: &Value, out: &mut Vec<St
 fn type_error(at: &str, value: &Value, expected: &str) -> String {
     format!("{at}: Invalid value: {value}: must be of type {expected}")
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,277 @@
+//! The CRD's schema and CEL rules on valid and invalid objects, evaluated without a cluster.
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::crd::messages;
+
+fn minimal() -> Value {
+    json!({
+        "apiVersion": "scalable.dev/v1alpha1",
+        "kind": "ScalableApi",
+        "metadata": {"name": "users", "namespace": "shop"},
+        "spec": {
+            "database": {
+                "host": "postgres.shop.svc",
+                "name": "users",
+                "user": "app",
+                "passwordSecretRef": {"name": "users-db", "key": "password"}
+            }
+        }
+    })
+}
+
+/// `minimal()` with `value` set at the JSON pointer `path` (`None` removes it).
+fn with(path: &str, value: Option<Value>) -> Value {
+    let mut obj = minimal();
+    let (parent, key) = path.rsplit_once('/').expect("pointer");
+    let mut target = &mut obj;
+    for part in parent.split('/').filter(|p| !p.is_empty()) {
+        target = target
+            .as_object_mut()
+            .expect("object")
+            .entry(part)
+            .or_insert_with(|| json!({}));
+    }
+    let map = target.as_object_mut().expect("object");
+    match value {
+        Some(v) => map.insert(key.to_owned(), v),
+        None => map.remove(key),
+    };
+    obj
+}
+
+fn problems(obj: &Value) -> Vec<String> {
+    validate(obj).expect_err("invalid object").problems
+}
+
+fn assert_rejected_with(obj: &Value, message: &str) {
+    let p = problems(obj);
+    assert!(
+        p.iter().any(|x| x.contains(message)),
+        "{message:?} not in {p:#?}"
+    );
+}
+
+#[test]
+fn minimal_object_is_valid_and_gets_the_defaults() {
+    let sapi = validate(&minimal()).expect("valid");
+    assert_eq!(sapi.spec.service.port, 80);
+    assert_eq!(sapi.spec.database.port, 5432);
+    assert!(sapi.spec.cache.enabled);
+    assert_eq!(sapi.spec.cache.max_memory, "64Mi");
+    assert!(!sapi.spec.suspend);
+}
+
+#[test]
+fn full_object_is_valid() {
+    let mut obj = minimal();
+    obj["spec"]["autoscaling"] = json!({
+        "minReplicas": 3, "maxReplicas": 20,
+        "targetCPUUtilizationPercentage": 50, "targetMemoryUtilizationPercentage": 80,
+        "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}}
+    });
+    obj["spec"]["resources"] =
+        json!({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}});
+    obj["spec"]["service"] = json!({"type": "LoadBalancer", "port": 443});
+    obj["spec"]["cache"] = json!({"enabled": true, "ttlSeconds": 60, "maxMemory": "128Mi"});
+    obj["spec"]["rateLimit"] = json!({"requestsPerSecond": 200, "burst": 400});
+    obj["spec"]["database"]["sslMode"] = json!("verify-full");
+    obj["spec"]["database"]["pool"] =
+        json!({"maxConnections": 20, "minConnections": 2, "acquireTimeoutMs": 500});
+    validate(&obj).expect("valid");
+}
+
+#[test]
+fn uri_form_is_valid() {
+    let mut obj = minimal();
+    obj["spec"]["database"] = json!({"uriSecretRef": {"name": "pg-app", "key": "uri"}});
+    validate(&obj).expect("valid");
+}
+
+#[test]
+fn replicas_and_autoscaling_together_are_rejected() {
+    let mut obj = with("/spec/replicas", Some(json!(2)));
+    obj["spec"]["autoscaling"] = json!({"minReplicas": 1, "maxReplicas": 3});
+    assert_rejected_with(&obj, messages::REPLICAS_WITH_AUTOSCALING);
+}
+
+#[test]
+fn min_replicas_above_max_replicas_is_rejected() {
+    let obj = with(
+        "/spec/autoscaling",
+        Some(json!({"minReplicas": 5, "maxReplicas": 3})),
+    );
+    assert_rejected_with(&obj, messages::MIN_ABOVE_MAX);
+}
+
+#[test]
+fn min_replicas_defaults_to_one_under_a_max_of_one() {
+    validate(&with("/spec/autoscaling", Some(json!({"maxReplicas": 1})))).expect("valid");
+}
+
+#[test]
+fn a_database_without_credentials_is_rejected() {
+    let obj = with("/spec/database/passwordSecretRef", None);
+    assert_rejected_with(&obj, messages::DATABASE_ONE_FORM);
+}
+
+#[test]
+fn both_database_forms_are_rejected() {
+    let obj = with(
+        "/spec/database/uriSecretRef",
+        Some(json!({"name": "pg-app", "key": "uri"})),
+    );
+    assert_rejected_with(&obj, messages::DATABASE_ONE_FORM);
+}
+
+#[test]
+fn password_form_needs_host_name_and_user() {
+    for field in ["host", "name", "user"] {
+        let obj = with(&format!("/spec/database/{field}"), None);
+        assert_rejected_with(&obj, messages::DATABASE_PASSWORD_FORM);
+    }
+}
+
+#[test]
+fn uri_form_rejects_host_name_and_user() {
+    let mut obj = minimal();
+    obj["spec"]["database"] =
+        json!({"uriSecretRef": {"name": "pg-app", "key": "uri"}, "host": "x"});
+    assert_rejected_with(&obj, messages::DATABASE_URI_FORM);
+}
+
+#[test]
+fn pool_min_above_max_is_rejected() {
+    let obj = with(
+        "/spec/database/pool",
+        Some(json!({"minConnections": 20, "maxConnections": 10})),
+    );
+    assert_rejected_with(&obj, messages::POOL_MIN_ABOVE_MAX);
+}
+
+#[test]
+fn max_memory_must_be_a_positive_quantity() {
+    for bad in ["lots", "0", "64MB"] {
+        let obj = with("/spec/cache/maxMemory", Some(json!(bad)));
+        assert_rejected_with(&obj, messages::MAX_MEMORY_QUANTITY);
+    }
+    validate(&with("/spec/cache/maxMemory", Some(json!("1Gi")))).expect("valid");
+}
+
+#[test]
+fn ranges_are_enforced() {
+    let cases = [
+        (
+            "/spec/service/port",
+            json!(70000),
+            "must be less than or equal to 65535",
+        ),
+        (
+            "/spec/service/port",
+            json!(0),
+            "must be greater than or equal to 1",
+        ),
+        (
+            "/spec/database/port",
+            json!(0),
+            "must be greater than or equal to 1",
+        ),
+        (
+            "/spec/replicas",
+            json!(-1),
+            "must be greater than or equal to 0",
+        ),
+        (
+            "/spec/cache/ttlSeconds",
+            json!(0),
+            "must be greater than or equal to 1",
+        ),
+        (
+            "/spec/database/pool/maxConnections",
+            json!(0),
+            "must be greater than or equal to 1",
+        ),
+    ];
+    for (path, value, message) in cases {
+        let p = problems(&with(path, Some(value)));
+        let field = path.trim_start_matches('/').replace('/', ".");
+        assert!(
+            p.iter()
+                .any(|x| x.starts_with(&field) && x.contains(message)),
+            "{p:?}"
+        );
+    }
+}
+
+#[test]
+fn cpu_target_is_a_percentage() {
+    for bad in [0, 101] {
+        let obj = with(
+            "/spec/autoscaling",
+            Some(json!({"maxReplicas": 3, "targetCPUUtilizationPercentage": bad})),
+        );
+        let p = problems(&obj);
+        assert!(
+            p.iter()
+                .any(|x| x.starts_with("spec.autoscaling.targetCPUUtilizationPercentage")),
+            "{p:?}"
+        );
+    }
+}
+
+#[test]
+fn enums_are_enforced() {
+    let p = problems(&with("/spec/database/sslMode", Some(json!("sometimes"))));
+    assert!(
+        p[0].starts_with("spec.database.sslMode: Unsupported value: \"sometimes\""),
+        "{p:?}"
+    );
+    assert!(p[0].contains("\"verify-full\""));
+    let p = problems(&with("/spec/service/type", Some(json!("ExternalName"))));
+    assert!(
+        p[0].starts_with("spec.service.type: Unsupported value"),
+        "{p:?}"
+    );
+}
+
+#[test]
+fn types_required_fields_and_unknown_fields_are_enforced() {
+    let p = problems(&with("/spec/replicas", Some(json!("three"))));
+    assert!(p[0].contains("spec.replicas: Invalid value: \"three\": must be of type integer"));
+    let p = problems(&with("/spec/database", None));
+    assert_eq!(p, ["spec.database: Required value"]);
+    let p = problems(&with("/spec/replica", Some(json!(2))));
+    assert_eq!(p, ["spec.replica: unknown field"]);
+}
+
+#[test]
+fn wrong_kind_is_rejected() {
+    let p = problems(&with("/kind", Some(json!("Deployment"))));
+    assert!(p[0].contains("expected apiVersion scalable.dev/v1alpha1 and kind ScalableApi"));
+}
+
+#[test]
+fn generated_validate_cel_agrees_on_typed_objects() {
+    use crate::crd::ScalableApi;
+    ScalableApi::test().validate_cel().expect("valid fixture");
+    ScalableApi::test()
+        .with_autoscaling(3, 20)
+        .validate_cel()
+        .expect("valid");
+    let errors = ScalableApi::test()
+        .with_autoscaling(5, 2)
+        .validate_cel()
+        .expect_err("min > max");
+    assert!(errors.iter().any(|e| e.message == messages::MIN_ABOVE_MAX));
+    let errors = ScalableApi::test()
+        .with_replicas(2)
+        .with_autoscaling(1, 2)
+        .validate_cel()
+        .expect_err("both");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message == messages::REPLICAS_WITH_AUTOSCALING)
+    );
+}
