@@ -1,0 +1,142 @@
+//! `scalable-api-operator render` as a user runs it: a file in, YAML (or an error) out.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_scalable-api-operator");
+
+const VALID: &str = r#"
+apiVersion: scalable.dev/v1alpha1
+kind: ScalableApi
+metadata: { name: users, namespace: shop }
+spec:
+  autoscaling: { minReplicas: 3, maxReplicas: 20, targetCPUUtilizationPercentage: 50 }
+  database:
+    host: postgres.shop.svc
+    name: users
+    user: app
+    passwordSecretRef: { name: users-db, key: password }
+  rateLimit: { requestsPerSecond: 200, burst: 400 }
+"#;
+
+fn render_file(yaml: &str, extra: &[&str]) -> Output {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    file.write_all(yaml.as_bytes()).expect("write");
+    let path = file.path().to_str().expect("utf-8 path").to_owned();
+    Command::new(BIN)
+        .args(["render", "-f", &path])
+        .args(extra)
+        .output()
+        .expect("run the binary")
+}
+
+fn documents(stdout: &[u8]) -> Vec<serde_json::Value> {
+    let text = std::str::from_utf8(stdout).expect("utf-8");
+    serde_saphyr::from_multiple(text).expect("multi-document YAML")
+}
+
+#[test]
+fn valid_object_renders_the_five_children() {
+    let out = render_file(VALID, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = documents(&out.stdout);
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ConfigMap",
+            "Deployment",
+            "Service",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget"
+        ]
+    );
+    for d in &docs {
+        assert_eq!(d["metadata"]["namespace"], "shop");
+        assert_eq!(
+            d["metadata"]["labels"]["app.kubernetes.io/instance"],
+            "users"
+        );
+    }
+    // Autoscaling on: the HPA owns the count, the Deployment leaves it out.
+    assert!(docs[1]["spec"].get("replicas").is_none());
+}
+
+#[test]
+fn output_is_stable() {
+    let a = render_file(VALID, &[]);
+    let b = render_file(VALID, &[]);
+    assert_eq!(a.stdout, b.stdout);
+}
+
+#[test]
+fn default_image_flag_is_used_without_spec_image() {
+    let out = render_file(VALID, &["--default-image", "registry.local/api:dev"]);
+    let docs = documents(&out.stdout);
+    let image = &docs[1]["spec"]["template"]["spec"]["containers"][0]["image"];
+    assert_eq!(image, "registry.local/api:dev");
+}
+
+#[test]
+fn stdin_is_read_with_dash() {
+    let mut child = Command::new(BIN)
+        .args(["render", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(VALID.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    assert_eq!(documents(&out.stdout).len(), 5);
+}
+
+#[test]
+fn cel_violation_exits_non_zero_with_the_rule_message() {
+    let invalid = VALID.replace("minReplicas: 3", "minReplicas: 30");
+    let out = render_file(&invalid, &[]);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("spec.autoscaling.minReplicas must be less than or equal to spec.autoscaling.maxReplicas"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn schema_violation_exits_non_zero_naming_the_field() {
+    let invalid = VALID.replace(
+        "name: users\n    user",
+        "name: users\n    sslMode: sometimes\n    user",
+    );
+    let out = render_file(&invalid, &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("spec.database.sslMode: Unsupported value"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_file_and_bad_yaml_are_reported() {
+    let out = Command::new(BIN)
+        .args(["render", "-f", "/nonexistent/sapi.yaml"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read /nonexistent/sapi.yaml"));
+    let out = render_file("spec: [unclosed", &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not valid YAML"));
+}
