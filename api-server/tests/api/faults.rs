@@ -1,0 +1,203 @@
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Options, assert_problem, build_app, eventually, spawn_app, spawn_app_with};
+use crate::services::PgServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_stream_every_request_succeeds_and_hits_resume() {
+    let app = Arc::new(spawn_app().await);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(app.create_user("u", &format!("r{i}@example.com")).await["id"].as_str().unwrap().to_owned());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|r| {
+            let (app, ids, stop) = (app.clone(), ids.clone(), stop.clone());
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0, Vec::new());
+                let mut n = r;
+                while !stop.load(Ordering::Relaxed) {
+                    let id = &ids[n % ids.len()];
+                    // Mostly reads, some writes, so evictions also meet a dead Redis.
+                    let status = if n % 5 == 0 {
+                        app.put_user(id, &json!({ "name": format!("n{n}"), "email": format!("r{}@example.com", n % ids.len()) })).await.status()
+                    } else {
+                        app.get_user(id).await.status()
+                    };
+                    if status.is_success() { ok += 1 } else { failed.push(status.as_u16()) }
+                    n += 4;
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+
+    let redis = app.redis.clone().unwrap();
+    eventually(Duration::from_secs(5), "traffic through a warm cache", || async {
+        app.metric("cache_hits_total").await > 50.0
+    })
+    .await;
+    let hits_before = app.metric("cache_hits_total").await;
+    redis.kill();
+    let errors_before = app.metric("cache_errors_total").await;
+    eventually(Duration::from_secs(5), "Redis errors to be noticed", || async {
+        app.metric("cache_errors_total").await > errors_before
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // traffic while Redis is down
+    tokio::task::spawn_blocking({
+        let redis = redis.clone();
+        move || redis.restart()
+    })
+    .await
+    .unwrap();
+    let hits_down = app.metric("cache_hits_total").await;
+    eventually(Duration::from_secs(10), "cache hits to resume", || async {
+        app.metric("cache_hits_total").await > hits_down + 20.0
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+
+    let (mut ok, mut failed) = (0, Vec::new());
+    for reader in readers {
+        let (o, f) = reader.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    println!("{ok} requests succeeded across the Redis outage; hits before it: {hits_before}");
+    assert!(failed.is_empty(), "failed requests: {failed:?}");
+    assert!(ok > 100);
+    // Whatever was cached before the outage may have missed evictions: reads are current.
+    for (i, id) in ids.iter().enumerate() {
+        let cached: Value = app.get_user(id).await.json().await.unwrap();
+        let put = app.put_user(id, &json!({ "name": "final", "email": format!("r{i}@example.com") })).await;
+        assert_eq!(put.status(), 200);
+        let read: Value = app.get_user(id).await.json().await.unwrap();
+        assert_eq!(read["name"], "final", "stale read after {cached}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_is_503_and_recovers_without_losing_acknowledged_writes() {
+    let app = Arc::new(
+        spawn_app_with(Options { own_postgres: true, acquire_timeout_ms: Some(300), ..Options::default() }).await,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (app, stop) = (app.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut acknowledged, mut other) = (Vec::new(), HashSet::new());
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let response = app.post_user(&json!({ "name": "w", "email": format!("w{n}@example.com") })).await;
+                match response.status().as_u16() {
+                    201 => acknowledged.push(response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()),
+                    status => {
+                        other.insert(status);
+                    }
+                }
+                n += 1;
+            }
+            (acknowledged, other)
+        })
+    };
+    eventually(Duration::from_secs(5), "some acknowledged writes", || async {
+        let page: Value = app.list("?limit=20").await.json().await.unwrap();
+        page["items"].as_array().unwrap().len() >= 20
+    })
+    .await;
+
+    let pg = app.pg.clone();
+    tokio::task::spawn_blocking({
+        let pg = pg.clone();
+        move || pg.stop()
+    })
+    .await
+    .unwrap();
+
+    eventually(Duration::from_secs(5), "/readyz to turn 503", || async {
+        app.client.get(app.url("/readyz")).send().await.unwrap().status() == 503
+    })
+    .await;
+    let readiness: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(readiness["postgres"], "down");
+    let problem = assert_problem(app.post_user(&json!({ "name": "x", "email": "down@example.com" })).await, 503).await;
+    assert!(!problem["detail"].as_str().unwrap().contains("127.0.0.1"));
+    assert_problem(app.list("").await, 503).await;
+
+    tokio::task::spawn_blocking(move || pg.restart()).await.unwrap();
+    eventually(Duration::from_secs(15), "/readyz to recover", || async {
+        app.client.get(app.url("/readyz")).send().await.unwrap().status() == 200
+    })
+    .await;
+    eventually(Duration::from_secs(15), "writes to succeed again", || async {
+        app.post_user(&json!({ "name": "x", "email": format!("{}@example.com", uuid::Uuid::new_v4()) })).await.status() == 201
+    })
+    .await;
+    eventually(Duration::from_secs(15), "the invalidation feed to resubscribe", || async {
+        let body: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+        body["cache_trusted"] == true
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let (acknowledged, other) = writer.await.unwrap();
+
+    assert!(!acknowledged.is_empty());
+    assert!(other.iter().all(|s| *s == 503), "only 503s while down, got {other:?}");
+    let mut listed = HashSet::new();
+    let mut query = "?limit=500".to_owned();
+    loop {
+        let page: Value = app.list(&query).await.json().await.unwrap();
+        listed.extend(page["items"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap().to_owned()));
+        match page["next"].as_str() {
+            Some(next) => query = format!("?limit=500&after={next}"),
+            None => break,
+        }
+    }
+    let lost: Vec<_> = acknowledged.iter().filter(|id| !listed.contains(*id)).collect();
+    assert!(lost.is_empty(), "{} acknowledged writes lost: {lost:?}", lost.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_replicas_starting_at_once_migrate_a_fresh_database_safely() {
+    let pg = tokio::task::spawn_blocking(PgServer::shared).await.unwrap();
+    let database = pg.create_database();
+
+    let apps = futures::future::join_all((0..8).map(|_| {
+        build_app(Options { database: Some((pg.clone(), database.clone())), no_redis: true, ..Options::default() })
+    }))
+    .await;
+
+    for app in &apps {
+        app.wait_until_ready().await;
+        assert_eq!(app.create_user("x", &format!("{}@example.com", uuid::Uuid::new_v4())).await["name"], "x");
+    }
+    let mut conn: sqlx::PgConnection =
+        sqlx::Connection::connect(&pg.url(&database)).await.unwrap();
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(applied, api_server::startup::MIGRATOR.iter().count() as i64);
+    drop(apps);
+    pg.drop_database(&database);
+}
+
+#[tokio::test]
+async fn a_dead_redis_fails_neither_requests_nor_readiness() {
+    let app = spawn_app().await;
+    app.redis.as_ref().unwrap().kill();
+    let user = app.create_user("Ada", "ada@example.com").await;
+    for _ in 0..5 {
+        assert_eq!(app.get_user(user["id"].as_str().unwrap()).await.status(), 200);
+    }
+    let readiness: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(readiness["status"], "ready", "Redis never fails readiness");
+    assert_eq!(readiness["redis"], "down");
+}

@@ -1,0 +1,207 @@
+//! `spawn_app()`: the real application on port 0, against a fresh database on a real
+//! PostgreSQL and (by default) its own real Redis.
+
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use api_server::config::{CacheConfig, Config, DatabaseConfig, LogFormat, RateLimitConfig, Secret, ServerConfig};
+use api_server::startup::Application;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::services::{PgServer, RedisServer};
+
+/// Logs go nowhere unless `TEST_LOG` is set.
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    let subscriber = if std::env::var_os("TEST_LOG").is_some() {
+        api_server::telemetry::subscriber(LogFormat::Text, std::io::stdout)
+    } else {
+        api_server::telemetry::subscriber(LogFormat::Text, std::io::sink)
+    };
+    let _ = api_server::telemetry::init(subscriber);
+});
+
+pub struct TestApp {
+    pub address: String,
+    pub client: reqwest::Client,
+    pub pg: Arc<PgServer>,
+    pub database: String,
+    pub redis: Option<Arc<RedisServer>>,
+    pub shutdown: CancellationToken,
+    /// Only the app that created the database drops it.
+    owns_database: bool,
+    server: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+pub struct Options {
+    /// Serve without Redis.
+    pub no_redis: bool,
+    /// Use this Redis instead of starting one.
+    pub redis: Option<Arc<RedisServer>>,
+    /// Use this server and database instead of a fresh database on the shared server.
+    pub database: Option<(Arc<PgServer>, String)>,
+    /// A PostgreSQL server of our own (for tests that stop it).
+    pub own_postgres: bool,
+    pub rate_limit: Option<(u32, u32)>,
+    pub acquire_timeout_ms: Option<u64>,
+    pub shutdown_delay_seconds: u64,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Options::default()).await
+}
+
+pub async fn spawn_app_with(options: Options) -> TestApp {
+    let app = build_app(options).await;
+    app.wait_until_ready().await;
+    app
+}
+
+pub fn config(url: &str, redis_url: Option<String>, options: &Options) -> Config {
+    let mut database = DatabaseConfig::from_url(url);
+    database.pool_max = 10;
+    database.pool_min = 0;
+    database.acquire_timeout_ms = options.acquire_timeout_ms.unwrap_or(2000);
+    Config {
+        database,
+        cache: CacheConfig { redis_url: redis_url.map(Secret::new), ttl_seconds: 300 },
+        rate_limit: RateLimitConfig {
+            rps: options.rate_limit.and_then(|(rps, _)| rps.try_into().ok()),
+            burst: options.rate_limit.and_then(|(_, burst)| burst.try_into().ok()),
+        },
+        server: ServerConfig {
+            port: 0,
+            log_format: LogFormat::Text,
+            shutdown_timeout_seconds: 5,
+            shutdown_delay_seconds: options.shutdown_delay_seconds,
+        },
+    }
+}
+
+/// Builds and starts the app without waiting for readiness.
+pub async fn build_app(options: Options) -> TestApp {
+    LazyLock::force(&TRACING);
+    let (pg, database, owns_database) = match options.database.clone() {
+        Some((pg, database)) => (pg, database, false),
+        None => {
+            let pg = if options.own_postgres {
+                Arc::new(tokio::task::spawn_blocking(PgServer::start).await.unwrap())
+            } else {
+                tokio::task::spawn_blocking(PgServer::shared).await.unwrap()
+            };
+            let database = pg.create_database();
+            (pg, database, true)
+        }
+    };
+    let redis = match (&options.redis, options.no_redis) {
+        (_, true) => None,
+        (Some(redis), false) => Some(redis.clone()),
+        (None, false) => Some(Arc::new(tokio::task::spawn_blocking(RedisServer::start).await.unwrap())),
+    };
+    let config = config(&pg.url(&database), redis.as_ref().map(|r| r.url()), &options);
+    let app = Application::build(config).await.expect("the app builds");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let shutdown = app.shutdown_token();
+    let server = tokio::spawn(async move {
+        let _ = app.run_until_stopped().await;
+    });
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    TestApp { address, client, pg, database, redis, shutdown, owns_database, server }
+}
+
+/// Polls `check` until it returns true, panicking after `timeout`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+impl TestApp {
+    /// Ready, and with Redis: the invalidation feed subscribed so the cache is in use.
+    pub async fn wait_until_ready(&self) {
+        let want_cache = self.redis.is_some();
+        eventually(Duration::from_secs(15), "the app to be ready", || async {
+            match self.client.get(self.url("/readyz")).send().await {
+                Ok(r) if r.status() == 200 => {
+                    let body: Value = r.json().await.unwrap_or_default();
+                    !want_cache || body["cache_trusted"] == true
+                }
+                _ => false,
+            }
+        })
+        .await;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn post_user(&self, body: &Value) -> reqwest::Response {
+        self.client.post(self.url("/users")).json(body).send().await.unwrap()
+    }
+
+    /// Creates a user and returns its JSON, asserting 201.
+    pub async fn create_user(&self, name: &str, email: &str) -> Value {
+        let response = self.post_user(&json!({ "name": name, "email": email })).await;
+        assert_eq!(response.status(), 201, "creating {email}");
+        response.json().await.unwrap()
+    }
+
+    pub async fn get_user(&self, id: &str) -> reqwest::Response {
+        self.client.get(self.url(&format!("/users/{id}"))).send().await.unwrap()
+    }
+
+    pub async fn put_user(&self, id: &str, body: &Value) -> reqwest::Response {
+        self.client.put(self.url(&format!("/users/{id}"))).json(body).send().await.unwrap()
+    }
+
+    pub async fn delete_user(&self, id: &str) -> reqwest::Response {
+        self.client.delete(self.url(&format!("/users/{id}"))).send().await.unwrap()
+    }
+
+    pub async fn list(&self, query: &str) -> reqwest::Response {
+        self.client.get(self.url(&format!("/users{query}"))).send().await.unwrap()
+    }
+
+    /// The value of one unlabelled metric sample, e.g. `cache_hits_total`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.client.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
+    }
+
+    /// A second app on the same database, with its own Redis.
+    pub async fn sibling(&self) -> TestApp {
+        spawn_app_with(Options { database: Some((self.pg.clone(), self.database.clone())), ..Options::default() }).await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        self.server.abort();
+        if self.owns_database {
+            self.pg.drop_database(&self.database);
+        }
+    }
+}
+
+/// Asserts a problem+json response with `status` and returns its body.
+pub async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status(), status, "unexpected status");
+    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(content_type.as_deref(), Some("application/problem+json"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    assert!(body["title"].is_string() && body["type"].is_string() && body["detail"].is_string(), "{body}");
+    body
+}

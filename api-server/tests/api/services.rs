@@ -1,0 +1,312 @@
+//! Real PostgreSQL and Redis servers on free ports, started and stopped by the tests.
+//!
+//! PostgreSQL: `initdb` runs once into a template under the target dir (guarded by a file
+//! lock); each server copies it, which takes a fraction of a second, so every nextest
+//! process can afford its own server. As root, postgres runs as the `postgres` user.
+//! A watchdog shell stops the servers if the test process dies without cleaning up.
+
+use std::fs::{self, File};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+const START_ATTEMPTS: usize = 5;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// `program` as the postgres user when we are root (postgres refuses to run as root).
+fn as_postgres(program: &Path) -> Command {
+    if is_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--"]).arg(program);
+        cmd
+    } else {
+        Command::new(program)
+    }
+}
+
+fn pg_bindir() -> PathBuf {
+    let mut candidates: Vec<PathBuf> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    candidates.sort();
+    if let Some(bin) = candidates.pop() {
+        return bin;
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).find(|dir| dir.join("initdb").exists()))
+        .expect("PostgreSQL server binaries (initdb) not found: run `scripts/ensure-deps.sh services`")
+}
+
+/// A directory anyone may write to (the postgres user needs to, even when we are root).
+fn shared_tempdir() -> TempDir {
+    let dir = tempfile::Builder::new().prefix("pg").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    dir
+}
+
+/// Kills what the test process started if it dies without running destructors.
+fn watchdog(script: &str, args: &[&str]) {
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!("while kill -0 $0 2>/dev/null; do sleep 1; done; {script}"))
+        .arg(std::process::id().to_string())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+}
+
+/// The initdb'd template, made once per target dir and PostgreSQL version.
+fn template(bindir: &Path) -> PathBuf {
+    static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
+    TEMPLATE
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pg-template");
+            fs::create_dir_all(&root).unwrap();
+            fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
+            let version = bindir.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
+            let data = root.join(format!("data-{}", version.unwrap_or_default()));
+            let ready = root.join(format!("{}.ready", data.file_name().unwrap().to_string_lossy()));
+            let lock = File::create(root.join("lock")).unwrap();
+            lock.lock().unwrap();
+            if !ready.exists() {
+                let _ = as_postgres(Path::new("rm")).arg("-rf").arg(&data).status();
+                let _ = fs::remove_dir_all(&data);
+                let ok = |locale: &str| {
+                    as_postgres(&bindir.join("initdb"))
+                        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", locale, "-D"])
+                        .arg(&data)
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success())
+                };
+                if !ok("--locale=C.UTF-8") {
+                    let _ = as_postgres(Path::new("rm")).arg("-rf").arg(&data).status();
+                    assert!(ok("--no-locale"), "initdb failed");
+                }
+                File::create(&ready).unwrap();
+            }
+            lock.unlock().unwrap();
+            data
+        })
+        .clone()
+}
+
+pub struct PgServer {
+    bindir: PathBuf,
+    dir: TempDir,
+    data: PathBuf,
+    port: u16,
+}
+
+impl PgServer {
+    /// A new server of our own (for tests that stop it).
+    pub fn start() -> Self {
+        let bindir = pg_bindir();
+        let template = template(&bindir);
+        let dir = shared_tempdir();
+        let data = dir.path().join("data");
+        let copied = as_postgres(Path::new("cp")).arg("-a").arg(&template).arg(&data).status().unwrap();
+        assert!(copied.success(), "cannot copy the PostgreSQL template");
+        let mut server = Self { bindir, dir, data, port: 0 };
+        for _ in 0..START_ATTEMPTS {
+            server.port = free_port();
+            if server.pg_ctl_start() {
+                let stop = format!("{} stop -D \"$1\" -m immediate", server.pg_ctl_cmdline());
+                watchdog(&format!("{stop}; rm -rf \"$2\""), &[&server.data.to_string_lossy(), &server.dir.path().to_string_lossy()]);
+                return server;
+            }
+        }
+        panic!("PostgreSQL did not start; see {}", server.dir.path().join("pg.log").display());
+    }
+
+    /// One server shared by every test of this process (nextest runs one test per process).
+    pub fn shared() -> Arc<Self> {
+        static SHARED: Mutex<Weak<PgServer>> = Mutex::new(Weak::new());
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(server) = shared.upgrade() {
+            return server;
+        }
+        let server = Arc::new(Self::start());
+        *shared = Arc::downgrade(&server);
+        server
+    }
+
+    fn pg_ctl_cmdline(&self) -> String {
+        let pg_ctl = self.bindir.join("pg_ctl");
+        if is_root() { format!("runuser -u postgres -- {}", pg_ctl.display()) } else { pg_ctl.display().to_string() }
+    }
+
+    fn pg_ctl_start(&self) -> bool {
+        let options = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c full_page_writes=off \
+             -c max_connections=300 -c shared_buffers=32MB",
+            self.port,
+            self.dir.path().display()
+        );
+        as_postgres(&self.bindir.join("pg_ctl"))
+            .args(["start", "-w", "-t", "30", "-o", &options, "-l"])
+            .arg(self.dir.path().join("pg.log"))
+            .arg("-D")
+            .arg(&self.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Fast shutdown, as `kubectl delete pod` of the database would do.
+    pub fn stop(&self) {
+        let status = as_postgres(&self.bindir.join("pg_ctl"))
+            .args(["stop", "-w", "-m", "fast", "-D"])
+            .arg(&self.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl stop failed");
+    }
+
+    /// Starts a stopped server again on the same port.
+    pub fn restart(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.pg_ctl_start() {
+            assert!(Instant::now() < deadline, "PostgreSQL did not restart");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn create_database(&self) -> String {
+        let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+        let status = Command::new(self.bindir.join("createdb"))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", &name])
+            .status()
+            .unwrap();
+        assert!(status.success(), "createdb failed");
+        name
+    }
+
+    pub fn drop_database(&self, name: &str) {
+        let _ = Command::new(self.bindir.join("dropdb"))
+            .args(["--force", "--if-exists", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bindir.join("pg_ctl"))
+            .args(["stop", "-w", "-m", "immediate", "-D"])
+            .arg(&self.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        // Files are owned by postgres; as root, TempDir's own cleanup can remove them.
+    }
+}
+
+pub struct RedisServer {
+    dir: TempDir,
+    port: u16,
+    child: Mutex<Option<Child>>,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let dir = tempfile::Builder::new().prefix("redis").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+        let mut server = Self { dir, port: 0, child: Mutex::new(None) };
+        for _ in 0..START_ATTEMPTS {
+            server.port = free_port();
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start");
+    }
+
+    /// Spawns redis-server on `self.port` and waits until it listens; false if it exited.
+    fn spawn(&self) -> bool {
+        let socket = self.dir.path().join("redis.sock");
+        let _ = fs::remove_file(&socket);
+        let mut child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--unixsocket")
+            .arg(&socket)
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: run `scripts/ensure-deps.sh services`");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        // The Unix socket in our own directory appears only after the TCP port is bound.
+        while !socket.exists() {
+            if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        watchdog("kill -9 \"$1\" 2>/dev/null", &[&child.id().to_string()]);
+        *self.child.lock().unwrap() = Some(child);
+        true
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, like an OOM-killed sidecar.
+    pub fn kill(&self) {
+        if let Some(mut child) = self.child.lock().unwrap().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.spawn() {
+            assert!(Instant::now() < deadline, "redis-server did not restart");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
