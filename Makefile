@@ -50,3 +50,29 @@ bench-api: ## Load-test a release build with wrk (64 connections): healthz, cach
 
 bench-limits: ## Ceilings of the backing services on this machine (redis-benchmark, pgbench, pg_test_fsync)
 	scripts/bench-limits.sh
+
+##@ Packaging
+.PHONY: generate check-manifests lint-helm docker-build kind-load e2e
+generate: ## Regenerate crds/ from the CRD types and copy the CRD into the Helm chart
+	$(CARGO) run --quiet --locked -p scalable-api-operator -- crd > crds/scalableapis.scalable.dev.yaml.tmp
+	mv crds/scalableapis.scalable.dev.yaml.tmp crds/scalableapis.scalable.dev.yaml
+	scripts/generate-chart-crd.sh
+
+check-manifests: ## helm lint/template + Kubernetes schema validation, render every example, CRD drift, shellcheck, hadolint
+	scripts/check-manifests.sh
+
+lint-helm: ## helm lint --strict on the chart (default and full values)
+	scripts/ensure-deps.sh k8s
+	helm lint --strict charts/scalable-api-operator
+	helm lint --strict charts/scalable-api-operator -f charts/scalable-api-operator/ci/full-values.yaml
+
+docker-build: ## Build both container images (needs Docker; OPERATOR_IMAGE/API_IMAGE override the tags)
+	scripts/docker-build.sh
+
+kind-load: ## Load both images into the kind cluster (KIND_CLUSTER_NAME, default scalable-e2e)
+	e2e/scripts/setup-cluster.sh load \
+	  $${OPERATOR_IMAGE:-ghcr.io/scalable-dev/scalable-api-operator:$$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)} \
+	  $${API_IMAGE:-ghcr.io/scalable-dev/api-server:$$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)}
+
+e2e: ## kind end-to-end suite: cluster, images, chart, dev Postgres, Rust e2e tests (needs Docker + kind; PRESERVE_CLUSTER=true keeps it)
+	e2e/scripts/run.sh
