@@ -112,6 +112,12 @@ impl Metrics {
             "Cache evictions by source (local write or NOTIFY from any replica)",
             cache_invalidations.clone(),
         );
+        // Present from the start (at 0), so dashboards and alerts see the series.
+        for source in ["local", "notify"] {
+            cache_invalidations
+                .get_or_create(&SourceLabel { source })
+                .inc_by(0);
+        }
         let cache_flushes = Counter::default();
         registry.register(
             "cache_flushes",

@@ -15,7 +15,11 @@ async fn the_second_read_is_a_cache_hit() {
     let second: Value = app.get_user(id).await.json().await.unwrap();
 
     assert_eq!(first, second);
-    assert_eq!(app.metric("db_user_reads_total").await, 1.0, "one Postgres read");
+    assert_eq!(
+        app.metric("db_user_reads_total").await,
+        1.0,
+        "one Postgres read"
+    );
     assert_eq!(app.metric("cache_misses_total").await, 1.0);
     assert_eq!(app.metric("cache_hits_total").await, 1.0);
 }
@@ -27,12 +31,18 @@ async fn an_update_evicts_and_the_next_read_sees_it() {
     let id = user["id"].as_str().unwrap();
     app.get_user(id).await; // cache it
 
-    let put = app.put_user(id, &json!({ "name": "Ada L.", "email": "ada@example.com" })).await;
+    let put = app
+        .put_user(id, &json!({ "name": "Ada L.", "email": "ada@example.com" }))
+        .await;
     assert_eq!(put.status(), 200);
 
     let read: Value = app.get_user(id).await.json().await.unwrap();
     assert_eq!(read["name"], "Ada L.");
-    assert_eq!(app.metric("db_user_reads_total").await, 2.0, "the update forced a fresh read");
+    assert_eq!(
+        app.metric("db_user_reads_total").await,
+        2.0,
+        "the update forced a fresh read"
+    );
 }
 
 #[tokio::test]
@@ -49,7 +59,11 @@ async fn a_delete_evicts() {
 
 #[tokio::test]
 async fn without_redis_reads_come_from_postgres() {
-    let app = spawn_app_with(Options { no_redis: true, ..Options::default() }).await;
+    let app = spawn_app_with(Options {
+        no_redis: true,
+        ..Options::default()
+    })
+    .await;
     let user = app.create_user("Ada", "ada@example.com").await;
     let id = user["id"].as_str().unwrap();
 
@@ -76,8 +90,15 @@ async fn one_hundred_concurrent_reads_of_a_cold_id_make_one_query() {
                 let client = reqwest::Client::builder().no_proxy().build().unwrap();
                 client.get(app.url("/healthz")).send().await.unwrap();
                 barrier.wait().await;
-                let response = client.get(app.url(&format!("/users/{id}"))).send().await.unwrap();
-                (response.status().as_u16(), response.json::<Value>().await.unwrap())
+                let response = client
+                    .get(app.url(&format!("/users/{id}")))
+                    .send()
+                    .await
+                    .unwrap();
+                (
+                    response.status().as_u16(),
+                    response.json::<Value>().await.unwrap(),
+                )
             })
         })
         .collect();
@@ -87,14 +108,21 @@ async fn one_hundred_concurrent_reads_of_a_cold_id_make_one_query() {
         assert_eq!(body, user);
     }
 
-    assert_eq!(app.metric("db_user_reads_total").await, 1.0, "exactly one Postgres query");
+    assert_eq!(
+        app.metric("db_user_reads_total").await,
+        1.0,
+        "exactly one Postgres query"
+    );
 }
 
 #[tokio::test]
 async fn an_update_on_one_replica_is_seen_by_another_with_its_own_redis() {
     let a = spawn_app().await;
     let b = a.sibling().await;
-    assert_ne!(a.redis.as_ref().unwrap().port(), b.redis.as_ref().unwrap().port());
+    assert_ne!(
+        a.redis.as_ref().unwrap().port(),
+        b.redis.as_ref().unwrap().port()
+    );
     let user = a.create_user("Ada", "ada@example.com").await;
     let id = user["id"].as_str().unwrap();
     // B caches the old value and serves it from Redis.
@@ -105,13 +133,19 @@ async fn an_update_on_one_replica_is_seen_by_another_with_its_own_redis() {
     let mut lags = Vec::new();
     for round in 0..20 {
         let name = format!("Ada v{round}");
-        let put = a.put_user(id, &json!({ "name": name, "email": "ada@example.com" })).await;
+        let put = a
+            .put_user(id, &json!({ "name": name, "email": "ada@example.com" }))
+            .await;
         assert_eq!(put.status(), 200);
         let acknowledged = Instant::now();
-        eventually(Duration::from_secs(2), "B to serve the new value", || async {
-            let read: Value = b.get_user(id).await.json().await.unwrap();
-            read["name"] == name.as_str()
-        })
+        eventually(
+            Duration::from_secs(2),
+            "B to serve the new value",
+            || async {
+                let read: Value = b.get_user(id).await.json().await.unwrap();
+                read["name"] == name.as_str()
+            },
+        )
         .await;
         lags.push(acknowledged.elapsed());
         // Re-cache on B for the next round.
@@ -120,6 +154,12 @@ async fn an_update_on_one_replica_is_seen_by_another_with_its_own_redis() {
 
     lags.sort();
     let (median, max) = (lags[lags.len() / 2], lags[lags.len() - 1]);
-    println!("cross-replica lag over {} updates: median {median:?}, max {max:?}", lags.len());
-    assert!(max <= Duration::from_millis(100), "lag {max:?} is over the 100 ms goal");
+    println!(
+        "cross-replica lag over {} updates: median {median:?}, max {max:?}",
+        lags.len()
+    );
+    assert!(
+        max <= Duration::from_millis(100),
+        "lag {max:?} is over the 100 ms goal"
+    );
 }

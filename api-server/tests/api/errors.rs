@@ -8,26 +8,126 @@ use crate::helpers::{Options, assert_problem, spawn_app, spawn_app_with};
 fn bad_bodies() -> Vec<(&'static str, &'static str, String, u16)> {
     let json = "application/json";
     vec![
-        ("malformed JSON", json, r#"{"name": "x", "email": "#.into(), 400),
+        (
+            "malformed JSON",
+            json,
+            r#"{"name": "x", "email": "#.into(),
+            400,
+        ),
         ("not JSON at all", json, "name=x&email=y".into(), 400),
         ("empty body", json, String::new(), 400),
-        ("wrong content type", "text/plain", r#"{"name":"x","email":"x@example.com"}"#.into(), 400),
-        ("form content type", "application/x-www-form-urlencoded", "name=x&email=x@example.com".into(), 400),
+        (
+            "wrong content type",
+            "text/plain",
+            r#"{"name":"x","email":"x@example.com"}"#.into(),
+            400,
+        ),
+        (
+            "form content type",
+            "application/x-www-form-urlencoded",
+            "name=x&email=x@example.com".into(),
+            400,
+        ),
         ("missing email", json, r#"{"name":"x"}"#.into(), 422),
-        ("missing name", json, r#"{"email":"x@example.com"}"#.into(), 422),
-        ("name is a number", json, r#"{"name":5,"email":"x@example.com"}"#.into(), 422),
-        ("email is null", json, r#"{"name":"x","email":null}"#.into(), 422),
-        ("body is an array", json, r#"[{"name":"x","email":"x@example.com"}]"#.into(), 422),
-        ("empty name", json, r#"{"name":"","email":"x@example.com"}"#.into(), 422),
-        ("whitespace name", json, r#"{"name":"   ","email":"x@example.com"}"#.into(), 422),
-        ("name with NUL", json, r#"{"name":"a\u0000b","email":"x@example.com"}"#.into(), 422),
-        ("101-character name", json, format!(r#"{{"name":"{}","email":"x@example.com"}}"#, "a".repeat(101)), 422),
-        ("10 KiB name", json, format!(r#"{{"name":"{}","email":"x@example.com"}}"#, "é".repeat(5000)), 422),
-        ("email without @", json, r#"{"name":"x","email":"example.com"}"#.into(), 422),
-        ("SQL as email", json, r#"{"name":"x","email":"'; DROP TABLE users;--"}"#.into(), 422),
-        ("255-character email", json, format!(r#"{{"name":"x","email":"{}@example.com"}}"#, "a".repeat(243)), 422),
-        ("body over 16 KiB", json, format!(r#"{{"name":"{}","email":"x@example.com"}}"#, "a".repeat(17 * 1024)), 413),
-        ("1 MiB body", json, format!(r#"{{"name":"{}","email":"x@example.com"}}"#, "a".repeat(1 << 20)), 413),
+        (
+            "missing name",
+            json,
+            r#"{"email":"x@example.com"}"#.into(),
+            422,
+        ),
+        (
+            "name is a number",
+            json,
+            r#"{"name":5,"email":"x@example.com"}"#.into(),
+            422,
+        ),
+        (
+            "email is null",
+            json,
+            r#"{"name":"x","email":null}"#.into(),
+            422,
+        ),
+        (
+            "body is an array",
+            json,
+            r#"[{"name":"x","email":"x@example.com"}]"#.into(),
+            422,
+        ),
+        (
+            "empty name",
+            json,
+            r#"{"name":"","email":"x@example.com"}"#.into(),
+            422,
+        ),
+        (
+            "whitespace name",
+            json,
+            r#"{"name":"   ","email":"x@example.com"}"#.into(),
+            422,
+        ),
+        (
+            "name with NUL",
+            json,
+            r#"{"name":"a\u0000b","email":"x@example.com"}"#.into(),
+            422,
+        ),
+        (
+            "101-character name",
+            json,
+            format!(
+                r#"{{"name":"{}","email":"x@example.com"}}"#,
+                "a".repeat(101)
+            ),
+            422,
+        ),
+        (
+            "10 KiB name",
+            json,
+            format!(
+                r#"{{"name":"{}","email":"x@example.com"}}"#,
+                "é".repeat(5000)
+            ),
+            422,
+        ),
+        (
+            "email without @",
+            json,
+            r#"{"name":"x","email":"example.com"}"#.into(),
+            422,
+        ),
+        (
+            "SQL as email",
+            json,
+            r#"{"name":"x","email":"'; DROP TABLE users;--"}"#.into(),
+            422,
+        ),
+        (
+            "255-character email",
+            json,
+            format!(
+                r#"{{"name":"x","email":"{}@example.com"}}"#,
+                "a".repeat(243)
+            ),
+            422,
+        ),
+        (
+            "body over 16 KiB",
+            json,
+            format!(
+                r#"{{"name":"{}","email":"x@example.com"}}"#,
+                "a".repeat(17 * 1024)
+            ),
+            413,
+        ),
+        (
+            "1 MiB body",
+            json,
+            format!(
+                r#"{{"name":"{}","email":"x@example.com"}}"#,
+                "a".repeat(1 << 20)
+            ),
+            413,
+        ),
     ]
 }
 
@@ -38,24 +138,43 @@ async fn bad_bodies_get_the_right_problem_on_create_and_update() {
     let id = existing["id"].as_str().unwrap();
 
     for (what, content_type, body, status) in bad_bodies() {
-        for request in [app.client.post(app.url("/users")), app.client.put(app.url(&format!("/users/{id}")))] {
-            let response =
-                request.header("content-type", content_type).body(body.clone()).send().await.unwrap();
+        for request in [
+            app.client.post(app.url("/users")),
+            app.client.put(app.url(&format!("/users/{id}"))),
+        ] {
+            let response = request
+                .header("content-type", content_type)
+                .body(body.clone())
+                .send()
+                .await
+                .unwrap();
             assert_eq!(response.status(), status, "{what}");
             assert_problem(response, status).await;
         }
     }
     // None of it changed the stored user.
-    assert_eq!(app.get_user(id).await.json::<Value>().await.unwrap(), existing);
+    assert_eq!(
+        app.get_user(id).await.json::<Value>().await.unwrap(),
+        existing
+    );
 }
 
 #[tokio::test]
 async fn a_422_names_every_invalid_field() {
     let app = spawn_app().await;
 
-    let body = assert_problem(app.post_user(&json!({ "name": "", "email": "nope" })).await, 422).await;
+    let body = assert_problem(
+        app.post_user(&json!({ "name": "", "email": "nope" })).await,
+        422,
+    )
+    .await;
 
-    let fields: Vec<_> = body["errors"].as_array().unwrap().iter().map(|e| e["field"].clone()).collect();
+    let fields: Vec<_> = body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].clone())
+        .collect();
     assert_eq!(fields, [json!("name"), json!("email")]);
     assert!(body["detail"].as_str().unwrap().contains("email"));
 }
@@ -63,7 +182,12 @@ async fn a_422_names_every_invalid_field() {
 #[tokio::test]
 async fn a_wrong_type_422_says_which_field() {
     let app = spawn_app().await;
-    let body = assert_problem(app.post_user(&json!({ "name": 42, "email": "x@example.com" })).await, 422).await;
+    let body = assert_problem(
+        app.post_user(&json!({ "name": 42, "email": "x@example.com" }))
+            .await,
+        422,
+    )
+    .await;
     assert!(body["detail"].as_str().unwrap().contains("name"), "{body}");
 }
 
@@ -73,9 +197,19 @@ async fn a_duplicate_email_differing_only_in_case_is_409() {
     app.create_user("Ada", "ada@example.com").await;
     let other = app.create_user("Bob", "bob@example.com").await;
 
-    assert_problem(app.post_user(&json!({ "name": "Ada 2", "email": "ADA@Example.com" })).await, 409).await;
+    assert_problem(
+        app.post_user(&json!({ "name": "Ada 2", "email": "ADA@Example.com" }))
+            .await,
+        409,
+    )
+    .await;
     let id = other["id"].as_str().unwrap();
-    assert_problem(app.put_user(id, &json!({ "name": "Bob", "email": "Ada@EXAMPLE.com" })).await, 409).await;
+    assert_problem(
+        app.put_user(id, &json!({ "name": "Bob", "email": "Ada@EXAMPLE.com" }))
+            .await,
+        409,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -108,16 +242,40 @@ async fn bad_page_parameters_are_422_naming_the_field() {
 async fn unknown_routes_are_404_and_wrong_methods_405() {
     let app = spawn_app().await;
     assert_problem(app.client.get(app.url("/nope")).send().await.unwrap(), 404).await;
-    assert_problem(app.client.get(app.url("/users/a/b")).send().await.unwrap(), 404).await;
-    assert_problem(app.client.patch(app.url("/users")).send().await.unwrap(), 405).await;
-    assert_problem(app.client.delete(app.url("/users")).send().await.unwrap(), 405).await;
+    assert_problem(
+        app.client.get(app.url("/users/a/b")).send().await.unwrap(),
+        404,
+    )
+    .await;
+    assert_problem(
+        app.client.patch(app.url("/users")).send().await.unwrap(),
+        405,
+    )
+    .await;
+    assert_problem(
+        app.client.delete(app.url("/users")).send().await.unwrap(),
+        405,
+    )
+    .await;
     let id = uuid::Uuid::now_v7();
-    assert_problem(app.client.post(app.url(&format!("/users/{id}"))).send().await.unwrap(), 405).await;
+    assert_problem(
+        app.client
+            .post(app.url(&format!("/users/{id}")))
+            .send()
+            .await
+            .unwrap(),
+        405,
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn over_the_rate_limit_is_429_with_retry_after() {
-    let app = spawn_app_with(Options { rate_limit: Some((1, 3)), ..Options::default() }).await;
+    let app = spawn_app_with(Options {
+        rate_limit: Some((1, 3)),
+        ..Options::default()
+    })
+    .await;
 
     let mut statuses = Vec::new();
     for _ in 0..5 {
@@ -127,18 +285,37 @@ async fn over_the_rate_limit_is_429_with_retry_after() {
     let codes: Vec<u16> = statuses.iter().map(|r| r.status().as_u16()).collect();
     assert_eq!(&codes[..3], [200, 200, 200], "the burst is allowed");
     let limited = statuses.pop().unwrap();
-    let retry_after: u64 = limited.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=2).contains(&retry_after), "{retry_after}");
     assert_problem(limited, 429).await;
     // Probes are never rate limited.
-    assert_eq!(app.client.get(app.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.client
+            .get(app.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
 async fn server_errors_never_leak_internal_details() {
     let app = spawn_app().await;
     for (what, content_type, body, _) in bad_bodies() {
-        let response = app.client.post(app.url("/users")).header("content-type", content_type).body(body).send().await.unwrap();
+        let response = app
+            .client
+            .post(app.url("/users"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
         assert!(response.status().as_u16() < 500, "{what}");
         let text = response.text().await.unwrap();
         for secret in ["sqlx", "postgres", "SELECT", "users_email_key", "panicked"] {

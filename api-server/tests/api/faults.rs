@@ -13,7 +13,12 @@ async fn redis_killed_mid_stream_every_request_succeeds_and_hits_resume() {
     let app = Arc::new(spawn_app().await);
     let mut ids = Vec::new();
     for i in 0..20 {
-        ids.push(app.create_user("u", &format!("r{i}@example.com")).await["id"].as_str().unwrap().to_owned());
+        ids.push(
+            app.create_user("u", &format!("r{i}@example.com")).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     let stop = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..4)
@@ -39,16 +44,20 @@ async fn redis_killed_mid_stream_every_request_succeeds_and_hits_resume() {
         .collect();
 
     let redis = app.redis.clone().unwrap();
-    eventually(Duration::from_secs(5), "traffic through a warm cache", || async {
-        app.metric("cache_hits_total").await > 50.0
-    })
+    eventually(
+        Duration::from_secs(5),
+        "traffic through a warm cache",
+        || async { app.metric("cache_hits_total").await > 50.0 },
+    )
     .await;
     let hits_before = app.metric("cache_hits_total").await;
     redis.kill();
     let errors_before = app.metric("cache_errors_total").await;
-    eventually(Duration::from_secs(5), "Redis errors to be noticed", || async {
-        app.metric("cache_errors_total").await > errors_before
-    })
+    eventually(
+        Duration::from_secs(5),
+        "Redis errors to be noticed",
+        || async { app.metric("cache_errors_total").await > errors_before },
+    )
     .await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // traffic while Redis is down
     tokio::task::spawn_blocking({
@@ -76,7 +85,12 @@ async fn redis_killed_mid_stream_every_request_succeeds_and_hits_resume() {
     // Whatever was cached before the outage may have missed evictions: reads are current.
     for (i, id) in ids.iter().enumerate() {
         let cached: Value = app.get_user(id).await.json().await.unwrap();
-        let put = app.put_user(id, &json!({ "name": "final", "email": format!("r{i}@example.com") })).await;
+        let put = app
+            .put_user(
+                id,
+                &json!({ "name": "final", "email": format!("r{i}@example.com") }),
+            )
+            .await;
         assert_eq!(put.status(), 200);
         let read: Value = app.get_user(id).await.json().await.unwrap();
         assert_eq!(read["name"], "final", "stale read after {cached}");
@@ -86,7 +100,12 @@ async fn redis_killed_mid_stream_every_request_succeeds_and_hits_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_is_503_and_recovers_without_losing_acknowledged_writes() {
     let app = Arc::new(
-        spawn_app_with(Options { own_postgres: true, acquire_timeout_ms: Some(300), ..Options::default() }).await,
+        spawn_app_with(Options {
+            own_postgres: true,
+            acquire_timeout_ms: Some(300),
+            ..Options::default()
+        })
+        .await,
     );
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -95,9 +114,16 @@ async fn postgres_down_is_503_and_recovers_without_losing_acknowledged_writes() 
             let (mut acknowledged, mut other) = (Vec::new(), HashSet::new());
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
-                let response = app.post_user(&json!({ "name": "w", "email": format!("w{n}@example.com") })).await;
+                let response = app
+                    .post_user(&json!({ "name": "w", "email": format!("w{n}@example.com") }))
+                    .await;
                 match response.status().as_u16() {
-                    201 => acknowledged.push(response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()),
+                    201 => acknowledged.push(
+                        response.json::<Value>().await.unwrap()["id"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned(),
+                    ),
                     status => {
                         other.insert(status);
                     }
@@ -107,10 +133,14 @@ async fn postgres_down_is_503_and_recovers_without_losing_acknowledged_writes() 
             (acknowledged, other)
         })
     };
-    eventually(Duration::from_secs(5), "some acknowledged writes", || async {
-        let page: Value = app.list("?limit=20").await.json().await.unwrap();
-        page["items"].as_array().unwrap().len() >= 20
-    })
+    eventually(
+        Duration::from_secs(5),
+        "some acknowledged writes",
+        || async {
+            let page: Value = app.list("?limit=20").await.json().await.unwrap();
+            page["items"].as_array().unwrap().len() >= 20
+        },
+    )
     .await;
 
     let pg = app.pg.clone();
@@ -122,46 +152,110 @@ async fn postgres_down_is_503_and_recovers_without_losing_acknowledged_writes() 
     .unwrap();
 
     eventually(Duration::from_secs(5), "/readyz to turn 503", || async {
-        app.client.get(app.url("/readyz")).send().await.unwrap().status() == 503
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 503
     })
     .await;
-    let readiness: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let readiness: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(readiness["postgres"], "down");
-    let problem = assert_problem(app.post_user(&json!({ "name": "x", "email": "down@example.com" })).await, 503).await;
+    let problem = assert_problem(
+        app.post_user(&json!({ "name": "x", "email": "down@example.com" }))
+            .await,
+        503,
+    )
+    .await;
     assert!(!problem["detail"].as_str().unwrap().contains("127.0.0.1"));
     assert_problem(app.list("").await, 503).await;
 
-    tokio::task::spawn_blocking(move || pg.restart()).await.unwrap();
+    tokio::task::spawn_blocking(move || pg.restart())
+        .await
+        .unwrap();
     eventually(Duration::from_secs(15), "/readyz to recover", || async {
-        app.client.get(app.url("/readyz")).send().await.unwrap().status() == 200
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 200
     })
     .await;
-    eventually(Duration::from_secs(15), "writes to succeed again", || async {
-        app.post_user(&json!({ "name": "x", "email": format!("{}@example.com", uuid::Uuid::new_v4()) })).await.status() == 201
-    })
+    eventually(
+        Duration::from_secs(15),
+        "writes to succeed again",
+        || async {
+            app.post_user(
+                &json!({ "name": "x", "email": format!("{}@example.com", uuid::Uuid::new_v4()) }),
+            )
+            .await
+            .status()
+                == 201
+        },
+    )
     .await;
-    eventually(Duration::from_secs(15), "the invalidation feed to resubscribe", || async {
-        let body: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
-        body["cache_trusted"] == true
-    })
+    eventually(
+        Duration::from_secs(15),
+        "the invalidation feed to resubscribe",
+        || async {
+            let body: Value = app
+                .client
+                .get(app.url("/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            body["cache_trusted"] == true
+        },
+    )
     .await;
     stop.store(true, Ordering::Relaxed);
     let (acknowledged, other) = writer.await.unwrap();
 
     assert!(!acknowledged.is_empty());
-    assert!(other.iter().all(|s| *s == 503), "only 503s while down, got {other:?}");
+    assert!(
+        other.iter().all(|s| *s == 503),
+        "only 503s while down, got {other:?}"
+    );
     let mut listed = HashSet::new();
     let mut query = "?limit=500".to_owned();
     loop {
         let page: Value = app.list(&query).await.json().await.unwrap();
-        listed.extend(page["items"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap().to_owned()));
+        listed.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["id"].as_str().unwrap().to_owned()),
+        );
         match page["next"].as_str() {
             Some(next) => query = format!("?limit=500&after={next}"),
             None => break,
         }
     }
-    let lost: Vec<_> = acknowledged.iter().filter(|id| !listed.contains(*id)).collect();
-    assert!(lost.is_empty(), "{} acknowledged writes lost: {lost:?}", lost.len());
+    let lost: Vec<_> = acknowledged
+        .iter()
+        .filter(|id| !listed.contains(*id))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged writes lost: {lost:?}",
+        lost.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -170,16 +264,23 @@ async fn many_replicas_starting_at_once_migrate_a_fresh_database_safely() {
     let database = pg.create_database();
 
     let apps = futures::future::join_all((0..8).map(|_| {
-        build_app(Options { database: Some((pg.clone(), database.clone())), no_redis: true, ..Options::default() })
+        build_app(Options {
+            database: Some((pg.clone(), database.clone())),
+            no_redis: true,
+            ..Options::default()
+        })
     }))
     .await;
 
     for app in &apps {
         app.wait_until_ready().await;
-        assert_eq!(app.create_user("x", &format!("{}@example.com", uuid::Uuid::new_v4())).await["name"], "x");
+        assert_eq!(
+            app.create_user("x", &format!("{}@example.com", uuid::Uuid::new_v4()))
+                .await["name"],
+            "x"
+        );
     }
-    let mut conn: sqlx::PgConnection =
-        sqlx::Connection::connect(&pg.url(&database)).await.unwrap();
+    let mut conn: sqlx::PgConnection = sqlx::Connection::connect(&pg.url(&database)).await.unwrap();
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
         .fetch_one(&mut conn)
         .await
@@ -195,9 +296,20 @@ async fn a_dead_redis_fails_neither_requests_nor_readiness() {
     app.redis.as_ref().unwrap().kill();
     let user = app.create_user("Ada", "ada@example.com").await;
     for _ in 0..5 {
-        assert_eq!(app.get_user(user["id"].as_str().unwrap()).await.status(), 200);
+        assert_eq!(
+            app.get_user(user["id"].as_str().unwrap()).await.status(),
+            200
+        );
     }
-    let readiness: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let readiness: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(readiness["status"], "ready", "Redis never fails readiness");
     assert_eq!(readiness["redis"], "down");
 }

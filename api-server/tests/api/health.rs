@@ -22,7 +22,11 @@ async fn readyz_reports_postgres_and_redis() {
 
 #[tokio::test]
 async fn readyz_turns_503_as_soon_as_shutdown_begins_while_requests_are_still_served() {
-    let app = spawn_app_with(Options { shutdown_delay_seconds: 5, ..Options::default() }).await;
+    let app = spawn_app_with(Options {
+        shutdown_delay_seconds: 5,
+        ..Options::default()
+    })
+    .await;
 
     app.shutdown.cancel();
 
@@ -31,14 +35,30 @@ async fn readyz_turns_503_as_soon_as_shutdown_begins_while_requests_are_still_se
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["shutting_down"], true);
     assert_eq!(body["postgres"], "up");
-    assert_eq!(app.list("").await.status(), 200, "traffic is still served during the delay");
+    assert_eq!(
+        app.list("").await.status(),
+        200,
+        "traffic is still served during the delay"
+    );
 }
 
 #[tokio::test]
 async fn metrics_expose_requests_cache_and_pool() {
     let app = spawn_app().await;
-    app.client.get(app.url("/users/not-an-id")).send().await.unwrap();
-    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    app.client
+        .get(app.url("/users/not-an-id"))
+        .send()
+        .await
+        .unwrap();
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for expected in [
         r#"http_requests_total{method="GET",route="/users/{id}",status="404"} 1"#,
         "http_request_duration_seconds_bucket",
@@ -57,7 +77,13 @@ async fn metrics_expose_requests_cache_and_pool() {
 #[tokio::test]
 async fn the_request_id_is_echoed_or_made() {
     let app = spawn_app().await;
-    let given = app.client.get(app.url("/users")).header("x-request-id", "abc-123").send().await.unwrap();
+    let given = app
+        .client
+        .get(app.url("/users"))
+        .header("x-request-id", "abc-123")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(given.headers()["x-request-id"], "abc-123");
     let made = app.client.get(app.url("/users")).send().await.unwrap();
     assert!(!made.headers()["x-request-id"].is_empty());
@@ -66,13 +92,24 @@ async fn the_request_id_is_echoed_or_made() {
 #[tokio::test]
 async fn openapi_describes_every_route() {
     let app = spawn_app().await;
-    let doc: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let doc: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let paths = doc["paths"].as_object().unwrap();
     for path in ["/users", "/users/{id}", "/healthz", "/readyz", "/metrics"] {
         assert!(paths.contains_key(path), "{path} missing");
     }
     for method in ["get", "put", "delete"] {
-        assert!(paths["/users/{id}"][method].is_object(), "{method} /users/{{id}} missing");
+        assert!(
+            paths["/users/{id}"][method].is_object(),
+            "{method} /users/{{id}} missing"
+        );
     }
     assert!(doc["components"]["schemas"]["User"].is_object());
     assert!(doc["components"]["schemas"]["Problem"].is_object());

@@ -4,7 +4,9 @@
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
-use api_server::config::{CacheConfig, Config, DatabaseConfig, LogFormat, RateLimitConfig, Secret, ServerConfig};
+use api_server::config::{
+    CacheConfig, Config, DatabaseConfig, LogFormat, RateLimitConfig, Secret, ServerConfig,
+};
 use api_server::startup::Application;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -65,10 +67,15 @@ pub fn config(url: &str, redis_url: Option<String>, options: &Options) -> Config
     database.acquire_timeout_ms = options.acquire_timeout_ms.unwrap_or(2000);
     Config {
         database,
-        cache: CacheConfig { redis_url: redis_url.map(Secret::new), ttl_seconds: 300 },
+        cache: CacheConfig {
+            redis_url: redis_url.map(Secret::new),
+            ttl_seconds: 300,
+        },
         rate_limit: RateLimitConfig {
             rps: options.rate_limit.and_then(|(rps, _)| rps.try_into().ok()),
-            burst: options.rate_limit.and_then(|(_, burst)| burst.try_into().ok()),
+            burst: options
+                .rate_limit
+                .and_then(|(_, burst)| burst.try_into().ok()),
         },
         server: ServerConfig {
             port: 0,
@@ -97,9 +104,17 @@ pub async fn build_app(options: Options) -> TestApp {
     let redis = match (&options.redis, options.no_redis) {
         (_, true) => None,
         (Some(redis), false) => Some(redis.clone()),
-        (None, false) => Some(Arc::new(tokio::task::spawn_blocking(RedisServer::start).await.unwrap())),
+        (None, false) => Some(Arc::new(
+            tokio::task::spawn_blocking(RedisServer::start)
+                .await
+                .unwrap(),
+        )),
     };
-    let config = config(&pg.url(&database), redis.as_ref().map(|r| r.url()), &options);
+    let config = config(
+        &pg.url(&database),
+        redis.as_ref().map(|r| r.url()),
+        &options,
+    );
     let app = Application::build(config).await.expect("the app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let shutdown = app.shutdown_token();
@@ -107,7 +122,16 @@ pub async fn build_app(options: Options) -> TestApp {
         let _ = app.run_until_stopped().await;
     });
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    TestApp { address, client, pg, database, redis, shutdown, owns_database, server }
+    TestApp {
+        address,
+        client,
+        pg,
+        database,
+        redis,
+        shutdown,
+        owns_database,
+        server,
+    }
 }
 
 /// Polls `check` until it returns true, panicking after `timeout`.
@@ -144,44 +168,83 @@ impl TestApp {
     }
 
     pub async fn post_user(&self, body: &Value) -> reqwest::Response {
-        self.client.post(self.url("/users")).json(body).send().await.unwrap()
+        self.client
+            .post(self.url("/users"))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// Creates a user and returns its JSON, asserting 201.
     pub async fn create_user(&self, name: &str, email: &str) -> Value {
-        let response = self.post_user(&json!({ "name": name, "email": email })).await;
+        let response = self
+            .post_user(&json!({ "name": name, "email": email }))
+            .await;
         assert_eq!(response.status(), 201, "creating {email}");
         response.json().await.unwrap()
     }
 
     pub async fn get_user(&self, id: &str) -> reqwest::Response {
-        self.client.get(self.url(&format!("/users/{id}"))).send().await.unwrap()
+        self.client
+            .get(self.url(&format!("/users/{id}")))
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn put_user(&self, id: &str, body: &Value) -> reqwest::Response {
-        self.client.put(self.url(&format!("/users/{id}"))).json(body).send().await.unwrap()
+        self.client
+            .put(self.url(&format!("/users/{id}")))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn delete_user(&self, id: &str) -> reqwest::Response {
-        self.client.delete(self.url(&format!("/users/{id}"))).send().await.unwrap()
+        self.client
+            .delete(self.url(&format!("/users/{id}")))
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn list(&self, query: &str) -> reqwest::Response {
-        self.client.get(self.url(&format!("/users{query}"))).send().await.unwrap()
+        self.client
+            .get(self.url(&format!("/users{query}")))
+            .send()
+            .await
+            .unwrap()
     }
 
     /// The value of one unlabelled metric sample, e.g. `cache_hits_total`.
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = self.client.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         text.lines()
-            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .find_map(|line| {
+                line.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
             .and_then(|value| value.trim().parse().ok())
             .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
     }
 
     /// A second app on the same database, with its own Redis.
     pub async fn sibling(&self) -> TestApp {
-        spawn_app_with(Options { database: Some((self.pg.clone(), self.database.clone())), ..Options::default() }).await
+        spawn_app_with(Options {
+            database: Some((self.pg.clone(), self.database.clone())),
+            ..Options::default()
+        })
+        .await
     }
 }
 
@@ -198,10 +261,16 @@ impl Drop for TestApp {
 /// Asserts a problem+json response with `status` and returns its body.
 pub async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
     assert_eq!(response.status(), status, "unexpected status");
-    let content_type = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned());
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
     assert_eq!(content_type.as_deref(), Some("application/problem+json"));
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["status"], status);
-    assert!(body["title"].is_string() && body["type"].is_string() && body["detail"].is_string(), "{body}");
+    assert!(
+        body["title"].is_string() && body["type"].is_string() && body["detail"].is_string(),
+        "{body}"
+    );
     body
 }

@@ -1,3 +1,7 @@
+//! Black-box API tests against real PostgreSQL and Redis started by `services`.
+// Test helpers panic on purpose: a failed set-up step is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod cache;
 mod errors;
 mod faults;

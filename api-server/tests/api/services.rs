@@ -18,13 +18,21 @@ use tempfile::TempDir;
 const START_ATTEMPTS: usize = 5;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn is_root() -> bool {
     fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
@@ -53,12 +61,17 @@ fn pg_bindir() -> PathBuf {
     }
     std::env::var_os("PATH")
         .and_then(|path| std::env::split_paths(&path).find(|dir| dir.join("initdb").exists()))
-        .expect("PostgreSQL server binaries (initdb) not found: run `scripts/ensure-deps.sh services`")
+        .expect(
+            "PostgreSQL server binaries (initdb) not found: run `scripts/ensure-deps.sh services`",
+        )
 }
 
 /// A directory anyone may write to (the postgres user needs to, even when we are root).
 fn shared_tempdir() -> TempDir {
-    let dir = tempfile::Builder::new().prefix("pg").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("pg")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
     dir
 }
@@ -67,7 +80,9 @@ fn shared_tempdir() -> TempDir {
 fn watchdog(script: &str, args: &[&str]) {
     let _ = Command::new("sh")
         .arg("-c")
-        .arg(format!("while kill -0 $0 2>/dev/null; do sleep 1; done; {script}"))
+        .arg(format!(
+            "while kill -0 $0 2>/dev/null; do sleep 1; done; {script}"
+        ))
         .arg(std::process::id().to_string())
         .args(args)
         .stdin(Stdio::null())
@@ -84,9 +99,15 @@ fn template(bindir: &Path) -> PathBuf {
             let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pg-template");
             fs::create_dir_all(&root).unwrap();
             fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
-            let version = bindir.parent().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
+            let version = bindir
+                .parent()
+                .and_then(|p| p.file_name())
+                .map(|n| n.to_string_lossy().into_owned());
             let data = root.join(format!("data-{}", version.unwrap_or_default()));
-            let ready = root.join(format!("{}.ready", data.file_name().unwrap().to_string_lossy()));
+            let ready = root.join(format!(
+                "{}.ready",
+                data.file_name().unwrap().to_string_lossy()
+            ));
             let lock = File::create(root.join("lock")).unwrap();
             lock.lock().unwrap();
             if !ready.exists() {
@@ -94,7 +115,17 @@ fn template(bindir: &Path) -> PathBuf {
                 let _ = fs::remove_dir_all(&data);
                 let ok = |locale: &str| {
                     as_postgres(&bindir.join("initdb"))
-                        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync", locale, "-D"])
+                        .args([
+                            "-A",
+                            "trust",
+                            "-U",
+                            "postgres",
+                            "-E",
+                            "UTF8",
+                            "--no-sync",
+                            locale,
+                            "-D",
+                        ])
                         .arg(&data)
                         .stdout(Stdio::null())
                         .stderr(Stdio::null())
@@ -127,18 +158,37 @@ impl PgServer {
         let template = template(&bindir);
         let dir = shared_tempdir();
         let data = dir.path().join("data");
-        let copied = as_postgres(Path::new("cp")).arg("-a").arg(&template).arg(&data).status().unwrap();
+        let copied = as_postgres(Path::new("cp"))
+            .arg("-a")
+            .arg(&template)
+            .arg(&data)
+            .status()
+            .unwrap();
         assert!(copied.success(), "cannot copy the PostgreSQL template");
-        let mut server = Self { bindir, dir, data, port: 0 };
+        let mut server = Self {
+            bindir,
+            dir,
+            data,
+            port: 0,
+        };
         for _ in 0..START_ATTEMPTS {
             server.port = free_port();
             if server.pg_ctl_start() {
                 let stop = format!("{} stop -D \"$1\" -m immediate", server.pg_ctl_cmdline());
-                watchdog(&format!("{stop}; rm -rf \"$2\""), &[&server.data.to_string_lossy(), &server.dir.path().to_string_lossy()]);
+                watchdog(
+                    &format!("{stop}; rm -rf \"$2\""),
+                    &[
+                        &server.data.to_string_lossy(),
+                        &server.dir.path().to_string_lossy(),
+                    ],
+                );
                 return server;
             }
         }
-        panic!("PostgreSQL did not start; see {}", server.dir.path().join("pg.log").display());
+        panic!(
+            "PostgreSQL did not start; see {}",
+            server.dir.path().join("pg.log").display()
+        );
     }
 
     /// One server shared by every test of this process (nextest runs one test per process).
@@ -155,7 +205,11 @@ impl PgServer {
 
     fn pg_ctl_cmdline(&self) -> String {
         let pg_ctl = self.bindir.join("pg_ctl");
-        if is_root() { format!("runuser -u postgres -- {}", pg_ctl.display()) } else { pg_ctl.display().to_string() }
+        if is_root() {
+            format!("runuser -u postgres -- {}", pg_ctl.display())
+        } else {
+            pg_ctl.display().to_string()
+        }
     }
 
     fn pg_ctl_start(&self) -> bool {
@@ -204,7 +258,15 @@ impl PgServer {
     pub fn create_database(&self) -> String {
         let name = format!("test_{}", uuid::Uuid::new_v4().simple());
         let status = Command::new(self.bindir.join("createdb"))
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", &name])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                &name,
+            ])
             .status()
             .unwrap();
         assert!(status.success(), "createdb failed");
@@ -213,7 +275,17 @@ impl PgServer {
 
     pub fn drop_database(&self, name: &str) {
         let _ = Command::new(self.bindir.join("dropdb"))
-            .args(["--force", "--if-exists", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", name])
+            .args([
+                "--force",
+                "--if-exists",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                name,
+            ])
             .stderr(Stdio::null())
             .status();
     }
@@ -239,8 +311,15 @@ pub struct RedisServer {
 
 impl RedisServer {
     pub fn start() -> Self {
-        let dir = tempfile::Builder::new().prefix("redis").tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let mut server = Self { dir, port: 0, child: Mutex::new(None) };
+        let dir = tempfile::Builder::new()
+            .prefix("redis")
+            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .unwrap();
+        let mut server = Self {
+            dir,
+            port: 0,
+            child: Mutex::new(None),
+        };
         for _ in 0..START_ATTEMPTS {
             server.port = free_port();
             if server.spawn() {
@@ -255,7 +334,16 @@ impl RedisServer {
         let socket = self.dir.path().join("redis.sock");
         let _ = fs::remove_file(&socket);
         let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .arg("--unixsocket")
             .arg(&socket)
             .arg("--dir")

@@ -10,7 +10,9 @@ use crate::helpers::{assert_problem, spawn_app};
 async fn create_returns_201_with_the_user_and_a_location() {
     let app = spawn_app().await;
 
-    let response = app.post_user(&json!({ "name": "  Ada Lovelace ", "email": "ada@example.com" })).await;
+    let response = app
+        .post_user(&json!({ "name": "  Ada Lovelace ", "email": "ada@example.com" }))
+        .await;
 
     assert_eq!(response.status(), 201);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
@@ -39,7 +41,12 @@ async fn update_replaces_name_and_email() {
     let created = app.create_user("Grace", "grace@example.com").await;
     let id = created["id"].as_str().unwrap();
 
-    let response = app.put_user(id, &json!({ "name": "Grace Hopper", "email": "hopper@navy.mil" })).await;
+    let response = app
+        .put_user(
+            id,
+            &json!({ "name": "Grace Hopper", "email": "hopper@navy.mil" }),
+        )
+        .await;
 
     assert_eq!(response.status(), 200);
     let updated: Value = response.json().await.unwrap();
@@ -47,7 +54,10 @@ async fn update_replaces_name_and_email() {
     assert_eq!(updated["email"], "hopper@navy.mil");
     assert_eq!(updated["created_at"], created["created_at"]);
     assert_ne!(updated["updated_at"], created["updated_at"]);
-    assert_eq!(app.get_user(id).await.json::<Value>().await.unwrap(), updated);
+    assert_eq!(
+        app.get_user(id).await.json::<Value>().await.unwrap(),
+        updated
+    );
 }
 
 #[tokio::test]
@@ -56,7 +66,10 @@ async fn updating_to_the_same_email_in_another_case_is_allowed() {
     let created = app.create_user("Grace", "grace@example.com").await;
 
     let response = app
-        .put_user(created["id"].as_str().unwrap(), &json!({ "name": "Grace", "email": "GRACE@example.com" }))
+        .put_user(
+            created["id"].as_str().unwrap(),
+            &json!({ "name": "Grace", "email": "GRACE@example.com" }),
+        )
         .await;
 
     assert_eq!(response.status(), 200);
@@ -90,14 +103,28 @@ async fn sql_looking_and_unicode_strings_are_stored_verbatim() {
     let app = spawn_app().await;
     let cases = [
         ("Robert'); DROP TABLE users;--", "bobby@example.com"),
-        ("1 OR 1=1; SELECT * FROM pg_user", "o'reilly+tag@example.com"),
+        (
+            "1 OR 1=1; SELECT * FROM pg_user",
+            "o'reilly+tag@example.com",
+        ),
         ("Zoë Ångström 🦀 数据库", "zoë@exämple.de"),
         ("\\x00 %s %n {{name}}", "percent@example.com"),
     ];
     for (name, email) in cases {
         let created = app.create_user(name, email).await;
-        let read: Value = app.get_user(created["id"].as_str().unwrap()).await.json().await.unwrap();
-        assert_eq!((read["name"].as_str().unwrap(), read["email"].as_str().unwrap()), (name, email));
+        let read: Value = app
+            .get_user(created["id"].as_str().unwrap())
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                read["name"].as_str().unwrap(),
+                read["email"].as_str().unwrap()
+            ),
+            (name, email)
+        );
     }
     // The table is still there.
     let page: Value = app.list("?limit=10").await.json().await.unwrap();
@@ -117,7 +144,13 @@ async fn pages_walk_every_user_once_in_id_order() {
     let app = spawn_app().await;
     let mut ids = Vec::new();
     for i in 0..7 {
-        ids.push(app.create_user(&format!("u{i}"), &format!("u{i}@example.com")).await["id"].as_str().unwrap().to_owned());
+        ids.push(
+            app.create_user(&format!("u{i}"), &format!("u{i}@example.com"))
+                .await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
 
     let mut seen = Vec::new();
@@ -126,7 +159,13 @@ async fn pages_walk_every_user_once_in_id_order() {
     loop {
         let page: Value = app.list(&query).await.json().await.unwrap();
         pages += 1;
-        seen.extend(page["items"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap().to_owned()));
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["id"].as_str().unwrap().to_owned()),
+        );
         match page["next"].as_str() {
             Some(next) => query = format!("?limit=3&after={next}"),
             None => break,
@@ -156,7 +195,13 @@ async fn pagination_during_concurrent_inserts_has_no_duplicates_and_no_gaps() {
     let app = Arc::new(spawn_app().await);
     let mut before = HashSet::new();
     for i in 0..120 {
-        before.insert(app.create_user("seed", &format!("seed{i}@example.com")).await["id"].as_str().unwrap().to_owned());
+        before.insert(
+            app.create_user("seed", &format!("seed{i}@example.com"))
+                .await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     let stop = Arc::new(AtomicBool::new(false));
     let writers: Vec<_> = (0..4)
@@ -165,7 +210,8 @@ async fn pagination_during_concurrent_inserts_has_no_duplicates_and_no_gaps() {
             tokio::spawn(async move {
                 let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    app.create_user("new", &format!("w{w}-{n}@example.com")).await;
+                    app.create_user("new", &format!("w{w}-{n}@example.com"))
+                        .await;
                     n += 1;
                 }
                 n
@@ -177,7 +223,13 @@ async fn pagination_during_concurrent_inserts_has_no_duplicates_and_no_gaps() {
     let mut query = "?limit=25".to_owned();
     loop {
         let page: Value = app.list(&query).await.json().await.unwrap();
-        seen.extend(page["items"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap().to_owned()));
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|u| u["id"].as_str().unwrap().to_owned()),
+        );
         match page["next"].as_str() {
             Some(next) => query = format!("?limit=25&after={next}"),
             None => break,
@@ -192,7 +244,10 @@ async fn pagination_during_concurrent_inserts_has_no_duplicates_and_no_gaps() {
     assert!(inserted > 0, "inserts ran during the walk");
     let unique: HashSet<_> = seen.iter().cloned().collect();
     assert_eq!(unique.len(), seen.len(), "no user appears twice");
-    assert!(before.is_subset(&unique), "every user that existed before the walk was listed");
+    assert!(
+        before.is_subset(&unique),
+        "every user that existed before the walk was listed"
+    );
     let mut sorted = seen.clone();
     sorted.sort_by_key(|id| uuid::Uuid::parse_str(id).unwrap());
     assert_eq!(sorted, seen, "ids ascend across pages");
