@@ -7,6 +7,7 @@
 # Environment:
 #   KIND_CLUSTER_NAME  cluster name                   (default scalable-e2e)
 #   K8S_VERSION        kindest/node tag               (default v1.33.1)
+#   KIND_NODE_IMAGE    full node image, e.g. pinned by digest (default kindest/node:$K8S_VERSION)
 #   E2E_KUBECONFIG     kubeconfig written by create    (default target/e2e/kubeconfig)
 #   E2E_ARTIFACTS      where export-logs writes        (default target/e2e/logs)
 #   PRESERVE_CLUSTER   true keeps the cluster on teardown, to debug
@@ -16,6 +17,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 KIND_CLUSTER_NAME="${KIND_CLUSTER_NAME:-scalable-e2e}"
 K8S_VERSION="${K8S_VERSION:-v1.33.1}"
+KIND_NODE_IMAGE="${KIND_NODE_IMAGE:-kindest/node:$K8S_VERSION}"
 E2E_KUBECONFIG="${E2E_KUBECONFIG:-$root/target/e2e/kubeconfig}"
 E2E_ARTIFACTS="${E2E_ARTIFACTS:-$root/target/e2e/logs}"
 PRESERVE_CLUSTER="${PRESERVE_CLUSTER:-false}"
@@ -38,8 +40,8 @@ create() {
   if cluster_exists; then
     log "reusing cluster $KIND_CLUSTER_NAME"
   else
-    log "creating cluster $KIND_CLUSTER_NAME with kindest/node:$K8S_VERSION"
-    kind create cluster --name "$KIND_CLUSTER_NAME" --image "kindest/node:$K8S_VERSION" \
+    log "creating cluster $KIND_CLUSTER_NAME with $KIND_NODE_IMAGE"
+    kind create cluster --name "$KIND_CLUSTER_NAME" --image "$KIND_NODE_IMAGE" \
       --config "$root/e2e/kind-config.yaml" --wait 180s
   fi
   kind get kubeconfig --name "$KIND_CLUSTER_NAME" >"$E2E_KUBECONFIG"
