@@ -53,10 +53,13 @@ def main(path: str, label: str) -> int:
             if not c.get("resources", {}).get("requests"):
                 errors.append(f"{c['name']}: resource requests missing")
             env = {e["name"] for e in c.get("env", [])}
-            for var in ("WATCH_NAMESPACE", "DEFAULT_API_IMAGE", "LEADER_ELECTION", "RUST_LOG",
+            for var in ("DEFAULT_API_IMAGE", "LEADER_ELECTION", "RUST_LOG",
                         "LOG_FORMAT", "POD_NAME", "POD_NAMESPACE", "HTTP_ADDR"):
                 if var not in env:
                     errors.append(f"{c['name']}: env {var} missing")
+            ns_env = next((e.get("value") for e in c.get("env", []) if e["name"] == "WATCH_NAMESPACE"), None)
+            if ns_env == "":
+                errors.append(f"{c['name']}: WATCH_NAMESPACE must be unset, not empty, to watch all namespaces")
         replicas = dep["spec"].get("replicas", 1)
         le = next((e.get("value") for c in pod["containers"] for e in c.get("env", [])
                    if e["name"] == "LEADER_ELECTION"), None)
