@@ -10,6 +10,8 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::crd_funcs::{DEFAULT_REPLICAS, DatabaseAuth};
+
 /// Image used when `spec.image` is unset: the api-server released with this operator.
 pub const DEFAULT_IMAGE: &str = concat!(
     "ghcr.io/scalable-dev/api-server:",
@@ -166,16 +168,6 @@ pub enum ServiceType {
     LoadBalancer,
 }
 
-impl ServiceType {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ClusterIP => "ClusterIP",
-            Self::NodePort => "NodePort",
-            Self::LoadBalancer => "LoadBalancer",
-        }
-    }
-}
-
 /// The Service in front of the API pods.
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -220,19 +212,6 @@ pub enum SslMode {
     Require,
     VerifyCa,
     VerifyFull,
-}
-
-impl SslMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Disable => "disable",
-            Self::Allow => "allow",
-            Self::Prefer => "prefer",
-            Self::Require => "require",
-            Self::VerifyCa => "verify-ca",
-            Self::VerifyFull => "verify-full",
-        }
-    }
 }
 
 /// Postgres connection: either host/name/user + passwordSecretRef, or uriSecretRef.

@@ -2,7 +2,7 @@
 
 use kube::ResourceExt;
 
-use crate::crd::{DatabaseSpec, ScalableApi, SecretKeyRef};
+use crate::crd::{DatabaseSpec, ScalableApi, SecretKeyRef, ServiceType, SslMode};
 use crate::desired::labels;
 
 /// Replica count when neither `replicas` nor `autoscaling` is set.
@@ -84,5 +84,28 @@ impl ScalableApi {
     /// Name of the ConfigMap child.
     pub fn config_map_name(&self) -> String {
         format!("{}-config", self.name_any())
+    }
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+impl SslMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Allow => "allow",
+            Self::Prefer => "prefer",
+            Self::Require => "require",
+            Self::VerifyCa => "verify-ca",
+            Self::VerifyFull => "verify-full",
+        }
     }
 }

@@ -25,8 +25,8 @@ pub enum RenderError {
     },
     #[error("{path} is not valid YAML: {message}")]
     Parse { path: String, message: String },
-    #[error("{path} holds no ScalableApi")]
-    Empty { path: String },
+    #[error("{path} holds no ScalableApi (found {found})")]
+    Empty { path: String, found: String },
     #[error(transparent)]
     Invalid(#[from] Invalid),
     #[error("ScalableApi {name:?} cannot be rendered: {source}")]
@@ -73,13 +73,24 @@ pub fn render(input: &str, origin: &str, inputs: &Inputs) -> Result<String, Rend
         path: origin.to_owned(),
         message: e.to_string(),
     })?;
-    if docs.is_empty() {
+    // Other kinds (a Secret next to the ScalableApi, say) are not ours to render.
+    let ours: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d.get("kind").and_then(Value::as_str) == Some("ScalableApi"))
+        .collect();
+    if ours.is_empty() {
+        let found: Vec<String> = docs.iter().map(describe).collect();
         return Err(RenderError::Empty {
             path: origin.to_owned(),
+            found: if found.is_empty() {
+                "nothing".to_owned()
+            } else {
+                found.join(", ")
+            },
         });
     }
     let mut out = Vec::new();
-    for doc in &docs {
+    for doc in ours {
         let sapi = validate(doc)?;
         let children = desired(&sapi, inputs).map_err(|source| RenderError::Spec {
             name: kube::ResourceExt::name_any(&sapi),
@@ -88,6 +99,12 @@ pub fn render(input: &str, origin: &str, inputs: &Inputs) -> Result<String, Rend
         out.extend(documents(&children)?);
     }
     to_yaml(&out)
+}
+
+/// `apps/v1 Deployment` for messages.
+fn describe(doc: &Value) -> String {
+    let field = |k: &str| doc.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
+    format!("{} {}", field("apiVersion"), field("kind"))
 }
 
 /// Children in apply order: config before the pods that read it, the HPA after its target.

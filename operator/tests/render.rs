@@ -140,3 +140,22 @@ fn missing_file_and_bad_yaml_are_reported() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not valid YAML"));
 }
+
+#[test]
+fn other_kinds_in_the_file_are_skipped() {
+    let with_secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{ name: users-db }}\nstringData: {{ password: pw }}\n---{VALID}"
+    );
+    let out = render_file(&with_secret, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(documents(&out.stdout).len(), 5);
+    let out = render_file("apiVersion: v1\nkind: Secret\nmetadata: { name: x }\n", &[]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds no ScalableApi (found v1 Secret)")
+    );
+}
