@@ -139,7 +139,9 @@ impl Cache {
                 let Some(user) = load().await.map_err(Arc::new)? else {
                     return Ok(None);
                 };
-                let json = Bytes::from(serde_json::to_vec(&user).unwrap_or_default());
+                let json = serde_json::to_vec(&user)
+                    .map(Bytes::from)
+                    .map_err(|e| Arc::new(sqlx::Error::Decode(Box::new(e))))?;
                 self.fill(id, epoch, seen, json.clone()).await;
                 Ok(Some(json))
             })
@@ -173,7 +175,8 @@ impl Cache {
     pub fn flush(&self, reason: &'static str) {
         self.0.epoch.fetch_add(1, Ordering::AcqRel);
         self.0.metrics.cache_flushes.inc();
-        tracing::info!(reason, "cache flushed");
+        // Debug: during a Redis outage every write flushes; the metric counts them.
+        tracing::debug!(reason, "cache flushed");
     }
 
     /// Trust cached values only while the invalidation feed is live.

@@ -313,3 +313,34 @@ async fn a_dead_redis_fails_neither_requests_nor_readiness() {
     assert_eq!(readiness["status"], "ready", "Redis never fails readiness");
     assert_eq!(readiness["redis"], "down");
 }
+
+#[tokio::test]
+async fn a_redis_that_stops_answering_costs_little_and_is_skipped_after_a_few_timeouts() {
+    let app = spawn_app().await;
+    let user = app.create_user("Ada", "ada@example.com").await;
+    let id = user["id"].as_str().unwrap();
+    app.get_user(id).await;
+    let redis = app.redis.clone().unwrap();
+
+    redis.pause();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        assert_eq!(app.get_user(id).await.status(), 200);
+        slowest = slowest.max(started.elapsed());
+    }
+    let errors = app.metric("cache_errors_total").await;
+    let bypassed = app.metric("cache_bypassed_total").await;
+    redis.resume();
+
+    // Each Redis call gives up after 250 ms; the breaker then skips Redis entirely.
+    assert!(
+        slowest < Duration::from_secs(1),
+        "slowest read took {slowest:?}"
+    );
+    assert!(
+        (1.0..=4.0).contains(&errors),
+        "{errors} Redis timeouts before the breaker opened"
+    );
+    assert!(bypassed >= 15.0, "only {bypassed} reads skipped Redis");
+}

@@ -383,6 +383,30 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: the process holds its connections but answers nothing (a "slow" Redis).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(Child::id)
+            .expect("redis-server runs");
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
     /// Starts it again on the same port.
     pub fn restart(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
