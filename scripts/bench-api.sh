@@ -110,8 +110,9 @@ ticks() {
 machine() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
 # shellcheck disable=SC2046
 snapshot() { echo "$(ticks "$server_pid") $(ticks $(pg_pids)) $(ticks "$(redis_pid)") $(machine)"; }
-# pct <process ticks> <wall ticks>: share of one core
-pct() { awk -v d="$1" -v t="$2" 'BEGIN{printf "%.0f%%", 100*d/t}'; }
+hz="$(getconf CLK_TCK)"
+# us <clock ticks> <requests>: CPU microseconds per request
+us() { awk -v t="$1" -v n="$2" -v hz="$hz" 'BEGIN{printf "%.0f", n ? t*1e6/hz/n : 0}'; }
 
 # pg_sync on|off: the server-wide synchronous_commit (reloaded into every session)
 pg_sync() {
@@ -123,15 +124,21 @@ pg_sync() {
 
 # --- wrk ------------------------------------------------------------------------------------
 # run_wrk <name> <seconds> <script> <path> [script args...]: prints the RESULT fields
+# followed by wrk's own CPU time in clock ticks (the wrapper shell's cutime + cstime).
 run_wrk() {
   local name="$1" secs="$2" script="$3" path="$4"; shift 4
   local out="$work/wrk-$name.txt"
-  wrk -t"$threads" -c"$conns" -d"${secs}s" -s "$script" "$base$path" -- "$@" >"$out" 2>&1 &
+  # shellcheck disable=SC2016 # expanded by the inner shell
+  bash -c 'wrk "$@"; rc=$?; s="$(cat /proc/$$/stat)"; s="${s##*) }"; set -- $s
+           echo "WRKCPU $((${14} + ${15}))"; exit $rc' wrk \
+    -t"$threads" -c"$conns" -d"${secs}s" -s "$script" "$base$path" -- "$@" >"$out" 2>&1 &
   wrk_pid=$!
   if ! wait "$wrk_pid"; then wrk_pid=""; log "wrk failed:"; cat "$out" >&2; exit 1; fi
   wrk_pid=""
-  grep '^RESULT ' "$out" | tail -n 1 | cut -d' ' -f2- \
-    || { log "no RESULT from wrk:"; cat "$out" >&2; exit 1; }
+  local result
+  result="$(grep '^RESULT ' "$out" | tail -n 1 | cut -d' ' -f2-)"
+  [ -n "$result" ] || { log "no RESULT from wrk:"; cat "$out" >&2; exit 1; }
+  echo "$result $(awk '/^WRKCPU /{print $2}' "$out")"
 }
 
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -181,12 +188,14 @@ for s in $scenarios; do
   log "$s: ${duration} s, $conns connections, $threads threads"
   read -r s_srv s_pg s_redis s_busy s_total < <(snapshot)
   # shellcheck disable=SC2086
-  read -r rps p50 p99 non2xx sockerr total < <(run_wrk "$s" "$duration" "${script[$s]}" "${path[$s]}" ${args[$s]})
+  read -r rps p50 p99 non2xx sockerr total wrk_ticks < <(run_wrk "$s" "$duration" "${script[$s]}" "${path[$s]}" ${args[$s]})
   read -r e_srv e_pg e_redis e_busy e_total < <(snapshot)
-  wall=$(( (e_total - s_total) / $(nproc) )) # wall-clock ticks
-  [ "$wall" -gt 0 ] || wall=1
   machine_busy=$(awk -v b=$((e_busy - s_busy)) -v t=$((e_total - s_total)) 'BEGIN{printf "%.0f%%", 100*b/t}')
-  rows+=("| \`${label[$s]}\`${note[$s]} | $rps | $p50 ms | $p99 ms | $((non2xx + sockerr)) | $(pct $((e_srv - s_srv)) "$wall") | $(pct $((e_pg - s_pg)) "$wall") | $(pct $((e_redis - s_redis)) "$wall") | $machine_busy |")
+  u_srv=$(us $((e_srv - s_srv)) "$total"); u_pg=$(us $((e_pg - s_pg)) "$total")
+  u_redis=$(us $((e_redis - s_redis)) "$total"); u_wrk=$(us "$wrk_ticks" "$total")
+  # What the measured CPU costs allow if the machine's cores served this test alone.
+  ceiling=$(awk -v c="$(nproc)" -v u=$((u_srv + u_pg + u_redis + u_wrk)) 'BEGIN{printf "%.0f", u ? c*1e6/u : 0}')
+  rows+=("| \`${label[$s]}\`${note[$s]} | $rps | $p50 ms | $p99 ms | $((non2xx + sockerr)) | $u_srv / $u_pg / $u_redis / $u_wrk | $ceiling | $machine_busy |")
   [ "$s" = post-nosync ] && pg_sync on
   log "$s: $rps req/s, p50 $p50 ms, p99 $p99 ms, non-2xx $non2xx, socket errors $sockerr, $total requests"
 done
@@ -200,10 +209,10 @@ rss=$(awk '/^VmRSS/{printf "%.1f MiB", $2/1024}' "/proc/$server_pid/status")
   echo "api-server load test: $conns connections, $threads wrk threads, ${duration} s per scenario after a ${warmup} s warm-up, $seed seeded users, DB_POOL_MAX=$pool_max"
   echo "$(nproc) CPUs shared with wrk; load average before the run: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
-  echo "| scenario | req/s | p50 | p99 | non-2xx | api-server CPU | Postgres CPU | Redis CPU | machine busy |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| scenario | req/s | p50 | p99 | non-2xx | CPU µs per request: api-server / Postgres / Redis / wrk | CPU-bound ceiling, req/s | machine busy |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
   printf '%s\n' "${rows[@]}"
   echo
   echo "api-server peak RSS (VmHWM): $hwm; RSS at the end: $rss. Seeding $seed users took ${seed_secs} s."
-  echo "CPU columns: share of one core during the measured run; 'non-2xx' counts responses >= 400 and socket errors."
+  echo "non-2xx: responses >= 400 plus socket errors (wrk). CPU µs per request: user + system time of each process during the measured run divided by its requests. Ceiling: $(nproc) cores / the sum of those costs, the rate the machine could sustain if nothing else ran. Machine busy: all CPUs, including other programs."
 } | tee "$work/results.md"
