@@ -16,7 +16,8 @@ use sqlx::postgres::{PgConnectOptions, PgSslMode};
 #[command(
     name = "api-server",
     version,
-    about = "The bundled user API: axum on Postgres with a coherent Redis cache"
+    about = "The bundled user API: axum on Postgres with a coherent Redis cache",
+    after_help = "Logging: RUST_LOG sets the filter (default: info,sqlx=warn,tower_http=info)."
 )]
 pub struct Config {
     #[command(flatten)]
@@ -50,13 +51,13 @@ pub struct DatabaseConfig {
     #[arg(long, env = "PGSSLMODE", default_value = "prefer", value_parser = parse_ssl_mode)]
     pub pg_ssl_mode: PgSslMode,
     /// Most connections the pool opens.
-    #[arg(long, env = "DB_POOL_MAX", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long = "db-pool-max", env = "DB_POOL_MAX", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub pool_max: u32,
     /// Connections the pool keeps open when idle.
-    #[arg(long, env = "DB_POOL_MIN", default_value_t = 1)]
+    #[arg(long = "db-pool-min", env = "DB_POOL_MIN", default_value_t = 1)]
     pub pool_min: u32,
     /// How long a request waits for a connection before it gets 503.
-    #[arg(long, env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "db-acquire-timeout-ms", env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     pub acquire_timeout_ms: u64,
 }
 
@@ -66,7 +67,7 @@ pub struct CacheConfig {
     #[arg(long, env = "REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<Secret>,
     /// How long a cached user lives in Redis.
-    #[arg(long, env = "CACHE_TTL_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "cache-ttl-seconds", env = "CACHE_TTL_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub ttl_seconds: u64,
 }
 
@@ -270,7 +271,7 @@ mod tests {
 
     #[test]
     fn pool_min_above_max_is_rejected() {
-        let config = parse(&["--pool-max", "2", "--pool-min", "3"]).unwrap();
+        let config = parse(&["--db-pool-max", "2", "--db-pool-min", "3"]).unwrap();
         assert!(matches!(
             config.database.connect_options(),
             Err(ConfigError::PoolBounds { min: 3, max: 2 })
@@ -279,7 +280,7 @@ mod tests {
 
     #[test]
     fn a_zero_pool_max_is_rejected() {
-        assert!(parse(&["--pool-max", "0"]).is_err());
+        assert!(parse(&["--db-pool-max", "0"]).is_err());
     }
 
     #[test]
@@ -338,6 +339,7 @@ mod tests {
             "LOG_FORMAT",
             "SHUTDOWN_TIMEOUT_SECONDS",
             "SHUTDOWN_DELAY_SECONDS",
+            "RUST_LOG",
         ] {
             assert!(help.contains(var), "--help does not mention {var}");
         }

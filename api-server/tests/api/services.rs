@@ -1,7 +1,7 @@
 //! Real PostgreSQL and Redis servers on free ports, started and stopped by the tests.
 //!
-//! PostgreSQL: `initdb` runs once into a template under the target dir (guarded by a file
-//! lock); each server copies it, which takes a fraction of a second, so every nextest
+//! PostgreSQL: `initdb` runs once into a template under the system temp dir (guarded by a
+//! file lock); each server copies it, which takes a fraction of a second, so every nextest
 //! process can afford its own server. As root, postgres runs as the `postgres` user.
 //! A watchdog shell stops the servers if the test process dies without cleaning up.
 
@@ -66,11 +66,20 @@ fn pg_bindir() -> PathBuf {
         )
 }
 
+/// Where servers keep their files: the system temp dir rather than `target/`, because the
+/// postgres user must reach it and a checkout under e.g. /root is closed to that user.
+fn scratch_root() -> PathBuf {
+    let root = std::env::temp_dir().join("api-server-tests");
+    fs::create_dir_all(&root).unwrap();
+    let _ = fs::set_permissions(&root, fs::Permissions::from_mode(0o1777));
+    root
+}
+
 /// A directory anyone may write to (the postgres user needs to, even when we are root).
 fn shared_tempdir() -> TempDir {
     let dir = tempfile::Builder::new()
         .prefix("pg")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .tempdir_in(scratch_root())
         .unwrap();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
     dir
@@ -96,7 +105,7 @@ fn template(bindir: &Path) -> PathBuf {
     static TEMPLATE: OnceLock<PathBuf> = OnceLock::new();
     TEMPLATE
         .get_or_init(|| {
-            let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pg-template");
+            let root = scratch_root().join("pg-template");
             fs::create_dir_all(&root).unwrap();
             fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
             let version = bindir
@@ -313,7 +322,7 @@ impl RedisServer {
     pub fn start() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("redis")
-            .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+            .tempdir_in(scratch_root())
             .unwrap();
         let mut server = Self {
             dir,
