@@ -81,3 +81,67 @@ pub struct RenderArgs {
     #[arg(long, env = "DEFAULT_API_IMAGE", default_value = DEFAULT_IMAGE)]
     pub default_image: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn parse(args: &[&str]) -> Command {
+        let argv = std::iter::once("scalable-api-operator").chain(args.iter().copied());
+        Cli::try_parse_from(argv)
+            .expect("valid command line")
+            .into_command()
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_is_the_default() {
+        let Command::Run(args) = parse(&["--http-addr", "127.0.0.1:9090"]) else {
+            panic!("expected run");
+        };
+        assert_eq!(args.http_addr.port(), 9090);
+        assert!(matches!(parse(&[]), Command::Run(_)));
+    }
+
+    #[test]
+    fn run_flags_parse() {
+        let Command::Run(args) = parse(&[
+            "run",
+            "--namespace",
+            "shop",
+            "--leader-election",
+            "false",
+            "--log-format",
+            "text",
+            "--lease-name",
+            "sapi",
+        ]) else {
+            panic!("expected run");
+        };
+        assert_eq!(args.namespace.as_deref(), Some("shop"));
+        assert!(!args.leader_election);
+        assert_eq!(args.log_format, LogFormat::Text);
+        assert_eq!(args.lease_name, "sapi");
+    }
+
+    #[test]
+    fn render_takes_a_file_or_stdin() {
+        let Command::Render(args) = parse(&["render", "-f", "-"]) else {
+            panic!("expected render");
+        };
+        assert_eq!(args.file, PathBuf::from("-"));
+        assert!(matches!(parse(&["crd"]), Command::Crd));
+    }
+
+    #[test]
+    fn render_requires_a_file() {
+        let argv = ["scalable-api-operator", "render"];
+        assert!(Cli::try_parse_from(argv).is_err());
+    }
+}

@@ -109,3 +109,47 @@ impl SslMode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_ref_follows_the_database_form() {
+        let r = ScalableApi::test().secret_ref().cloned().expect("ref");
+        assert_eq!((r.name.as_str(), r.key.as_str()), ("users-db", "password"));
+        let sapi = ScalableApi::test().with_uri_secret("pg-app", "uri");
+        assert!(matches!(
+            sapi.spec.database.auth(),
+            Some(DatabaseAuth::Uri(_))
+        ));
+        assert_eq!(sapi.secret_ref().map(|r| r.name.as_str()), Some("pg-app"));
+        let mut neither = ScalableApi::test();
+        neither.spec.database.password_secret_ref = None;
+        assert_eq!(neither.secret_ref(), None);
+    }
+
+    #[test]
+    fn max_possible_replicas_is_max_replicas_or_the_fixed_count() {
+        assert_eq!(ScalableApi::test().max_possible_replicas(), 1);
+        assert_eq!(
+            ScalableApi::test().with_replicas(4).max_possible_replicas(),
+            4
+        );
+        let scaled = ScalableApi::test().with_autoscaling(2, 9);
+        assert_eq!(scaled.max_possible_replicas(), 9);
+        assert!(scaled.autoscaling_enabled());
+        assert!(!ScalableApi::test().autoscaling_enabled());
+    }
+
+    #[test]
+    fn status_helpers_describe_the_service_and_selector() {
+        let sapi = ScalableApi::test().with_service(ServiceType::ClusterIP, 8080);
+        assert_eq!(sapi.url(), "http://users.shop.svc:8080");
+        assert_eq!(
+            sapi.selector_string(),
+            "app.kubernetes.io/instance=users,app.kubernetes.io/name=api-server"
+        );
+        assert_eq!(sapi.config_map_name(), "users-config");
+    }
+}
