@@ -26,7 +26,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{PartialObjectMeta, Patch, PatchParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
@@ -57,6 +57,8 @@ pub const BACKOFF_PERMANENT: (Duration, Duration) =
     (Duration::from_secs(30), Duration::from_secs(900));
 /// Delays vary by up to ±20 % so objects that failed together do not retry together.
 pub const BACKOFF_JITTER: f64 = 0.2;
+/// Reconciles running at once; bounds memory and API-server load after a restart.
+pub const MAX_CONCURRENT_RECONCILES: u16 = 32;
 /// Reporting controller name of our Events.
 pub const CONTROLLER_NAME: &str = "scalable-api-operator";
 
@@ -163,11 +165,26 @@ pub fn build(
     let store = controller.store();
     let mapper_store = store.clone();
     let controller = controller
-        .owns(api::<ConfigMap>(&client, ns), ours.clone())
-        .owns(api::<Deployment>(&client, ns), ours.clone())
-        .owns(api::<Service>(&client, ns), ours.clone())
-        .owns(api::<HorizontalPodAutoscaler>(&client, ns), ours.clone())
-        .owns(api::<PodDisruptionBudget>(&client, ns), ours)
+        .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
+        // Children are watched metadata-only: owner references and resourceVersion are all
+        // a trigger needs, and whole Deployments of every namespace never sit in memory.
+        .owns(
+            api::<PartialObjectMeta<ConfigMap>>(&client, ns),
+            ours.clone(),
+        )
+        .owns(
+            api::<PartialObjectMeta<Deployment>>(&client, ns),
+            ours.clone(),
+        )
+        .owns(api::<PartialObjectMeta<Service>>(&client, ns), ours.clone())
+        .owns(
+            api::<PartialObjectMeta<HorizontalPodAutoscaler>>(&client, ns),
+            ours.clone(),
+        )
+        .owns(
+            api::<PartialObjectMeta<PodDisruptionBudget>>(&client, ns),
+            ours,
+        )
         // Metadata only: the data of every Secret in the cluster never enters our memory.
         .watches(
             api::<PartialObjectMeta<Secret>>(&client, ns),

@@ -58,6 +58,8 @@ async fn create_makes_every_child_with_a_controller_owner_reference() {
     );
     assert_eq!(status["status"]["url"], json!("http://users.shop.svc:80"));
     assert_eq!(status["status"]["desiredReplicas"], json!(2));
+    let with_status = h.fake.count_matching(SAPIS, |o| o.pointer("/status/conditions").is_some());
+    assert_eq!(with_status, 1);
 }
 
 #[tokio::test]
@@ -213,12 +215,14 @@ async fn namespace_flag_restricts_the_watch() {
     .await;
     h.settle().await;
     assert!(h.fake.object(DEPLOYMENTS, "other", "elsewhere").is_none());
-    assert!(
-        h.fake
-            .requests()
-            .iter()
-            .all(|r| !r.path.contains("/namespaces/other/"))
-    );
+    // Only the test's own create ever touched the other namespace.
+    let foreign: Vec<_> = h
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/namespaces/other/"))
+        .collect();
+    assert!(foreign.iter().all(|r| r.method == "POST"), "{foreign:?}");
 }
 
 #[tokio::test]

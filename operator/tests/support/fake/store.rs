@@ -48,6 +48,7 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+pub type EventReceiver = broadcast::Receiver<Arc<WatchEvent>>;
 
 pub struct Store {
     objects: BTreeMap<Key, Arc<Value>>,
@@ -97,10 +98,7 @@ impl Store {
     }
 
     /// Events after `rv` plus a receiver for later ones, taken under one lock so none is lost.
-    pub fn watch_from(
-        &self,
-        rv: u64,
-    ) -> StoreResult<(Vec<Arc<WatchEvent>>, broadcast::Receiver<Arc<WatchEvent>>)> {
+    pub fn watch_from(&self, rv: u64) -> StoreResult<(Vec<Arc<WatchEvent>>, EventReceiver)> {
         if rv < self.compacted {
             return Err(StoreError::Gone);
         }
@@ -341,9 +339,9 @@ fn spec_part(v: &Value) -> Value {
 
 /// The API server defaults `spec.replicas` of a Deployment to 1: the root of the HPA bug.
 fn default_fields(resource: &str, obj: &mut Value) {
-    if resource == "apps/v1/deployments" {
-        if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
-            spec.entry("replicas").or_insert(json!(1));
-        }
+    if resource == "apps/v1/deployments"
+        && let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        spec.entry("replicas").or_insert(json!(1));
     }
 }
