@@ -1,6 +1,10 @@
 """Policy checks on a rendered chart (scripts/check-manifests.sh): what kubernetes-validate
-cannot see. Usage: check_chart_policy.py RENDERED.yaml LABEL"""
+cannot see. Usage: check_chart_policy.py RENDERED.yaml LABEL [CONTROLLER_RS]
 
+With CONTROLLER_RS (operator/src/controller.rs), every permission in its "Required RBAC" table
+must be granted by the rendered roles, so the operator cannot hit `forbidden` at runtime."""
+
+import re
 import sys
 
 import yaml
@@ -9,7 +13,41 @@ ALLOWED_VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
 SECRET_VERBS = {"get", "list", "watch"}
 
 
-def main(path: str, label: str) -> int:
+def declared_rbac(controller_rs: str):
+    """(group, resource, verbs, lease_namespace_only) rows of the controller's RBAC table."""
+    rows = []
+    in_table = False
+    with open(controller_rs, encoding="utf-8") as f:
+        for line in f:
+            text = line.removeprefix("//!").strip()
+            if text.startswith("```text"):
+                in_table = True
+                continue
+            if in_table and text.startswith("```"):
+                break
+            if not in_table or not text:
+                continue
+            cols = re.split(r"\s{2,}", text)
+            if len(cols) < 3:
+                continue
+            group = "" if cols[0] == '""' else cols[0]
+            verbs = set(cols[2].split())
+            namespaced = len(cols) > 3 and "lease namespace" in cols[3]
+            for resource in (r.strip() for r in cols[1].split(",")):
+                rows.append((group, resource, verbs, namespaced))
+    return rows
+
+
+def granted(roles, group, resource):
+    verbs = set()
+    for role in roles:
+        for rule in role.get("rules", []):
+            if group in rule.get("apiGroups", []) and resource in rule.get("resources", []):
+                verbs |= set(rule.get("verbs", []))
+    return verbs
+
+
+def main(path: str, label: str, controller_rs: str = "") -> int:
     with open(path, encoding="utf-8") as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
     errors = []
@@ -66,6 +104,19 @@ def main(path: str, label: str) -> int:
         if replicas > 1 and le != "true":
             errors.append("replicas > 1 without leader election")
 
+    if controller_rs and (kinds.get("ClusterRole") or kinds.get("Role")):
+        rows = declared_rbac(controller_rs)
+        if not rows:
+            errors.append(f"no RBAC table found in {controller_rs}")
+        lease_roles = [r for r in kinds.get("Role", []) if "leader-election" in r["metadata"]["name"]]
+        main_roles = [r for r in kinds.get("ClusterRole", []) + kinds.get("Role", [])
+                      if r not in lease_roles]
+        for group, resource, verbs, lease_only in rows:
+            have = granted(lease_roles if lease_only else main_roles, group, resource)
+            if verbs - have:
+                errors.append(f"{group or 'core'}/{resource}: operator needs {sorted(verbs - have)} "
+                              f"(declared in {controller_rs}), chart grants {sorted(have)}")
+
     for crd in kinds.get("CustomResourceDefinition", []):
         ann = crd["metadata"].get("annotations", {})
         if ann.get("helm.sh/resource-policy") != "keep":
@@ -84,4 +135,4 @@ def main(path: str, label: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    sys.exit(main(*sys.argv[1:4]))
