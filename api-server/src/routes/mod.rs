@@ -51,29 +51,32 @@ pub fn openapi_json() -> Result<String, serde_json::Error> {
 }
 
 pub fn router(state: AppState) -> Router {
-    let api = users::router()
-        .route_layer(axum::middleware::from_fn_with_state(
+    let mut users = users::router();
+    // Only when configured: the hot path pays nothing for a limiter that is off.
+    if state.rate_limiter.is_some() {
+        users = users.route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::rate_limit,
-        ))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(|request: &Request| {
-                    let request_id = request
-                        .headers()
-                        .get(&REQUEST_ID)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default();
-                    tracing::info_span!(
-                        "request",
-                        method = %request.method(),
-                        path = %request.uri().path(),
-                        request_id,
-                    )
-                })
-                // ApiError logs server-side failures with their cause; no second log line.
-                .on_failure(()),
-        );
+        ));
+    }
+    let api = users.layer(
+        TraceLayer::new_for_http()
+            .make_span_with(|request: &Request| {
+                let request_id = request
+                    .headers()
+                    .get(&REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    request_id,
+                )
+            })
+            // ApiError logs server-side failures with their cause; no second log line.
+            .on_failure(()),
+    );
     Router::new()
         .merge(api)
         .merge(health::router())
