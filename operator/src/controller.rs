@@ -1,19 +1,25 @@
 //! The reconcile loop: a kube-runtime `Controller` on ScalableApi that owns every child kind
 //! and watches the Secrets the ScalableApis reference.
 //!
-//! Required RBAC (kept in sync with charts/scalable-api-operator/templates/rbac.yaml):
+//! Required RBAC (kept in sync with charts/scalable-api-operator/templates/rbac.yaml; the
+//! chart policy check in scripts/check_chart_policy.py parses this table):
 //!
 //! ```text
 //! scalable.dev            scalableapis                  get list watch
-//! scalable.dev            scalableapis/status           get patch update
-//! ""                      configmaps, services          get list watch create patch update delete
-//! apps                    deployments                   get list watch create patch update delete
-//! autoscaling             horizontalpodautoscalers      get list watch create patch update delete
-//! policy                  poddisruptionbudgets          get list watch create patch update delete
+//! scalable.dev            scalableapis/status           get patch
+//! scalable.dev            scalableapis/finalizers       update
+//! ""                      configmaps, services          get list watch create patch delete
+//! apps                    deployments                   get list watch create patch delete
+//! autoscaling             horizontalpodautoscalers      get list watch create patch delete
+//! policy                  poddisruptionbudgets          get list watch create patch delete
 //! ""                      secrets                       get list watch
 //! events.k8s.io           events                        create patch
 //! coordination.k8s.io     leases                        get create update  (lease namespace only)
 //! ```
+//!
+//! `scalableapis/finalizers` update: children carry `blockOwnerDeletion`, which the
+//! OwnerReferencesPermissionEnforcement admission plugin only allows with it. Children and
+//! Secrets are watched metadata-only, which needs the same list/watch verbs.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
