@@ -1,8 +1,9 @@
 """Policy checks on a rendered chart (scripts/check-manifests.sh): what kubernetes-validate
 cannot see. Usage: check_chart_policy.py RENDERED.yaml LABEL [CONTROLLER_RS]
 
-With CONTROLLER_RS (operator/src/controller.rs), every permission in its "Required RBAC" table
-must be granted by the rendered roles, so the operator cannot hit `forbidden` at runtime."""
+With CONTROLLER_RS (operator/src/controller.rs), the rendered roles must grant exactly the
+permissions in its "Required RBAC" table: nothing missing (no `forbidden` at runtime) and
+nothing extra (least privilege)."""
 
 import re
 import sys
@@ -111,11 +112,25 @@ def main(path: str, label: str, controller_rs: str = "") -> int:
         lease_roles = [r for r in kinds.get("Role", []) if "leader-election" in r["metadata"]["name"]]
         main_roles = [r for r in kinds.get("ClusterRole", []) + kinds.get("Role", [])
                       if r not in lease_roles]
+        declared = set()
         for group, resource, verbs, lease_only in rows:
+            declared.add((group, resource, lease_only))
             have = granted(lease_roles if lease_only else main_roles, group, resource)
             if verbs - have:
                 errors.append(f"{group or 'core'}/{resource}: operator needs {sorted(verbs - have)} "
                               f"(declared in {controller_rs}), chart grants {sorted(have)}")
+            if have - verbs:
+                errors.append(f"{group or 'core'}/{resource}: chart grants {sorted(have - verbs)} "
+                              f"that {controller_rs} does not declare")
+        for lease_only, roles in ((False, main_roles), (True, lease_roles)):
+            for role in roles:
+                for rule in role.get("rules", []):
+                    for group in rule.get("apiGroups", []):
+                        for resource in rule.get("resources", []):
+                            if (group, resource, lease_only) not in declared:
+                                errors.append(f"{role['metadata']['name']}: grants "
+                                              f"{group or 'core'}/{resource}, not declared in "
+                                              f"{controller_rs}")
 
     for crd in kinds.get("CustomResourceDefinition", []):
         ann = crd["metadata"].get("annotations", {})
