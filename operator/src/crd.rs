@@ -219,7 +219,7 @@ pub enum SslMode {
 #[x_kube(
     validation = Rule::new("has(self.passwordSecretRef) != has(self.uriSecretRef)").message(messages::DATABASE_ONE_FORM),
     validation = Rule::new("!has(self.passwordSecretRef) || (has(self.host) && has(self.name) && has(self.user))").message(messages::DATABASE_PASSWORD_FORM),
-    validation = Rule::new("!has(self.uriSecretRef) || (!has(self.host) && !has(self.name) && !has(self.user))").message(messages::DATABASE_URI_FORM)
+    validation = Rule::new("!has(self.uriSecretRef) || has(self.passwordSecretRef) || (!has(self.host) && !has(self.name) && !has(self.user))").message(messages::DATABASE_URI_FORM)
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {
