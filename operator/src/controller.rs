@@ -65,6 +65,9 @@ pub const BACKOFF_PERMANENT: (Duration, Duration) =
 pub const BACKOFF_JITTER: f64 = 0.2;
 /// Reconciles running at once; bounds memory and API-server load after a restart.
 pub const MAX_CONCURRENT_RECONCILES: u16 = 32;
+/// Triggers for one object closer together than this become one reconcile: the watch
+/// events our own writes cause arrive in a burst just after the reconcile that caused them.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
 /// Reporting controller name of our Events.
 pub const CONTROLLER_NAME: &str = "scalable-api-operator";
 
@@ -171,7 +174,11 @@ pub fn build(
     let store = controller.store();
     let mapper_store = store.clone();
     let controller = controller
-        .with_config(controller::Config::default().concurrency(MAX_CONCURRENT_RECONCILES))
+        .with_config(
+            controller::Config::default()
+                .concurrency(MAX_CONCURRENT_RECONCILES)
+                .debounce(DEBOUNCE),
+        )
         // Children are watched metadata-only: owner references and resourceVersion are all
         // a trigger needs, and whole Deployments of every namespace never sit in memory.
         .owns(

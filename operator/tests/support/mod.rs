@@ -22,7 +22,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(10);
 /// How often conditions are re-checked.
 const POLL: Duration = Duration::from_millis(10);
 /// No request for this long means the controller has nothing left to do.
-const QUIET: Duration = Duration::from_millis(300);
+const QUIET: Duration = Duration::from_millis(500);
 
 /// Polls `check` until it yields a value; fails the test after `TIMEOUT`.
 pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
