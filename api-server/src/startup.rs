@@ -17,7 +17,7 @@ use crate::error::is_unavailable;
 use crate::metrics::Metrics;
 use crate::middleware::{RateLimiter, rate_limiter};
 use crate::routes;
-use crate::state::AppState;
+use crate::state::{AppState, Shared};
 
 /// The schema, embedded in the binary.
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -87,14 +87,14 @@ impl Application {
             .map_err(|source| StartupError::Bind { port, source })?
             .port();
 
-        let state = AppState {
+        let state = AppState::new(Shared {
             db,
             cache,
             metrics,
             shutdown: CancellationToken::new(),
             rate_limiter,
             openapi,
-        };
+        });
         Ok(Self {
             port,
             listener,

@@ -1,5 +1,6 @@
 //! Shared state handed to every handler.
 
+use std::ops::Deref;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -11,8 +12,12 @@ use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::middleware::RateLimiter;
 
+/// A cheap handle: axum clones the state for every request that extracts it, so it is one
+/// `Arc` (one atomic increment) rather than a struct of six reference-counted fields.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+pub struct Shared {
     pub db: PgPool,
     pub cache: Cache,
     pub metrics: Arc<Metrics>,
@@ -21,6 +26,20 @@ pub struct AppState {
     pub rate_limiter: Option<Arc<RateLimiter>>,
     /// The OpenAPI document, rendered once at start-up.
     pub openapi: Bytes,
+}
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
 }
 
 impl FromRef<AppState> for PgPool {

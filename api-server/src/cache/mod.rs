@@ -91,7 +91,9 @@ impl Cache {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(REDIS_TIMEOUT))
-            .set_response_timeout(Some(REDIS_TIMEOUT))
+            // `call` bounds every command (connecting included); a second timer inside the
+            // client would only cost time on the hot path.
+            .set_response_timeout(None)
             .set_number_of_retries(1)
             .set_max_delay(REDIS_TIMEOUT);
         let manager = ConnectionManager::new_lazy_with_config(client, config)?;
