@@ -21,6 +21,7 @@ export E2E_OPERATOR_NAMESPACE="$OPERATOR_NAMESPACE"
 export E2E_POSTGRES_NAMESPACE="${E2E_POSTGRES_NAMESPACE:-e2e-postgres}"
 METRICS_SERVER_VERSION="${METRICS_SERVER_VERSION:-v0.7.2}"
 RELEASE="scalable-api-operator"
+export E2E_OPERATOR_RELEASE="$RELEASE"
 setup="$root/e2e/scripts/setup-cluster.sh"
 
 scripts/ensure-deps.sh k8s

@@ -17,6 +17,8 @@ pub const KUBECONFIG_ENV: &str = "E2E_KUBECONFIG";
 pub const OPERATOR_NAMESPACE_ENV: &str = "E2E_OPERATOR_NAMESPACE";
 /// Namespace of `examples/postgres-dev.yaml`.
 pub const POSTGRES_NAMESPACE_ENV: &str = "E2E_POSTGRES_NAMESPACE";
+/// Name of the operator's Helm release (its Lease and metrics Service are named after it).
+pub const OPERATOR_RELEASE_ENV: &str = "E2E_OPERATOR_RELEASE";
 /// Set to keep every test namespace, also after a pass (debugging).
 pub const KEEP_NAMESPACES_ENV: &str = "E2E_KEEP_NAMESPACES";
 
@@ -27,6 +29,7 @@ pub const TEST_LABEL: &str = "e2e.scalable.dev/test";
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub operator_namespace: String,
+    pub operator_release: String,
     pub postgres_namespace: String,
 }
 
@@ -40,6 +43,7 @@ impl Settings {
         };
         Self {
             operator_namespace: var(OPERATOR_NAMESPACE_ENV, "scalable-system"),
+            operator_release: var(OPERATOR_RELEASE_ENV, "scalable-api-operator"),
             postgres_namespace: var(POSTGRES_NAMESPACE_ENV, "e2e-postgres"),
         }
     }

@@ -9,7 +9,7 @@ use kube::Client;
 use kube::client::Body;
 use serde_json::Value;
 
-/// A response of the user API.
+/// An HTTP response from behind the proxy.
 #[derive(Debug)]
 pub struct ApiResponse {
     pub status: StatusCode,
@@ -19,14 +19,14 @@ pub struct ApiResponse {
     pub text: String,
 }
 
-/// The user API of the Service `service` (port `port`) in `namespace`.
+/// HTTP to the Service `service` (port `port`) in `namespace` through the API server proxy.
 #[derive(Clone)]
-pub struct UserApi {
+pub struct ServiceProxy {
     client: Client,
     base: String,
 }
 
-impl UserApi {
+impl ServiceProxy {
     pub fn new(client: Client, namespace: &str, service: &str, port: i32) -> Self {
         Self {
             client,

@@ -3,7 +3,7 @@
 
 use e2e::TestEnv;
 use e2e::children::{Children, create_ready, live_pods};
-use e2e::http::UserApi;
+use e2e::http::ServiceProxy;
 use e2e::objects::scalable_api;
 use e2e::postgres::Database;
 use e2e::wait::{self, READY_TIMEOUT, ROLLOUT_TIMEOUT, SHORT_TIMEOUT};
@@ -49,7 +49,7 @@ async fn becomes_ready_and_serves_the_user_api() -> anyhow::Result<()> {
     assert!(children.pdb.is_some(), "a PDB protects 2 replicas");
 
     // CRUD through the Service (API server service proxy -> Service -> pods).
-    let api = UserApi::new(env.client.clone(), &env.namespace, "users", 80);
+    let api = ServiceProxy::new(env.client.clone(), &env.namespace, "users", 80);
     assert_eq!(api.get("/readyz").await?.status, StatusCode::OK);
     let created = api
         .post(

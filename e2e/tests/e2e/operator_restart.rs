@@ -3,10 +3,13 @@
 
 use e2e::TestEnv;
 use e2e::children::{Children, live_pods};
+use e2e::http::ServiceProxy;
 use e2e::objects::scalable_api;
 use e2e::postgres::Database;
 use e2e::wait::{self, READY_TIMEOUT, ROLLOUT_TIMEOUT, SHORT_TIMEOUT};
+use http::StatusCode;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -80,6 +83,41 @@ async fn killing_the_operator_mid_reconcile_resumes_without_duplicates() -> anyh
         )
         .await?;
     }
+
+    // One live operator pod holds the Lease; the metrics Service answers.
+    let live: Vec<String> = operator_pods
+        .list(&ListParams::default().labels(OPERATOR_SELECTOR))
+        .await?
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| p.name_any())
+        .collect();
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.settings.operator_namespace);
+    let release = env.settings.operator_release.clone();
+    let lease = leases.get(&release).await?;
+    let holder = lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .unwrap_or_default();
+    assert!(
+        live.contains(&holder),
+        "Lease holder {holder:?} is not one of the live operator pods {live:?}"
+    );
+    let metrics = ServiceProxy::new(
+        env.client.clone(),
+        &env.settings.operator_namespace,
+        &format!("{release}-metrics"),
+        8080,
+    )
+    .get("/metrics")
+    .await?;
+    assert_eq!(metrics.status, StatusCode::OK, "{}", metrics.text);
+    assert!(
+        metrics.text.contains("scalable_api_operator_"),
+        "{}",
+        metrics.text
+    );
 
     // Exactly one of each child, all owned by this ScalableApi.
     let children = Children::get(&env, "inventory").await?;

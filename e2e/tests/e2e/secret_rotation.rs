@@ -2,7 +2,7 @@
 
 use e2e::TestEnv;
 use e2e::children::{Children, create_ready, live_pods, template_annotations};
-use e2e::http::UserApi;
+use e2e::http::ServiceProxy;
 use e2e::objects::scalable_api;
 use e2e::postgres::Database;
 use e2e::wait::{self, ROLLOUT_TIMEOUT};
@@ -64,7 +64,7 @@ async fn rotating_the_password_secret_rolls_the_pods() -> anyhow::Result<()> {
     .await?;
 
     // Only the new password works now; the new pods write to Postgres with it.
-    let api = UserApi::new(env.client.clone(), &env.namespace, "accounts", 80);
+    let api = ServiceProxy::new(env.client.clone(), &env.namespace, "accounts", 80);
     let created = api
         .post(
             "/users",
