@@ -48,7 +48,7 @@ use crate::events;
 use crate::metrics::Metrics;
 use crate::status::{self, Observation, SecretState};
 
-pub use crate::supervisor::run;
+pub use crate::supervisor::{run, run_with};
 
 /// Re-check of a healthy object, in case a watch event was missed.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30 * 60);

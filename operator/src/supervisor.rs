@@ -49,6 +49,11 @@ fn identity(args: &RunArgs) -> String {
 /// the process should exit so it restarts as a standby).
 pub async fn run(args: RunArgs) -> Result<()> {
     let client = Client::try_default().await.map_err(Error::CreateClient)?;
+    run_with(client, args, Timing::default()).await
+}
+
+/// `run` with a given client and Lease timing (the tests use the in-memory API server).
+pub async fn run_with(client: Client, args: RunArgs, timing: Timing) -> Result<()> {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let readiness = Readiness::default();
@@ -70,7 +75,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             &args.lease_namespace,
             &args.lease_name,
             &identity,
-            Timing::default(),
+            timing,
         )
     });
     if let Some(lock) = &lease {

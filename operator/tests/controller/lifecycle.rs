@@ -58,7 +58,9 @@ async fn create_makes_every_child_with_a_controller_owner_reference() {
     );
     assert_eq!(status["status"]["url"], json!("http://users.shop.svc:80"));
     assert_eq!(status["status"]["desiredReplicas"], json!(2));
-    let with_status = h.fake.count_matching(SAPIS, |o| o.pointer("/status/conditions").is_some());
+    let with_status = h
+        .fake
+        .count_matching(SAPIS, |o| o.pointer("/status/conditions").is_some());
     assert_eq!(with_status, 1);
 }
 

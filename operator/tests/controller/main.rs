@@ -9,3 +9,4 @@ mod leader;
 mod lifecycle;
 mod secrets;
 mod status;
+mod supervisor;

@@ -1,0 +1,119 @@
+//! `run` end to end (minus the kubeconfig): HTTP probes, leader election and the controller
+//! of two operator replicas sharing one API server.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use operator::cli::{LogFormat, RunArgs};
+use operator::leader::Timing;
+
+use crate::support::*;
+
+const SHORT: Timing = Timing {
+    lease_duration: Duration::from_secs(1),
+    renew_deadline: Duration::from_millis(700),
+    retry_period: Duration::from_millis(100),
+};
+
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+fn args(pod: &str, http_addr: SocketAddr) -> RunArgs {
+    RunArgs {
+        namespace: None,
+        default_image: DEFAULT_TEST_IMAGE.into(),
+        http_addr,
+        leader_election: true,
+        lease_name: "scalable-api-operator".into(),
+        lease_namespace: "ops".into(),
+        pod_name: Some(pod.into()),
+        log_format: LogFormat::Text,
+    }
+}
+
+/// HTTP status of `GET path`, or `None` while nothing listens.
+async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let req = format!("GET {path} HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n");
+    tokio::task::spawn_blocking(move || {
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        stream.write_all(req.as_bytes()).ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        response.split_whitespace().nth(1)?.parse().ok()
+    })
+    .await
+    .ok()?
+}
+
+async fn wait_status(addr: SocketAddr, path: &str, want: u16) {
+    let waited = tokio::time::timeout(TIMEOUT, async {
+        while http_status(addr, path).await != Some(want) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "{addr}{path} never answered {want}");
+}
+
+#[tokio::test]
+async fn only_the_leader_is_ready_and_reconciles_and_the_standby_takes_over() {
+    let h = Harness::idle();
+    let (addr_a, addr_b) = (free_addr(), free_addr());
+    let a = tokio::spawn(operator::controller::run_with(
+        h.client.clone(),
+        args("pod-a", addr_a),
+        SHORT,
+    ));
+    wait_status(addr_a, "/readyz", 200).await;
+    let b = tokio::spawn(operator::controller::run_with(
+        h.client.clone(),
+        args("pod-b", addr_b),
+        SHORT,
+    ));
+    wait_status(addr_b, "/healthz", 200).await;
+    assert_eq!(
+        http_status(addr_b, "/readyz").await,
+        Some(503),
+        "the standby is alive but not ready"
+    );
+    let lease = h
+        .fake
+        .object(
+            "coordination.k8s.io/v1/leases",
+            "ops",
+            "scalable-api-operator",
+        )
+        .expect("lease");
+    assert_eq!(lease["spec"]["holderIdentity"], "pod-a");
+
+    create_db_secret(&h, "users").await;
+    scalable_api("users").create(&h).await;
+    h.wait_for(DEPLOYMENTS, "users", "the leader to reconcile", |_| true)
+        .await;
+
+    // The leader dies without releasing the Lease; the standby waits it out and takes over.
+    a.abort();
+    wait_status(addr_b, "/readyz", 200).await;
+    let lease: Lease = h
+        .api_in::<Lease>("ops")
+        .get("scalable-api-operator")
+        .await
+        .expect("lease");
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("pod-b")
+    );
+    scalable_api("orders").create(&h).await;
+    create_db_secret(&h, "orders").await;
+    h.wait_for(DEPLOYMENTS, "orders", "the new leader to reconcile", |_| {
+        true
+    })
+    .await;
+    b.abort();
+}
