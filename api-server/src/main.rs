@@ -5,6 +5,11 @@ use api_server::startup::Application;
 use api_server::{shutdown, telemetry};
 use clap::Parser;
 
+/// glibc's malloc was the largest cost in profiles of the cached GET path; mimalloc gave
+/// 15-45% more cached GETs per second on the 2-core machine.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
