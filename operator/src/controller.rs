@@ -37,15 +37,15 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
-use rand::Rng;
 use serde_json::json;
 
 use crate::apply::{self, FIELD_MANAGER};
 use crate::crd::ScalableApi;
 use crate::desired::{self, Inputs, labels};
-use crate::error::{Error, ErrorClass, Result};
+use crate::error::{Error, Result};
 use crate::events;
 use crate::metrics::Metrics;
+pub use crate::retry::error_policy;
 use crate::status::{self, Observation, SecretState};
 
 pub use crate::supervisor::{run, run_with};
@@ -54,15 +54,6 @@ pub use crate::supervisor::{run, run_with};
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30 * 60);
 /// Re-check of an object waiting for its Secret (the Secret watch usually comes first).
 pub const SECRET_RECHECK: Duration = Duration::from_secs(5 * 60);
-/// Exponential back-off per error class: (first delay, cap).
-pub const BACKOFF_CONFLICT: (Duration, Duration) =
-    (Duration::from_millis(500), Duration::from_secs(30));
-pub const BACKOFF_TRANSIENT: (Duration, Duration) =
-    (Duration::from_secs(2), Duration::from_secs(300));
-pub const BACKOFF_PERMANENT: (Duration, Duration) =
-    (Duration::from_secs(30), Duration::from_secs(900));
-/// Delays vary by up to ±20 % so objects that failed together do not retry together.
-pub const BACKOFF_JITTER: f64 = 0.2;
 /// Reconciles running at once; bounds memory and API-server load after a restart.
 pub const MAX_CONCURRENT_RECONCILES: u16 = 32;
 /// Triggers for one object closer together than this become one reconcile: the watch
@@ -92,7 +83,7 @@ pub struct Context {
 }
 
 impl Context {
-    fn record_failure(&self, sapi: &ScalableApi) -> u32 {
+    pub(crate) fn record_failure(&self, sapi: &ScalableApi) -> u32 {
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         let n = failures.entry(ObjectRef::from_obj(sapi)).or_insert(0);
         *n = n.saturating_add(1);
@@ -280,31 +271,43 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         default_image: ctx.default_image.clone(),
         secret_hash,
     };
-    let (outcome, children) = match desired::desired(sapi, &inputs) {
-        Err(e) => (Outcome::InvalidSpec, Err(e.to_string())),
+    let children = match desired::desired(sapi, &inputs) {
+        Ok(children) => children,
+        Err(e) => {
+            obs.spec_error = Some(e.to_string());
+            return observe_only(ctx, sapi, &ns, obs, Outcome::InvalidSpec).await;
+        }
+    };
+    if !secret.is_usable() {
         // Existing children are left alone until the Secret is usable: a running stack
         // keeps serving while someone restores its Secret.
-        Ok(_) if !secret.is_usable() => (Outcome::WaitingForSecret, Err(String::new())),
-        Ok(c) => (Outcome::Applied, Ok(c)),
-    };
-    match children {
-        Ok(children) => {
-            let applied = apply::apply_children(&ctx.client, &ns, &children).await?;
-            obs.deployment = Some(&applied.deployment);
-            obs.hpa = applied.hpa.as_ref();
-            write_status(ctx, sapi, &ns, &obs).await?;
-        }
-        Err(message) => {
-            obs.spec_error = (outcome == Outcome::InvalidSpec).then_some(message);
-            let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-            let live = deployments
-                .get_opt(&name)
-                .await
-                .map_err(Error::GetDeployment)?;
-            obs.deployment = live.as_ref();
-            write_status(ctx, sapi, &ns, &obs).await?;
-        }
+        return observe_only(ctx, sapi, &ns, obs, Outcome::WaitingForSecret).await;
     }
+    let applied = apply::apply_children(&ctx.client, &ns, &children).await?;
+    obs.deployment = Some(&applied.deployment);
+    obs.hpa = applied.hpa.as_ref();
+    write_status(ctx, sapi, &ns, &obs).await?;
+    Ok(Outcome::Applied)
+}
+
+/// Status without applying anything: reads the live Deployment for the replica counts.
+async fn observe_only(
+    ctx: &Context,
+    sapi: &ScalableApi,
+    ns: &str,
+    obs: Observation<'_>,
+    outcome: Outcome,
+) -> Result<Outcome> {
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let live = deployments
+        .get_opt(&sapi.name_any())
+        .await
+        .map_err(Error::GetDeployment)?;
+    let obs = Observation {
+        deployment: live.as_ref(),
+        ..obs
+    };
+    write_status(ctx, sapi, ns, &obs).await?;
     Ok(outcome)
 }
 
@@ -354,67 +357,9 @@ async fn write_status(
     Ok(())
 }
 
-/// Exponential back-off for the `failures`-th consecutive error of `class`; `jitter` in
-/// [-BACKOFF_JITTER, BACKOFF_JITTER] scales the delay.
-pub fn backoff(class: ErrorClass, failures: u32, jitter: f64) -> Duration {
-    let (first, cap) = match class {
-        ErrorClass::Conflict => BACKOFF_CONFLICT,
-        ErrorClass::Transient => BACKOFF_TRANSIENT,
-        ErrorClass::Permanent => BACKOFF_PERMANENT,
-    };
-    let exponent = failures.saturating_sub(1).min(16);
-    let delay = first.saturating_mul(1 << exponent).min(cap);
-    delay.mul_f64(1.0 + jitter.clamp(-BACKOFF_JITTER, BACKOFF_JITTER))
-}
-
-pub fn error_policy(sapi: Arc<ScalableApi>, error: &Error, ctx: Arc<Context>) -> Action {
-    let failures = ctx.record_failure(&sapi);
-    let jitter = rand::rng().random_range(-BACKOFF_JITTER..=BACKOFF_JITTER);
-    let delay = backoff(error.class(), failures, jitter);
-    tracing::warn!(
-        name = %sapi.name_any(),
-        reason = error.metric_label(),
-        failures,
-        retry_in = ?delay,
-        error = %error,
-        "reconcile failed"
-    );
-    Action::requeue(delay)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_per_failure_up_to_the_cap() {
-        assert_eq!(
-            backoff(ErrorClass::Transient, 1, 0.0),
-            Duration::from_secs(2)
-        );
-        assert_eq!(
-            backoff(ErrorClass::Transient, 2, 0.0),
-            Duration::from_secs(4)
-        );
-        assert_eq!(
-            backoff(ErrorClass::Transient, 3, 0.0),
-            Duration::from_secs(8)
-        );
-        assert_eq!(backoff(ErrorClass::Transient, 30, 0.0), BACKOFF_TRANSIENT.1);
-    }
-
-    #[test]
-    fn conflicts_retry_sooner_than_permanent_errors() {
-        assert!(backoff(ErrorClass::Conflict, 1, 0.0) < backoff(ErrorClass::Transient, 1, 0.0));
-        assert!(backoff(ErrorClass::Transient, 1, 0.0) < backoff(ErrorClass::Permanent, 1, 0.0));
-    }
-
-    #[test]
-    fn jitter_is_bounded() {
-        let base = backoff(ErrorClass::Permanent, 1, 0.0);
-        assert_eq!(backoff(ErrorClass::Permanent, 1, 5.0), base.mul_f64(1.2));
-        assert_eq!(backoff(ErrorClass::Permanent, 1, -5.0), base.mul_f64(0.8));
-    }
 
     #[test]
     fn invalid_specs_and_suspended_objects_wait_for_a_change() {

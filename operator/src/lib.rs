@@ -17,6 +17,7 @@ pub mod events;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod retry;
 pub mod status;
 mod supervisor;
 pub mod telemetry;

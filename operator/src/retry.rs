@@ -1,0 +1,85 @@
+//! `error_policy`: exponential back-off with jitter, by error class.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::controller::Action;
+use rand::Rng;
+
+use crate::controller::Context;
+use crate::crd::ScalableApi;
+use crate::error::{Error, ErrorClass};
+
+/// Exponential back-off per error class: (first delay, cap).
+pub const BACKOFF_CONFLICT: (Duration, Duration) =
+    (Duration::from_millis(500), Duration::from_secs(30));
+pub const BACKOFF_TRANSIENT: (Duration, Duration) =
+    (Duration::from_secs(2), Duration::from_secs(300));
+pub const BACKOFF_PERMANENT: (Duration, Duration) =
+    (Duration::from_secs(30), Duration::from_secs(900));
+/// Delays vary by up to ±20 % so objects that failed together do not retry together.
+pub const BACKOFF_JITTER: f64 = 0.2;
+
+/// Exponential back-off for the `failures`-th consecutive error of `class`; `jitter` in
+/// [-BACKOFF_JITTER, BACKOFF_JITTER] scales the delay.
+pub fn backoff(class: ErrorClass, failures: u32, jitter: f64) -> Duration {
+    let (first, cap) = match class {
+        ErrorClass::Conflict => BACKOFF_CONFLICT,
+        ErrorClass::Transient => BACKOFF_TRANSIENT,
+        ErrorClass::Permanent => BACKOFF_PERMANENT,
+    };
+    let exponent = failures.saturating_sub(1).min(16);
+    let delay = first.saturating_mul(1 << exponent).min(cap);
+    delay.mul_f64(1.0 + jitter.clamp(-BACKOFF_JITTER, BACKOFF_JITTER))
+}
+
+pub fn error_policy(sapi: Arc<ScalableApi>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.record_failure(&sapi);
+    let jitter = rand::rng().random_range(-BACKOFF_JITTER..=BACKOFF_JITTER);
+    let delay = backoff(error.class(), failures, jitter);
+    tracing::warn!(
+        name = %sapi.name_any(),
+        reason = error.metric_label(),
+        failures,
+        retry_in = ?delay,
+        error = %error,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_per_failure_up_to_the_cap() {
+        assert_eq!(
+            backoff(ErrorClass::Transient, 1, 0.0),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            backoff(ErrorClass::Transient, 2, 0.0),
+            Duration::from_secs(4)
+        );
+        assert_eq!(
+            backoff(ErrorClass::Transient, 3, 0.0),
+            Duration::from_secs(8)
+        );
+        assert_eq!(backoff(ErrorClass::Transient, 30, 0.0), BACKOFF_TRANSIENT.1);
+    }
+
+    #[test]
+    fn conflicts_retry_sooner_than_permanent_errors() {
+        assert!(backoff(ErrorClass::Conflict, 1, 0.0) < backoff(ErrorClass::Transient, 1, 0.0));
+        assert!(backoff(ErrorClass::Transient, 1, 0.0) < backoff(ErrorClass::Permanent, 1, 0.0));
+    }
+
+    #[test]
+    fn jitter_is_bounded() {
+        let base = backoff(ErrorClass::Permanent, 1, 0.0);
+        assert_eq!(backoff(ErrorClass::Permanent, 1, 5.0), base.mul_f64(1.2));
+        assert_eq!(backoff(ErrorClass::Permanent, 1, -5.0), base.mul_f64(0.8));
+    }
+}
