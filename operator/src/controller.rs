@@ -45,9 +45,9 @@ use crate::desired::{self, Inputs, labels};
 use crate::error::{Error, Result};
 use crate::events;
 use crate::metrics::Metrics;
-pub use crate::retry::error_policy;
 use crate::status::{self, Observation, SecretState};
 
+pub use crate::retry::error_policy;
 pub use crate::supervisor::{run, run_with};
 
 /// Re-check of a healthy object, in case a watch event was missed.
