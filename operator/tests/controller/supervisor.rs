@@ -34,8 +34,8 @@ fn args(pod: &str, http_addr: SocketAddr) -> RunArgs {
     }
 }
 
-/// HTTP status of `GET path`, or `None` while nothing listens.
-async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+/// Status and body of `GET path`, or `None` while nothing listens.
+async fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let req = format!("GET {path} HTTP/1.1\r\nHost: operator\r\nConnection: close\r\n\r\n");
     tokio::task::spawn_blocking(move || {
@@ -45,10 +45,15 @@ async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
         stream.write_all(req.as_bytes()).ok()?;
         let mut response = String::new();
         stream.read_to_string(&mut response).ok()?;
-        response.split_whitespace().nth(1)?.parse().ok()
+        let status = response.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, response))
     })
     .await
     .ok()?
+}
+
+async fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    http_get(addr, path).await.map(|(status, _)| status)
 }
 
 async fn wait_status(addr: SocketAddr, path: &str, want: u16) {
@@ -96,6 +101,17 @@ async fn only_the_leader_is_ready_and_reconciles_and_the_standby_takes_over() {
     scalable_api("users").create(&h).await;
     h.wait_for(DEPLOYMENTS, "users", "the leader to reconcile", |_| true)
         .await;
+    let (_, metrics_a) = http_get(addr_a, "/metrics").await.expect("leader metrics");
+    assert!(
+        metrics_a.contains("scalable_api_operator_leader 1"),
+        "{metrics_a}"
+    );
+    assert!(metrics_a.contains("scalable_api_operator_reconciliations_total{outcome=\"applied\"}"));
+    let (_, metrics_b) = http_get(addr_b, "/metrics").await.expect("standby metrics");
+    assert!(
+        metrics_b.contains("scalable_api_operator_leader 0"),
+        "{metrics_b}"
+    );
 
     // The leader dies without releasing the Lease; the standby waits it out and takes over.
     a.abort();
