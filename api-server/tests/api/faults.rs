@@ -344,3 +344,53 @@ async fn a_redis_that_stops_answering_costs_little_and_is_skipped_after_a_few_ti
     );
     assert!(bypassed >= 15.0, "only {bypassed} reads skipped Redis");
 }
+
+#[tokio::test]
+async fn a_redis_that_is_down_at_start_up_does_not_stop_the_server() {
+    let redis = Arc::new(
+        tokio::task::spawn_blocking(crate::services::RedisServer::start)
+            .await
+            .unwrap(),
+    );
+    redis.kill();
+
+    let app = build_app(Options {
+        redis: Some(redis.clone()),
+        ..Options::default()
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "readiness without Redis",
+        || async {
+            app.client
+                .get(app.url("/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
+    let user = app.create_user("Ada", "ada@example.com").await;
+    assert_eq!(
+        app.get_user(user["id"].as_str().unwrap()).await.status(),
+        200
+    );
+
+    // When Redis comes up, the cache is used without a restart.
+    tokio::task::spawn_blocking({
+        let redis = redis.clone();
+        move || redis.restart()
+    })
+    .await
+    .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "cache hits once Redis is up",
+        || async {
+            app.get_user(user["id"].as_str().unwrap()).await;
+            app.metric("cache_hits_total").await > 0.0
+        },
+    )
+    .await;
+}
