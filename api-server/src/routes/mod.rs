@@ -91,3 +91,129 @@ pub fn router(state: AppState) -> Router {
         .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::default()))
         .with_state(state)
 }
+
+/// Handler tests without a socket or a database: the pool points at a closed port, so
+/// anything that reaches Postgres sees it down.
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::body::{Body, to_bytes};
+    use axum::http::{Request, StatusCode, header};
+    use sqlx::postgres::PgPoolOptions;
+    use tokio_util::sync::CancellationToken;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::cache::Cache;
+    use crate::metrics::Metrics;
+    use crate::state::Shared;
+
+    fn app() -> Router {
+        let db = PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(200))
+            .connect_lazy("postgres://postgres@127.0.0.1:1/none")
+            .unwrap();
+        let metrics = Arc::new(Metrics::new());
+        router(AppState::new(Shared {
+            db,
+            cache: Cache::disabled(metrics.clone()),
+            metrics,
+            shutdown: CancellationToken::new(),
+            rate_limiter: None,
+            openapi: openapi_json().unwrap().into(),
+        }))
+    }
+
+    async fn send(request: Request<Body>) -> (StatusCode, Option<String>, serde_json::Value) {
+        let response = app().oneshot(request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (
+            status,
+            content_type,
+            serde_json::from_slice(&body).unwrap_or_default(),
+        )
+    }
+
+    fn post(content_type: &str, body: &str) -> Request<Body> {
+        Request::post("/users")
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(body.to_owned()))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_are_problem_404s() {
+        let (status, content_type, body) =
+            send(Request::get("/nope").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(content_type.as_deref(), Some(crate::error::PROBLEM_JSON));
+        assert_eq!(body["status"], 404);
+    }
+
+    #[tokio::test]
+    async fn wrong_methods_are_problem_405s() {
+        let (status, _, body) = send(Request::patch("/users").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(body["status"], 405);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_content_type_is_400_before_any_database_work() {
+        let (status, _, _) = send(post(
+            "text/plain",
+            r#"{"name":"a","email":"a@example.com"}"#,
+        ))
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+
+    #[tokio::test]
+    async fn invalid_fields_are_422_before_any_database_work() {
+        let (status, _, body) = send(post(
+            "application/json",
+            r#"{"name":"","email":"a@example.com"}"#,
+        ))
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body["errors"][0]["field"], "name");
+    }
+
+    #[tokio::test]
+    async fn a_database_that_is_down_is_503_with_retry_after() {
+        let id = uuid::Uuid::now_v7();
+        let response = app()
+            .oneshot(
+                Request::get(format!("/users/{id}"))
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(!text.contains("127.0.0.1"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn readyz_is_503_while_the_database_is_down() {
+        let (status, _, body) = send(Request::get("/readyz").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["postgres"], "down");
+        assert_eq!(body["redis"], "disabled");
+    }
+
+    #[tokio::test]
+    async fn healthz_needs_no_database() {
+        let (status, _, _) = send(Request::get("/healthz").body(Body::empty()).unwrap()).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+}
