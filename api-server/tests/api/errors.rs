@@ -323,3 +323,57 @@ async fn server_errors_never_leak_internal_details() {
         }
     }
 }
+
+/// A crude fuzzer: random bytes, random JSON shapes and random Unicode in both fields.
+#[tokio::test]
+async fn random_inputs_never_produce_a_server_error() {
+    use rand::Rng;
+    let app = spawn_app().await;
+    let mut rng = rand::rng();
+    let pieces = [
+        "\\u0000", "\\ud800", "\\uffff", "'", "\"", "\\\\", "%", "@", ".", " ", "é", "🦀", "\\n",
+        "--", ";", "{", "]",
+    ];
+    for round in 0..300 {
+        let body: Vec<u8> = match round % 3 {
+            0 => (0..rng.random_range(0..64)).map(|_| rng.random()).collect(),
+            1 => {
+                let field = |rng: &mut rand::rngs::ThreadRng| -> String {
+                    (0..rng.random_range(0..12))
+                        .map(|_| pieces[rng.random_range(0..pieces.len())])
+                        .collect()
+                };
+                let (name, email) = (field(&mut rng), field(&mut rng));
+                format!(r#"{{"name":"{name}","email":"{email}@example.com"}}"#).into_bytes()
+            }
+            _ => {
+                let values = [
+                    "1",
+                    "-1e999",
+                    "null",
+                    "true",
+                    "[]",
+                    "{}",
+                    "\"x\"",
+                    "18446744073709551616",
+                ];
+                let v = |rng: &mut rand::rngs::ThreadRng| values[rng.random_range(0..values.len())];
+                format!(r#"{{"name":{},"email":{}}}"#, v(&mut rng), v(&mut rng)).into_bytes()
+            }
+        };
+        let response = app
+            .client
+            .post(app.url("/users"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        assert!(
+            status < 500,
+            "{status} for {:?}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+}
