@@ -40,7 +40,7 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Watch only this namespace (default: all namespaces).
+    /// Watch only this namespace (default, or empty: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub namespace: Option<String>,
     /// Image for ScalableApis without spec.image.
@@ -64,6 +64,17 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
+}
+
+impl RunArgs {
+    /// The namespace to watch; `None` means all. An empty `WATCH_NAMESPACE` (what a
+    /// templated manifest easily produces) means all too, not a namespace named "".
+    pub fn watch_namespace(&self) -> Option<&str> {
+        self.namespace
+            .as_deref()
+            .map(str::trim)
+            .filter(|ns| !ns.is_empty())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -128,6 +139,20 @@ mod tests {
         assert!(!args.leader_election);
         assert_eq!(args.log_format, LogFormat::Text);
         assert_eq!(args.lease_name, "sapi");
+    }
+
+    #[test]
+    fn an_empty_namespace_means_all_namespaces() {
+        for (given, watched) in [("", None), ("  ", None), ("shop", Some("shop"))] {
+            let Command::Run(args) = parse(&["run", "--namespace", given]) else {
+                panic!("expected run");
+            };
+            assert_eq!(args.watch_namespace(), watched, "--namespace {given:?}");
+        }
+        let Command::Run(args) = parse(&["run"]) else {
+            panic!("expected run");
+        };
+        assert_eq!(args.watch_namespace(), None);
     }
 
     #[test]

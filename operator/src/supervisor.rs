@@ -1,5 +1,10 @@
 //! `run`: the process around the controller. HTTP first (so probes answer while standing
 //! by), then the leader Lease, then the controller until a signal or a lost Lease.
+//!
+//! Readiness means "this replica is initialised and can take over", not "this replica
+//! leads": a standby that reported 503 would keep `helm install --wait` and rolling
+//! updates of a two-replica Deployment waiting forever (controller-runtime and
+//! kube-controller-manager behave the same way). Who leads is the `leader` gauge.
 
 use std::sync::Arc;
 
@@ -68,6 +73,8 @@ pub async fn run_with(client: Client, args: RunArgs, timing: Timing) -> Result<(
         let _ = http_stopped.await;
     }));
 
+    readiness.set(true);
+
     let identity = identity(&args);
     let lease = args.leader_election.then(|| {
         LeaseLock::new(
@@ -83,6 +90,7 @@ pub async fn run_with(client: Client, args: RunArgs, timing: Timing) -> Result<(
         tokio::select! {
             () = lock.acquire() => {},
             () = shutdown_signal() => {
+                readiness.set(false);
                 let _ = stop_http.send(());
                 return Ok(());
             }
@@ -91,17 +99,16 @@ pub async fn run_with(client: Client, args: RunArgs, timing: Timing) -> Result<(
     }
 
     let settings = Settings {
-        namespace: args.namespace.clone(),
+        namespace: args.watch_namespace().map(str::to_owned),
         default_image: args.default_image.clone(),
         instance: identity,
     };
     let (ctrl, ctx) = controller::build(client, settings, metrics.clone());
     let ctrl = ctrl.shutdown_on_signal();
     tracing::info!(
-        namespace = args.namespace.as_deref().unwrap_or("<all>"),
+        namespace = args.watch_namespace().unwrap_or("<all>"),
         "starting the controller"
     );
-    readiness.set(true);
     let result = match &lease {
         Some(lock) => tokio::select! {
             () = controller::drive(ctrl, ctx) => Ok(()),
