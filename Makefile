@@ -33,7 +33,7 @@ lint: ## cargo fmt --check and clippy -D warnings
 
 ##@ Test
 .PHONY: test
-test: deps lint test-rust ## Run every test that can run without Docker (installs PostgreSQL/Redis/helm when missing)
+test: deps lint test-rust check-manifests ## Run every test that can run without Docker (installs PostgreSQL/Redis/helm when missing)
 
 .PHONY: test-rust
 test-rust: ## Unit, API (real PostgreSQL + Redis) and controller tests
