@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Options, assert_problem, build_app, eventually, spawn_app, spawn_app_with};
+use crate::helpers::{
+    Options, assert_problem, build_app, eventually, page_ids, spawn_app, spawn_app_with,
+};
 use crate::services::PgServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -13,12 +15,7 @@ async fn redis_killed_mid_stream_every_request_succeeds_and_hits_resume() {
     let app = Arc::new(spawn_app().await);
     let mut ids = Vec::new();
     for i in 0..20 {
-        ids.push(
-            app.create_user("u", &format!("r{i}@example.com")).await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
-        );
+        ids.push(app.create_user_id("u", &format!("r{i}@example.com")).await);
     }
     let stop = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..4)
@@ -152,24 +149,10 @@ async fn postgres_down_is_503_and_recovers_without_losing_acknowledged_writes() 
     .unwrap();
 
     eventually(Duration::from_secs(5), "/readyz to turn 503", || async {
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 503
+        app.get("/readyz").await.status() == 503
     })
     .await;
-    let readiness: Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let readiness = app.get_json("/readyz").await;
     assert_eq!(readiness["postgres"], "down");
     let problem = assert_problem(
         app.post_user(&json!({ "name": "x", "email": "down@example.com" }))
@@ -184,13 +167,7 @@ async fn postgres_down_is_503_and_recovers_without_losing_acknowledged_writes() 
         .await
         .unwrap();
     eventually(Duration::from_secs(15), "/readyz to recover", || async {
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            == 200
+        app.get("/readyz").await.status() == 200
     })
     .await;
     eventually(
@@ -209,18 +186,7 @@ async fn postgres_down_is_503_and_recovers_without_losing_acknowledged_writes() 
     eventually(
         Duration::from_secs(15),
         "the invalidation feed to resubscribe",
-        || async {
-            let body: Value = app
-                .client
-                .get(app.url("/readyz"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            body["cache_trusted"] == true
-        },
+        || async { app.get_json("/readyz").await["cache_trusted"] == true },
     )
     .await;
     stop.store(true, Ordering::Relaxed);
@@ -231,22 +197,7 @@ async fn postgres_down_is_503_and_recovers_without_losing_acknowledged_writes() 
         other.iter().all(|s| *s == 503),
         "only 503s while down, got {other:?}"
     );
-    let mut listed = HashSet::new();
-    let mut query = "?limit=500".to_owned();
-    loop {
-        let page: Value = app.list(&query).await.json().await.unwrap();
-        listed.extend(
-            page["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|u| u["id"].as_str().unwrap().to_owned()),
-        );
-        match page["next"].as_str() {
-            Some(next) => query = format!("?limit=500&after={next}"),
-            None => break,
-        }
-    }
+    let listed: HashSet<String> = page_ids(&app.list_pages(500).await).into_iter().collect();
     let lost: Vec<_> = acknowledged
         .iter()
         .filter(|id| !listed.contains(*id))
@@ -301,15 +252,7 @@ async fn a_dead_redis_fails_neither_requests_nor_readiness() {
             200
         );
     }
-    let readiness: Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let readiness = app.get_json("/readyz").await;
     assert_eq!(readiness["status"], "ready", "Redis never fails readiness");
     assert_eq!(readiness["redis"], "down");
 }

@@ -5,14 +5,14 @@ use crate::helpers::{Options, spawn_app, spawn_app_with};
 #[tokio::test]
 async fn healthz_answers() {
     let app = spawn_app().await;
-    let response = app.client.get(app.url("/healthz")).send().await.unwrap();
+    let response = app.get("/healthz").await;
     assert_eq!(response.status(), 200);
 }
 
 #[tokio::test]
 async fn readyz_reports_postgres_and_redis() {
     let app = spawn_app().await;
-    let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let response = app.get("/readyz").await;
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["postgres"], "up");
@@ -30,7 +30,7 @@ async fn readyz_turns_503_as_soon_as_shutdown_begins_while_requests_are_still_se
 
     app.shutdown.cancel();
 
-    let response = app.client.get(app.url("/readyz")).send().await.unwrap();
+    let response = app.get("/readyz").await;
     assert_eq!(response.status(), 503);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["shutting_down"], true);
@@ -45,20 +45,8 @@ async fn readyz_turns_503_as_soon_as_shutdown_begins_while_requests_are_still_se
 #[tokio::test]
 async fn metrics_expose_requests_cache_and_pool() {
     let app = spawn_app().await;
-    app.client
-        .get(app.url("/users/not-an-id"))
-        .send()
-        .await
-        .unwrap();
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    app.get("/users/not-an-id").await;
+    let text = app.get_text("/metrics").await;
     for expected in [
         r#"http_requests_total{method="GET",route="/users/{id}",status="404"} 1"#,
         "http_request_duration_seconds_bucket",
@@ -85,22 +73,14 @@ async fn the_request_id_is_echoed_or_made() {
         .await
         .unwrap();
     assert_eq!(given.headers()["x-request-id"], "abc-123");
-    let made = app.client.get(app.url("/users")).send().await.unwrap();
+    let made = app.get("/users").await;
     assert!(!made.headers()["x-request-id"].is_empty());
 }
 
 #[tokio::test]
 async fn openapi_describes_every_route() {
     let app = spawn_app().await;
-    let doc: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = app.get_json("/openapi.json").await;
     let paths = doc["paths"].as_object().unwrap();
     for path in ["/users", "/users/{id}", "/healthz", "/readyz", "/metrics"] {
         assert!(paths.contains_key(path), "{path} missing");

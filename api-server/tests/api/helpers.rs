@@ -167,6 +167,21 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
+    /// `GET path`, panicking only if no response arrives.
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    /// The JSON body of `GET path`, whatever its status.
+    pub async fn get_json(&self, path: &str) -> Value {
+        self.get(path).await.json().await.unwrap()
+    }
+
+    /// The text body of `GET path`, whatever its status.
+    pub async fn get_text(&self, path: &str) -> String {
+        self.get(path).await.text().await.unwrap()
+    }
+
     pub async fn post_user(&self, body: &Value) -> reqwest::Response {
         self.client
             .post(self.url("/users"))
@@ -183,6 +198,12 @@ impl TestApp {
             .await;
         assert_eq!(response.status(), 201, "creating {email}");
         response.json().await.unwrap()
+    }
+
+    /// Creates a user, asserting 201, and returns its id.
+    pub async fn create_user_id(&self, name: &str, email: &str) -> String {
+        let user = self.create_user(name, email).await;
+        user["id"].as_str().unwrap().to_owned()
     }
 
     pub async fn get_user(&self, id: &str) -> reqwest::Response {
@@ -218,17 +239,25 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Walks `GET /users` from the start, `limit` users a page, following `next`
+    /// until a page has none; returns every page in order.
+    pub async fn list_pages(&self, limit: usize) -> Vec<Value> {
+        let mut pages = Vec::new();
+        let mut query = format!("?limit={limit}");
+        loop {
+            let page: Value = self.list(&query).await.json().await.unwrap();
+            let next = page["next"].as_str().map(str::to_owned);
+            pages.push(page);
+            match next {
+                Some(next) => query = format!("?limit={limit}&after={next}"),
+                None => return pages,
+            }
+        }
+    }
+
     /// The value of one unlabelled metric sample, e.g. `cache_hits_total`.
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = self.get_text("/metrics").await;
         text.lines()
             .find_map(|line| {
                 line.strip_prefix(name)
@@ -256,6 +285,15 @@ impl Drop for TestApp {
             self.pg.drop_database(&self.database);
         }
     }
+}
+
+/// The ids of the users on `pages`, in order.
+pub fn page_ids(pages: &[Value]) -> Vec<String> {
+    pages
+        .iter()
+        .flat_map(|page| page["items"].as_array().unwrap())
+        .map(|user| user["id"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// Asserts a problem+json response with `status` and returns its body.

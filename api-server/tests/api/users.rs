@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_problem, spawn_app};
+use crate::helpers::{assert_problem, page_ids, spawn_app};
 
 #[tokio::test]
 async fn create_returns_201_with_the_user_and_a_location() {
@@ -145,34 +145,15 @@ async fn pages_walk_every_user_once_in_id_order() {
     let mut ids = Vec::new();
     for i in 0..7 {
         ids.push(
-            app.create_user(&format!("u{i}"), &format!("u{i}@example.com"))
-                .await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
+            app.create_user_id(&format!("u{i}"), &format!("u{i}@example.com"))
+                .await,
         );
     }
 
-    let mut seen = Vec::new();
-    let mut query = "?limit=3".to_owned();
-    let mut pages = 0;
-    loop {
-        let page: Value = app.list(&query).await.json().await.unwrap();
-        pages += 1;
-        seen.extend(
-            page["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|u| u["id"].as_str().unwrap().to_owned()),
-        );
-        match page["next"].as_str() {
-            Some(next) => query = format!("?limit=3&after={next}"),
-            None => break,
-        }
-    }
+    let pages = app.list_pages(3).await;
+    let seen = page_ids(&pages);
 
-    assert_eq!(pages, 3);
+    assert_eq!(pages.len(), 3);
     assert_eq!(seen, ids, "UUIDv7 ids are listed in creation order");
 }
 
@@ -196,11 +177,8 @@ async fn pagination_during_concurrent_inserts_has_no_duplicates_and_no_gaps() {
     let mut before = HashSet::new();
     for i in 0..120 {
         before.insert(
-            app.create_user("seed", &format!("seed{i}@example.com"))
-                .await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned(),
+            app.create_user_id("seed", &format!("seed{i}@example.com"))
+                .await,
         );
     }
     let stop = Arc::new(AtomicBool::new(false));
@@ -219,22 +197,7 @@ async fn pagination_during_concurrent_inserts_has_no_duplicates_and_no_gaps() {
         })
         .collect();
 
-    let mut seen = Vec::new();
-    let mut query = "?limit=25".to_owned();
-    loop {
-        let page: Value = app.list(&query).await.json().await.unwrap();
-        seen.extend(
-            page["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|u| u["id"].as_str().unwrap().to_owned()),
-        );
-        match page["next"].as_str() {
-            Some(next) => query = format!("?limit=25&after={next}"),
-            None => break,
-        }
-    }
+    let seen = page_ids(&app.list_pages(25).await);
     stop.store(true, Ordering::Relaxed);
     let mut inserted = 0;
     for writer in writers {

@@ -268,37 +268,25 @@ impl PgServer {
         }
     }
 
+    /// A client program from this server's bindir, connected to it as `postgres`.
+    fn client(&self, program: &str) -> Command {
+        let mut cmd = Command::new(self.bindir.join(program));
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres"]);
+        cmd
+    }
+
     pub fn create_database(&self) -> String {
         let name = format!("test_{}", uuid::Uuid::new_v4().simple());
-        let status = Command::new(self.bindir.join("createdb"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                &name,
-            ])
-            .status()
-            .unwrap();
+        let status = self.client("createdb").arg(&name).status().unwrap();
         assert!(status.success(), "createdb failed");
         name
     }
 
     pub fn drop_database(&self, name: &str) {
-        let _ = Command::new(self.bindir.join("dropdb"))
-            .args([
-                "--force",
-                "--if-exists",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                name,
-            ])
+        let _ = self
+            .client("dropdb")
+            .args(["--force", "--if-exists", name])
             .stderr(Stdio::null())
             .status();
     }
