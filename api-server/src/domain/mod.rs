@@ -1,6 +1,7 @@
 //! User input parsed into types that cannot hold invalid values.
 
 mod email;
+pub mod timestamp;
 mod user;
 mod user_name;
 

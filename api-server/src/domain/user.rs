@@ -13,7 +13,9 @@ pub struct User {
     pub name: String,
     #[schema(max_length = 254, example = "ada@example.com")]
     pub email: String,
+    #[serde(serialize_with = "super::timestamp::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "super::timestamp::serialize")]
     pub updated_at: DateTime<Utc>,
 }
 
