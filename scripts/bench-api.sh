@@ -6,14 +6,15 @@
 # seeds BENCH_SEED users through POST /users, then drives wrk with BENCH_CONNECTIONS
 # connections on BENCH_THREADS threads for BENCH_DURATION seconds per scenario, each after
 # a BENCH_WARMUP-second warm-up whose figures are discarded:
-#   GET /healthz | GET /users/{random seeded id} (cache warmed first) | POST /users |
-#   POST /users with synchronous_commit=off | GET /users?limit=50
+#   GET /healthz | GET /users/{random seeded id} (cache warmed first) | GET /users?limit=50 |
+#   POST /users
 # and prints a Markdown table (req/s, p50, p99, non-2xx, CPU of each process) plus the
 # server's peak RSS. Everything it started is stopped on exit. Files: .tools/bench/.
 #
 # Knobs (environment): BENCH_DURATION=15 BENCH_WARMUP=5 BENCH_CONNECTIONS=64
 # BENCH_THREADS=2 BENCH_SEED=10000 BENCH_DB_POOL_MAX=32
-# BENCH_SCENARIOS="healthz get post list", plus optional post-nosync (POST /users while Postgres
+# BENCH_SCENARIOS="healthz get list post" (list before post: it then reads a table that
+# autovacuum is not busy with), plus optional post-nosync (POST /users while Postgres
 # runs with synchronous_commit=off, to separate the app's cost from the disk's fsync rate)
 # BENCH_NO_BUILD=1 (use the existing target/release/api-server; BENCH_SERVER_BIN=path another binary).
 set -euo pipefail
@@ -27,7 +28,7 @@ conns="${BENCH_CONNECTIONS:-64}"
 threads="${BENCH_THREADS:-2}"
 seed="${BENCH_SEED:-10000}"
 pool_max="${BENCH_DB_POOL_MAX:-32}"
-scenarios="${BENCH_SCENARIOS:-healthz get post list}"
+scenarios="${BENCH_SCENARIOS:-healthz get list post}"
 work="$root/.tools/bench"
 services="$root/scripts/dev-services.sh"
 lua="$root/scripts/bench"
@@ -201,6 +202,8 @@ for s in $scenarios; do
 done
 
 curl -fsS "$base/metrics" >"$work/metrics.txt" 2>/dev/null || true
+# Cross-check from the server's side: every request it answered with a status other than 2xx.
+server_non2xx=$(awk '/^http_requests_total\{/ && !/status="2[0-9][0-9]"/ {n += $NF} END {print n + 0}' "$work/metrics.txt")
 hwm=$(awk '/^VmHWM/{printf "%.1f MiB", $2/1024}' "/proc/$server_pid/status")
 rss=$(awk '/^VmRSS/{printf "%.1f MiB", $2/1024}' "/proc/$server_pid/status")
 
@@ -213,6 +216,6 @@ rss=$(awk '/^VmRSS/{printf "%.1f MiB", $2/1024}' "/proc/$server_pid/status")
   echo "|---|---:|---:|---:|---:|---:|---:|---:|"
   printf '%s\n' "${rows[@]}"
   echo
-  echo "api-server peak RSS (VmHWM): $hwm; RSS at the end: $rss. Seeding $seed users took ${seed_secs} s."
+  echo "api-server peak RSS (VmHWM): $hwm; RSS at the end: $rss. Seeding $seed users took ${seed_secs} s. Non-2xx answers counted by the server's /metrics over the whole run: $server_non2xx."
   echo "non-2xx: responses >= 400 plus socket errors (wrk). CPU µs per request: user + system time of each process during the measured run divided by its requests. Ceiling: $(nproc) cores / the sum of those costs, the rate the machine could sustain if nothing else ran. Machine busy: all CPUs, including other programs."
 } | tee "$work/results.md"
