@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use sqlx::PgPool;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgPool};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +27,8 @@ const MIGRATE_RETRY_FOR: Duration = Duration::from_secs(60);
 const MIGRATE_MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often idle per-IP rate-limit buckets are dropped.
 const RATE_LIMIT_GC_EVERY: Duration = Duration::from_secs(60);
+/// A pooled connection idle at least this long is pinged before use.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// Bound on closing the pool after the server stopped.
 const POOL_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -63,6 +65,20 @@ impl Application {
             .max_connections(config.database.pool_max)
             .min_connections(config.database.pool_min)
             .acquire_timeout(config.database.acquire_timeout())
+            // By default sqlx pings every connection it hands out: one more round trip to
+            // Postgres per query (pings, with the one sqlx always does on release, were a
+            // fifth of the server's CPU on POST /users). Under load a connection was idle for
+            // microseconds; only one idle long enough to have gone stale (say, across a
+            // Postgres restart) is checked. Measured: +10-20% POST and list requests/s.
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for >= PING_IF_IDLE_FOR {
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .connect_lazy_with(options.clone());
         migrate(&db).await.map_err(StartupError::Migrate)?;
 
