@@ -190,10 +190,13 @@ impl Application {
                 tokio::select! {
                     served = &mut server => served,
                     ended = &mut task => {
-                        // It only returns on shutdown; anything else is a bug. Keep serving,
-                        // from Postgres only, rather than serve a cache nobody invalidates.
+                        // It returns by itself on shutdown; otherwise it is a bug. Keep
+                        // serving, from Postgres only, rather than serve a cache nobody
+                        // invalidates.
                         state.cache.set_trusted(false);
-                        tracing::error!(?ended, "the invalidation listener stopped; cache disabled");
+                        if !shutdown.is_cancelled() {
+                            tracing::error!(?ended, "the invalidation listener stopped; cache disabled");
+                        }
                         tokio::select! {
                             served = &mut server => served,
                             () = &mut deadline => Ok(()),
