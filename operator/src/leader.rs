@@ -195,10 +195,18 @@ impl LeaseLock {
         let mut last_renewal = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.timing.retry_period).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewal = tokio::time::Instant::now(),
-                Ok(false) => return Error::LeadershipLost(self.timing.renew_deadline),
-                Err(e) => tracing::warn!(error = %e, "renewing the leader Lease failed"),
+            // A request hanging on a half-dead connection must not outlive the deadline:
+            // kube's client has no read timeout by default, and a leader stuck here would
+            // keep reconciling after a standby took the expired Lease.
+            let left = self
+                .timing
+                .renew_deadline
+                .saturating_sub(last_renewal.elapsed());
+            match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => last_renewal = tokio::time::Instant::now(),
+                Ok(Ok(false)) => return Error::LeadershipLost(self.timing.renew_deadline),
+                Ok(Err(e)) => tracing::warn!(error = %e, "renewing the leader Lease failed"),
+                Err(_) => tracing::warn!("renewing the leader Lease timed out"),
             }
             if last_renewal.elapsed() >= self.timing.renew_deadline {
                 return Error::LeadershipLost(self.timing.renew_deadline);

@@ -101,3 +101,33 @@ async fn the_leader_keeps_renewing() {
     assert!(attempt.is_err(), "b must not acquire while a renews");
     renewing.abort();
 }
+
+#[tokio::test]
+async fn a_leader_whose_renewals_hang_steps_down_within_the_deadline() {
+    let fake = FakeApiServer::new();
+    let (a, _, _) = candidates(&fake);
+    assert!(a.try_acquire_or_renew().await.expect("a"));
+    // Same identity and Lease, but every request hangs, like a half-dead connection.
+    let hanging = tower::service_fn(|_: http::Request<kube::client::Body>| async {
+        std::future::pending::<Result<http::Response<kube::client::Body>, std::convert::Infallible>>()
+            .await
+    });
+    let stuck = LeaseLock::new(
+        kube::Client::new(hanging, "default"),
+        "ops",
+        "scalable-api-operator",
+        "pod-a",
+        SHORT,
+    );
+    let started = tokio::time::Instant::now();
+    let err = tokio::time::timeout(TIMEOUT, stuck.keep_renewing())
+        .await
+        .expect("a hanging renewal must not keep the leader leading");
+    assert_eq!(err.metric_label(), "leadership_lost");
+    // Steps down once renew_deadline has passed, before the Lease (1 s) expires for others.
+    assert!(
+        started.elapsed() < SHORT.lease_duration,
+        "stepped down after {:?}",
+        started.elapsed()
+    );
+}
