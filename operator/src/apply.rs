@@ -89,7 +89,8 @@ pub struct Applied {
     pub hpa: Option<HorizontalPodAutoscaler>,
 }
 
-/// Applies every child of `children` in `ns` and deletes the optional ones that are not wanted.
+/// Applies every child of `children` in `ns` and deletes the optional ones that are not wanted
+/// (an unwanted HPA before the Deployment, see docs/architecture.md).
 pub async fn apply_children(client: &Client, ns: &str, children: &Children) -> Result<Applied> {
     let name = children.deployment.name_any();
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
@@ -101,21 +102,24 @@ pub async fn apply_children(client: &Client, ns: &str, children: &Children) -> R
         .await
         .map_err(Error::ApplyService)?;
 
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
+    if children.hpa.is_none() {
+        // Autoscaling off: the HPA goes before we take spec.replicas back. Applied the other
+        // way round, a failed DELETE or an HPA sync in between rescales the Deployment.
+        delete_if_exists(&hpas, &name)
+            .await
+            .map_err(Error::DeleteHpa)?;
+    }
+
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     hand_over_replicas(&deployments, &children.deployment).await?;
     let deployment = apply(&deployments, &children.deployment)
         .await
         .map_err(Error::ApplyDeployment)?;
 
-    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
     let hpa = match &children.hpa {
         Some(h) => Some(apply(&hpas, h).await.map_err(Error::ApplyHpa)?),
-        None => {
-            delete_if_exists(&hpas, &name)
-                .await
-                .map_err(Error::DeleteHpa)?;
-            None
-        }
+        None => None,
     };
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
     match &children.pdb {

@@ -168,6 +168,66 @@ async fn turning_autoscaling_on_hands_replicas_over_without_dropping_pods() {
 }
 
 #[tokio::test]
+async fn turning_autoscaling_off_deletes_the_hpa_before_taking_replicas_back() {
+    let h = Harness::start().await;
+    create_db_secret(&h, "users").await;
+    scalable_api("users").autoscaling(2, 10).create(&h).await;
+    h.wait_for(HPAS, "users", "the HPA", |_| true).await;
+    h.wait_for(DEPLOYMENTS, "users", "deployment", |_| true)
+        .await;
+    hpa_scales_to(&h, 7).await;
+    h.settle().await;
+    h.fake.clear_requests();
+
+    // The first DELETE of the HPA fails: the Deployment must keep the HPA's count meanwhile.
+    h.fake
+        .inject_fault("DELETE", "/horizontalpodautoscalers/users", 500, 1);
+    patch_spec(&h, "users", json!({"autoscaling": null, "replicas": 4})).await;
+    eventually("the failed DELETE to be counted", || {
+        (h.metric("reconcile_errors_total", "delete_hpa") == 1).then_some(())
+    })
+    .await;
+    let deployment_patches = |h: &Harness| {
+        h.fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.method == "PATCH" && r.path.ends_with("/deployments/users"))
+            .count()
+    };
+    assert_eq!(
+        deployment_patches(&h),
+        0,
+        "no Deployment apply before the HPA is gone"
+    );
+    assert_eq!(
+        replicas(&h.object(DEPLOYMENTS, "users").expect("deployment")),
+        Some(7)
+    );
+
+    // The retry deletes the HPA, then takes the count back.
+    h.wait_gone(HPAS, "users").await;
+    h.wait_for(DEPLOYMENTS, "users", "4 replicas", |d| {
+        replicas(d) == Some(4)
+    })
+    .await;
+    let requests = h.fake.requests();
+    let position = |method: &str, suffix: &str| {
+        requests
+            .iter()
+            .position(|r| r.method == method && r.path.ends_with(suffix))
+    };
+    let deleted = requests
+        .iter()
+        .rposition(|r| r.method == "DELETE" && r.path.ends_with("/horizontalpodautoscalers/users"))
+        .expect("HPA DELETE");
+    let applied = position("PATCH", "/deployments/users").expect("Deployment apply");
+    assert!(
+        deleted < applied,
+        "the HPA goes before the Deployment apply"
+    );
+}
+
+#[tokio::test]
 async fn a_new_object_with_autoscaling_needs_no_hand_over() {
     let h = Harness::start().await;
     create_db_secret(&h, "users").await;
