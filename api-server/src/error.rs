@@ -42,8 +42,6 @@ pub enum ApiError {
     Unavailable(#[source] Arc<sqlx::Error>),
     #[error("the request took too long")]
     Timeout,
-    #[error("shutting down")]
-    ShuttingDown,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -74,9 +72,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) | Self::Timeout | Self::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::Unavailable(_) | Self::Timeout => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -96,7 +92,6 @@ impl ApiError {
             Self::RateLimited { .. } => "too many requests from this client; retry later".into(),
             Self::Unavailable(_) => "the database is unavailable; retry later".into(),
             Self::Timeout => "the request took too long; retry later".into(),
-            Self::ShuttingDown => "the server is shutting down; retry on another replica".into(),
             Self::Internal(_) => "an unexpected error occurred".into(),
         }
     }
@@ -104,9 +99,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-            Self::Unavailable(_) | Self::Timeout | Self::ShuttingDown => {
-                Some(RETRY_AFTER_UNAVAILABLE_SECS)
-            }
+            Self::Unavailable(_) | Self::Timeout => Some(RETRY_AFTER_UNAVAILABLE_SECS),
             _ => None,
         }
     }
