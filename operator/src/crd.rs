@@ -18,8 +18,9 @@ pub const DEFAULT_IMAGE: &str = concat!(
     env!("CARGO_PKG_VERSION")
 );
 
-/// Exact CEL messages, shared by the schema, the tests and docs/crd-reference.md.
+/// Exact CEL messages, shared by the schema, the tests and the README rule table.
 pub mod messages {
+    pub const NAME_DNS_LABEL: &str = "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter and ending with a letter or digit, at most 63 characters) because it names the Service and is the app.kubernetes.io/instance label value";
     pub const REPLICAS_WITH_AUTOSCALING: &str = "spec.replicas and spec.autoscaling are mutually exclusive: remove spec.replicas (the HorizontalPodAutoscaler owns the replica count between minReplicas and maxReplicas) or remove spec.autoscaling to run a fixed number of replicas";
     pub const MIN_ABOVE_MAX: &str =
         "spec.autoscaling.minReplicas must be less than or equal to spec.autoscaling.maxReplicas";
@@ -27,9 +28,13 @@ pub mod messages {
     pub const DATABASE_PASSWORD_FORM: &str = "spec.database.passwordSecretRef needs spec.database.host, spec.database.name and spec.database.user";
     pub const DATABASE_URI_FORM: &str = "spec.database.uriSecretRef carries host, name and user in the URI: remove spec.database.host, spec.database.name and spec.database.user";
     pub const POOL_MIN_ABOVE_MAX: &str = "spec.database.pool.minConnections must be less than or equal to spec.database.pool.maxConnections";
-    pub const MAX_MEMORY_QUANTITY: &str =
-        "spec.cache.maxMemory must be a positive Kubernetes quantity such as 64Mi or 1Gi";
+    pub const MAX_MEMORY_QUANTITY: &str = "spec.cache.maxMemory must be a positive Kubernetes quantity of at most 64Gi, such as 64Mi or 1Gi (it is a per-pod Redis sidecar: the pod requests maxMemory + 32Mi of memory)";
 }
+
+/// Root CEL rule: the name is used as is for the Service (an RFC 1035 label) and as the
+/// `app.kubernetes.io/instance` label value (at most 63 characters).
+pub const NAME_RULE: &str =
+    "self.metadata.name.size() <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')";
 
 /// One ScalableApi becomes a ConfigMap, a Deployment (api + Redis sidecar), a Service, an
 /// HPA and a PodDisruptionBudget.
@@ -46,6 +51,7 @@ pub mod messages {
     derive = "PartialEq",
     doc = "A production-shaped API stack: Deployment with a Redis sidecar, Service, HPA, PodDisruptionBudget and Postgres wiring.",
     cel,
+    validation = Rule::new(NAME_RULE).message(messages::NAME_DNS_LABEL),
     scale(
         spec_replicas_path = ".spec.replicas",
         status_replicas_path = ".status.replicas",
@@ -293,9 +299,9 @@ pub struct CacheSpec {
     #[serde(default = "default_ttl_seconds")]
     #[schemars(range(min = 1, max = 604800))]
     pub ttl_seconds: i32,
-    /// Redis `maxmemory` (evicting with allkeys-lru), as a Kubernetes quantity.
+    /// Redis `maxmemory` (evicting with allkeys-lru), as a Kubernetes quantity, at most 64Gi.
     #[serde(default = "default_max_memory")]
-    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message(messages::MAX_MEMORY_QUANTITY))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0')) && quantity(self).compareTo(quantity('64Gi')) <= 0").message(messages::MAX_MEMORY_QUANTITY))]
     pub max_memory: String,
 }
 

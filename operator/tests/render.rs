@@ -159,3 +159,35 @@ fn other_kinds_in_the_file_are_skipped() {
         String::from_utf8_lossy(&out.stderr).contains("holds no ScalableApi (found v1 Secret)")
     );
 }
+
+#[test]
+fn huge_cache_max_memory_is_rejected_not_a_panic() {
+    let invalid = VALID.replace(
+        "  rateLimit:",
+        "  cache: { maxMemory: \"18446744073700000000\" }\n  rateLimit:",
+    );
+    let out = render_file(&invalid, &[]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "spec.cache.maxMemory must be a positive Kubernetes quantity of at most 64Gi"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn name_that_cannot_name_the_service_is_rejected() {
+    for bad in ["my.api", &"a".repeat(71)] {
+        let invalid = VALID.replace("name: users, namespace", &format!("name: {bad}, namespace"));
+        let out = render_file(&invalid, &[]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("metadata.name must be a DNS-1035 label"),
+            "{stderr}"
+        );
+    }
+}

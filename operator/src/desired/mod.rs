@@ -59,6 +59,8 @@ pub struct Children {
 pub enum SpecError {
     #[error("metadata.name is missing: give the ScalableApi a name")]
     MissingName,
+    #[error("{} (got {name:?})", crate::crd::messages::NAME_DNS_LABEL)]
+    InvalidName { name: String },
     #[error("{}", crate::crd::messages::DATABASE_ONE_FORM)]
     DatabaseForm,
     #[error("{}", crate::crd::messages::DATABASE_PASSWORD_FORM)]
@@ -106,8 +108,14 @@ pub fn desired(sapi: &ScalableApi, inputs: &Inputs) -> Result<Children, SpecErro
 
 /// Cross-field rules (mirrors of the CEL rules, for objects that skipped admission).
 fn check(sapi: &ScalableApi) -> Result<(), SpecError> {
-    if sapi.meta().name.as_deref().is_none_or(str::is_empty) {
-        return Err(SpecError::MissingName);
+    let name = match sapi.meta().name.as_deref() {
+        None | Some("") => return Err(SpecError::MissingName),
+        Some(name) => name,
+    };
+    if !is_dns1035_label(name) {
+        return Err(SpecError::InvalidName {
+            name: name.to_owned(),
+        });
     }
     let spec = &sapi.spec;
     let db = &spec.database;
@@ -135,6 +143,17 @@ fn check(sapi: &ScalableApi) -> Result<(), SpecError> {
         }
     }
     Ok(())
+}
+
+/// `crd::NAME_RULE` in Rust: at most 63 of `[-a-z0-9]`, starting with a letter, not ending in '-'.
+pub fn is_dns1035_label(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    bytes.len() <= 63
+        && bytes.first().is_some_and(u8::is_ascii_lowercase)
+        && bytes.last().is_some_and(|b| *b != b'-')
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
 /// Hash of one Secret key's value, so a rotated password rolls the pods.

@@ -15,13 +15,18 @@ pub const DATA_VOLUME: &str = "redis-data";
 /// Memory Redis needs beyond `maxmemory` (allocator, buffers, the process itself).
 const OVERHEAD_BYTES: u64 = 32 * MIB;
 const MIB: u64 = 1024 * 1024;
+/// Largest `maxMemory` accepted (the CEL rule's bound): a per-pod cache, not a data store.
+pub const MAX_MEMORY_BYTES: u64 = 64 * 1024 * MIB;
 
 pub fn sidecar(cache: &CacheSpec) -> Result<Container, SpecError> {
+    let invalid = || SpecError::MaxMemory {
+        value: cache.max_memory.clone(),
+    };
     let max_memory = quantity_bytes(&cache.max_memory)
-        .filter(|b| *b > 0)
-        .ok_or_else(|| SpecError::MaxMemory {
-            value: cache.max_memory.clone(),
-        })?;
+        .filter(|b| (1..=MAX_MEMORY_BYTES).contains(b))
+        .ok_or_else(invalid)?;
+    // Checked even below the bound, so a change of MAX_MEMORY_BYTES can never overflow.
+    let memory_bytes = max_memory.checked_add(OVERHEAD_BYTES).ok_or_else(invalid)?;
     let args = [
         "--port",
         "6379",
@@ -42,7 +47,7 @@ pub fn sidecar(cache: &CacheSpec) -> Result<Container, SpecError> {
     ];
     // Requests cover CPU and memory because HPA utilisation is only defined when every
     // container of the pod (sidecars included) requests the measured resource.
-    let memory = Quantity(format!("{}Mi", (max_memory + OVERHEAD_BYTES).div_ceil(MIB)));
+    let memory = Quantity(format!("{}Mi", memory_bytes.div_ceil(MIB)));
     Ok(Container {
         name: CONTAINER.into(),
         image: Some(IMAGE.into()),
@@ -155,5 +160,31 @@ mod tests {
             ..CacheSpec::default()
         };
         assert!(sidecar(&cache).is_err());
+    }
+
+    #[test]
+    fn max_memory_above_64gi_is_an_error_not_an_overflow() {
+        for huge in ["18446744073700000000", "65Gi", "1Ei", "16E"] {
+            let cache = CacheSpec {
+                max_memory: huge.into(),
+                ..CacheSpec::default()
+            };
+            assert_eq!(
+                sidecar(&cache),
+                Err(SpecError::MaxMemory { value: huge.into() }),
+                "{huge}"
+            );
+        }
+    }
+
+    #[test]
+    fn max_memory_of_exactly_64gi_is_accepted() {
+        let cache = CacheSpec {
+            max_memory: "64Gi".into(),
+            ..CacheSpec::default()
+        };
+        let c = sidecar(&cache).expect("sidecar");
+        let limits = c.resources.and_then(|r| r.limits).expect("limits");
+        assert_eq!(limits.get("memory"), Some(&Quantity("65568Mi".into())));
     }
 }

@@ -205,10 +205,44 @@ fn invalid_specs_are_spec_errors_that_say_what_to_fix() {
             SpecError::MissingRequest { resource: "memory" },
         ),
         (ScalableApi::test().named(""), SpecError::MissingName),
+        (
+            ScalableApi::test().named("my.api"),
+            SpecError::InvalidName {
+                name: "my.api".into(),
+            },
+        ),
     ];
     for (sapi, expected) in cases {
         let err = desired(&sapi, &Inputs::default()).expect_err("invalid spec");
         assert_eq!(err, expected);
-        assert!(err.to_string().contains("spec.") || err == SpecError::MissingName);
+        assert!(err.to_string().contains("spec.") || err.to_string().contains("metadata.name"));
+    }
+}
+
+#[test]
+fn name_must_be_a_dns_1035_label() {
+    let long = "a".repeat(64);
+    for bad in [
+        "my.api",
+        "My-api",
+        "1api",
+        "api-",
+        "-api",
+        "my_api",
+        long.as_str(),
+    ] {
+        assert!(!is_dns1035_label(bad), "{bad}");
+        let err =
+            desired(&ScalableApi::test().named(bad), &Inputs::default()).expect_err("invalid name");
+        assert_eq!(err, SpecError::InvalidName { name: bad.into() });
+        assert!(
+            err.to_string()
+                .contains(crate::crd::messages::NAME_DNS_LABEL)
+        );
+    }
+    let max = "a".repeat(63);
+    for good in ["a", "users", "my-api-2", max.as_str()] {
+        assert!(is_dns1035_label(good), "{good}");
+        desired(&ScalableApi::test().named(good), &Inputs::default()).expect("valid name");
     }
 }

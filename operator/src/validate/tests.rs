@@ -151,12 +151,27 @@ fn pool_min_above_max_is_rejected() {
 }
 
 #[test]
+fn name_must_be_a_dns_1035_label() {
+    let long = "a".repeat(64);
+    for bad in ["my.api", "My-api", "1api", "api-", long.as_str()] {
+        let obj = with("/metadata/name", Some(json!(bad)));
+        assert_rejected_with(&obj, messages::NAME_DNS_LABEL);
+    }
+    let max = "a".repeat(63);
+    for good in ["a", "my-api-2", max.as_str()] {
+        validate(&with("/metadata/name", Some(json!(good)))).expect("valid name");
+    }
+}
+
+#[test]
 fn max_memory_must_be_a_positive_quantity() {
-    for bad in ["lots", "0", "64MB"] {
+    for bad in ["lots", "0", "64MB", "65Gi", "18446744073700000000"] {
         let obj = with("/spec/cache/maxMemory", Some(json!(bad)));
         assert_rejected_with(&obj, messages::MAX_MEMORY_QUANTITY);
     }
-    validate(&with("/spec/cache/maxMemory", Some(json!("1Gi")))).expect("valid");
+    for good in ["1Gi", "64Gi"] {
+        validate(&with("/spec/cache/maxMemory", Some(json!(good)))).expect("valid");
+    }
 }
 
 #[test]
