@@ -250,6 +250,7 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         generation: sapi.meta().generation,
         suspended: sapi.spec.suspend,
         spec_error: None,
+        apply_error: None,
         secret: &secret,
         deployment: None,
         hpa: None,
@@ -283,11 +284,35 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         // keeps serving while someone restores its Secret.
         return observe_only(ctx, sapi, &ns, obs, Outcome::WaitingForSecret).await;
     }
-    let applied = apply::apply_children(&ctx.client, &ns, &children).await?;
+    let applied = match apply::apply_children(&ctx.client, &ns, &children).await {
+        Ok(applied) => applied,
+        Err(e) => return Err(report_rejection(ctx, sapi, &ns, obs, e).await),
+    };
     obs.deployment = Some(&applied.deployment);
     obs.hpa = applied.hpa.as_ref();
     write_status(ctx, sapi, &ns, &obs).await?;
     Ok(Outcome::Applied)
+}
+
+/// A child the API server refused for good goes to status and an Event before the error is
+/// returned: error_policy still backs off, but the user sees why nothing rolls out.
+/// Transient errors (5xx, 409, 429, timeouts) return unreported; the retry usually succeeds.
+async fn report_rejection(
+    ctx: &Context,
+    sapi: &ScalableApi,
+    ns: &str,
+    mut obs: Observation<'_>,
+    error: Error,
+) -> Error {
+    let Some(message) = error.child_rejection() else {
+        return error;
+    };
+    obs.apply_error = Some(message);
+    // The apply error is what error_policy logs and counts; a failed report is only logged.
+    if let Err(e) = write_observed(ctx, sapi, ns, obs).await {
+        tracing::warn!(error = %e, "reporting the refused child in status failed");
+    }
+    error
 }
 
 /// Status without applying anything: reads the live Deployment for the replica counts.
@@ -298,6 +323,17 @@ async fn observe_only(
     obs: Observation<'_>,
     outcome: Outcome,
 ) -> Result<Outcome> {
+    write_observed(ctx, sapi, ns, obs).await?;
+    Ok(outcome)
+}
+
+/// Writes the status of `obs` with the live Deployment read for the replica counts.
+async fn write_observed(
+    ctx: &Context,
+    sapi: &ScalableApi,
+    ns: &str,
+    obs: Observation<'_>,
+) -> Result<()> {
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let live = deployments
         .get_opt(&sapi.name_any())
@@ -307,8 +343,7 @@ async fn observe_only(
         deployment: live.as_ref(),
         ..obs
     };
-    write_status(ctx, sapi, ns, &obs).await?;
-    Ok(outcome)
+    write_status(ctx, sapi, ns, &obs).await
 }
 
 async fn observe_secret(client: &Client, ns: &str, sapi: &ScalableApi) -> Result<SecretState> {

@@ -100,6 +100,42 @@ impl Error {
         }
     }
 
+    /// The child kind a failed write of `apply_children` concerns.
+    fn child_kind(&self) -> Option<&'static str> {
+        match self {
+            Error::ApplyConfigMap(_) => Some("ConfigMap"),
+            Error::GetDeployment(_) | Error::HandOverReplicas(_) | Error::ApplyDeployment(_) => {
+                Some("Deployment")
+            }
+            Error::ApplyService(_) => Some("Service"),
+            Error::ApplyHpa(_) | Error::DeleteHpa(_) => Some("HorizontalPodAutoscaler"),
+            Error::ApplyPdb(_) | Error::DeletePdb(_) => Some("PodDisruptionBudget"),
+            _ => None,
+        }
+    }
+
+    /// When the API server refused a child for good (4xx other than 409/429: invalid,
+    /// forbidden), a message naming the child and quoting the server, for status. Retrying
+    /// cannot help until someone changes the spec or the RBAC, so the user must see it.
+    pub fn child_rejection(&self) -> Option<String> {
+        let kind = self.child_kind()?;
+        let Some(kube::Error::Api(status)) = self.kube_error() else {
+            return None;
+        };
+        if self.class() != ErrorClass::Permanent {
+            return None;
+        }
+        let reason = if status.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", status.reason)
+        };
+        Some(format!(
+            "the API server rejected the {kind} ({}{reason}): {}",
+            status.code, status.message
+        ))
+    }
+
     pub fn class(&self) -> ErrorClass {
         match self.kube_error() {
             Some(kube::Error::Api(status)) => match status.code {
@@ -151,6 +187,39 @@ mod tests {
             Error::PatchStatus(api_error(403)).class(),
             ErrorClass::Permanent
         );
+    }
+
+    #[test]
+    fn an_invalid_child_is_a_rejection_naming_the_kind_and_the_message() {
+        let e = Error::ApplyHpa(kube::Error::Api(
+            Status::failure("spec.behavior: Invalid value", "Invalid")
+                .with_code(422)
+                .boxed(),
+        ));
+        assert_eq!(
+            e.child_rejection().as_deref(),
+            Some(
+                "the API server rejected the HorizontalPodAutoscaler (422 Invalid): \
+                 spec.behavior: Invalid value"
+            )
+        );
+        assert!(
+            Error::ApplyDeployment(api_error(403))
+                .child_rejection()
+                .is_some_and(|m| m.contains("Deployment (403 Reason): boom"))
+        );
+    }
+
+    #[test]
+    fn transient_errors_and_non_child_errors_are_no_rejection() {
+        for code in [409, 429, 500, 503] {
+            assert_eq!(
+                Error::ApplyDeployment(api_error(code)).child_rejection(),
+                None
+            );
+        }
+        assert_eq!(Error::PatchStatus(api_error(422)).child_rejection(), None);
+        assert_eq!(Error::GetSecret(api_error(403)).child_rejection(), None);
     }
 
     #[test]

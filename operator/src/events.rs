@@ -40,7 +40,10 @@ pub fn events_for(previous: Option<&ScalableApiStatus>, new: &ScalableApiStatus)
                 out.push(event(EventType::Normal, &c.reason, &c.message));
             }
             types::READY if now_true => out.push(event(EventType::Normal, &c.reason, &c.message)),
-            types::READY if c.reason == reasons::INVALID_SPEC => {
+            // A refused child is reported on the transition to ApplyFailed, Ready before or not.
+            types::READY
+                if c.reason == reasons::INVALID_SPEC || c.reason == reasons::APPLY_FAILED =>
+            {
                 out.push(event(EventType::Warning, &c.reason, &c.message));
             }
             types::READY
@@ -149,6 +152,29 @@ mod tests {
             reasons_of(&events_for(Some(&old), &new)),
             vec![UNAVAILABLE, RESUMED]
         );
+    }
+
+    #[test]
+    fn a_refused_child_is_one_warning_event_with_the_servers_message() {
+        let old = status(vec![cond(types::READY, true, reasons::AVAILABLE)]);
+        let mut failed = cond(types::READY, false, reasons::APPLY_FAILED);
+        failed.message = "the API server rejected the Deployment (422 Invalid): bad".into();
+        let new = status(vec![
+            failed,
+            cond(types::PROGRESSING, false, reasons::APPLY_FAILED),
+        ]);
+        let events = events_for(Some(&old), &new);
+        assert_eq!(reasons_of(&events), vec![reasons::APPLY_FAILED]);
+        assert_eq!(events[0].type_, EventType::Warning);
+        assert_eq!(
+            events[0].note.as_deref(),
+            Some("the API server rejected the Deployment (422 Invalid): bad")
+        );
+        assert!(
+            events_for(None, &new).len() == 1,
+            "also on the first status"
+        );
+        assert!(events_for(Some(&new), &new).is_empty(), "not on a retry");
     }
 
     #[test]

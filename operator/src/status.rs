@@ -23,6 +23,8 @@ pub mod reasons {
     pub const SCALED_TO_ZERO: &str = "ScaledToZero";
     pub const DEPLOYMENT_MISSING: &str = "DeploymentMissing";
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The API server refused a child for good (invalid, forbidden); also the Event reason.
+    pub const APPLY_FAILED: &str = "ApplyFailed";
     pub const SECRET_FOUND: &str = "SecretFound";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     pub const KEY_NOT_FOUND: &str = "KeyNotFound";
@@ -64,6 +66,8 @@ pub struct Observation<'a> {
     pub suspended: bool,
     /// `Some(message)` when `desired()` rejected the spec.
     pub spec_error: Option<String>,
+    /// `Some(message)` when the API server refused a child for good (`Error::child_rejection`).
+    pub apply_error: Option<String>,
     pub secret: &'a SecretState,
     pub deployment: Option<&'a Deployment>,
     pub hpa: Option<&'a HorizontalPodAutoscaler>,
@@ -71,6 +75,23 @@ pub struct Observation<'a> {
     pub fixed_replicas: Option<i32>,
     pub selector: String,
     pub url: String,
+}
+
+/// Longest `ApplyFailed` message: the Ready message becomes the Event note, which the API
+/// server caps at 1024 bytes, and API server messages can quote whole objects.
+pub const MAX_APPLY_ERROR_BYTES: usize = 1000;
+
+/// `message` cut to `MAX_APPLY_ERROR_BYTES` on a char boundary, marked with an ellipsis.
+fn truncated(message: &str) -> String {
+    if message.len() <= MAX_APPLY_ERROR_BYTES {
+        return message.to_owned();
+    }
+    const MORE: &str = "…";
+    let mut end = MAX_APPLY_ERROR_BYTES - MORE.len();
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MORE}", &message[..end])
 }
 
 fn condition(
@@ -159,9 +180,16 @@ pub fn compute(
         .deployment
         .and_then(|d| d.status.as_ref())
         .and_then(|s| s.ready_replicas);
+    let apply_error = obs.apply_error.as_deref().map(truncated);
     let ready = match (&obs.spec_error, obs.deployment) {
         (Some(e), _) => (false, reasons::INVALID_SPEC, e.clone()),
         (None, _) if !db_ok => (false, db_reason, db_message.clone()),
+        // Whatever the live pods do, the spec is not what runs: not Ready.
+        (None, _) if apply_error.is_some() => (
+            false,
+            reasons::APPLY_FAILED,
+            apply_error.clone().unwrap_or_default(),
+        ),
         (None, None) => (
             false,
             reasons::DEPLOYMENT_MISSING,
@@ -200,6 +228,9 @@ pub fn compute(
             reasons::WAITING_FOR_DATABASE,
             "waiting for the database Secret".to_owned(),
         )
+    } else if let Some(e) = apply_error {
+        // Nothing rolls out until the rejection is fixed.
+        (false, reasons::APPLY_FAILED, e)
     } else {
         match obs.deployment {
             Some(d) if rollout_complete(d) => (

@@ -33,6 +33,7 @@ fn obs<'a>(secret: &'a SecretState, d: Option<&'a Deployment>) -> Observation<'a
         generation: Some(3),
         suspended: false,
         spec_error: None,
+        apply_error: None,
         secret,
         deployment: d,
         hpa: None,
@@ -191,4 +192,62 @@ fn condition_order_does_not_count_as_a_change() {
     let mut reordered = s.clone();
     reordered.conditions.reverse();
     assert!(unchanged(Some(&reordered), &s));
+}
+
+#[test]
+fn a_refused_child_is_not_ready_and_not_progressing_even_with_ready_pods() {
+    let d = deployment(3, 3);
+    let secret = found();
+    let mut o = obs(&secret, Some(&d));
+    o.apply_error = Some("the API server rejected the Deployment (422 Invalid): bad".into());
+    let s = compute(&o, None, Timestamp::now());
+    for t in [types::READY, types::PROGRESSING] {
+        let c = get(&s, t);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+            (
+                "False",
+                reasons::APPLY_FAILED,
+                "the API server rejected the Deployment (422 Invalid): bad"
+            ),
+            "{t}"
+        );
+    }
+    assert_eq!(get(&s, types::DATABASE_CONFIGURED).status, "True");
+    assert_eq!(
+        s.ready_replicas,
+        Some(3),
+        "the live counts are still reported"
+    );
+}
+
+#[test]
+fn an_invalid_spec_or_a_missing_secret_comes_before_a_refused_child() {
+    let secret = SecretState::SecretNotFound { name: "db".into() };
+    let mut o = obs(&secret, None);
+    o.apply_error = Some("refused".into());
+    let s = compute(&o, None, Timestamp::now());
+    assert_eq!(get(&s, types::READY).reason, reasons::SECRET_NOT_FOUND);
+    o.spec_error = Some("fix it".into());
+    let s = compute(&o, None, Timestamp::now());
+    assert_eq!(get(&s, types::READY).reason, reasons::INVALID_SPEC);
+}
+
+#[test]
+fn a_long_refusal_is_cut_to_fit_an_event_note() {
+    let secret = found();
+    let mut o = obs(&secret, None);
+    // Multi-byte characters: the cut must land on a char boundary.
+    o.apply_error = Some("é".repeat(2 * MAX_APPLY_ERROR_BYTES));
+    let s = compute(&o, None, Timestamp::now());
+    let message = &get(&s, types::READY).message;
+    assert!(message.len() <= MAX_APPLY_ERROR_BYTES, "{}", message.len());
+    assert!(message.ends_with('…'));
+    assert!(message.starts_with("éé"));
+    let short = "the API server rejected the Service (403 Forbidden): no";
+    o.apply_error = Some(short.into());
+    assert_eq!(
+        get(&compute(&o, None, Timestamp::now()), types::READY).message,
+        short
+    );
 }

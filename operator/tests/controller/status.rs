@@ -129,11 +129,119 @@ async fn a_failed_apply_is_retried_and_counted_by_reason() {
         (h.metric("reconcile_errors_total", "apply_deployment") == 1).then_some(())
     })
     .await;
+    // A transient failure is retried quietly: no ApplyFailed in status.
+    assert_ne!(
+        condition(&h, "users", "Ready").map(|c| c.1).as_deref(),
+        Some("ApplyFailed")
+    );
     // error_policy requeues (transient back-off); any new watch event also retries it.
     h.wait_for(DEPLOYMENTS, "users", "deployment after the retry", |_| true)
         .await;
     h.wait_for(SAPIS, "users", "status", |o| {
         o.pointer("/status/observedGeneration").is_some()
+    })
+    .await;
+}
+
+/// The Ready condition's message of the stored ScalableApi.
+fn ready_message(h: &Harness, name: &str) -> String {
+    h.object(SAPIS, name)
+        .and_then(|o| {
+            o["status"]["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == "Ready")?["message"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_child_the_api_server_refuses_is_a_condition_and_an_event_until_fixed() {
+    let h = Harness::start().await;
+    create_db_secret(&h, "users").await;
+    // Every apply of the Deployment is refused, like a memory request above its limit.
+    h.fake
+        .inject_fault("PATCH", "/deployments/users", 422, usize::MAX);
+    scalable_api("users").create(&h).await;
+    eventually("Ready=False/ApplyFailed", || {
+        (condition(&h, "users", "Ready")? == ("False".into(), "ApplyFailed".into())).then_some(())
+    })
+    .await;
+    assert_eq!(
+        condition(&h, "users", "Progressing"),
+        Some(("False".into(), "ApplyFailed".into()))
+    );
+    let message = ready_message(&h, "users");
+    assert!(
+        message.contains("Deployment") && message.contains("422 Invalid"),
+        "{message}"
+    );
+    assert!(
+        message.contains("injected fault"),
+        "the server's message: {message}"
+    );
+    eventually("an ApplyFailed Event", || {
+        (events_with_reason(&h, "users", "ApplyFailed") == 1).then_some(())
+    })
+    .await;
+    let event = h
+        .fake
+        .objects(EVENTS, NS)
+        .into_iter()
+        .find(|e| e["reason"] == "ApplyFailed")
+        .expect("event");
+    assert_eq!(event["type"], json!("Warning"));
+
+    // The error still reaches error_policy: counted, then a long back-off, no hot loop.
+    assert!(h.metric("reconcile_errors_total", "apply_deployment") >= 1);
+    h.settle().await;
+    let settled = h.reconciliations();
+    h.settle().await;
+    assert_eq!(h.reconciliations(), settled, "backing off, not looping");
+    assert_eq!(events_with_reason(&h, "users", "ApplyFailed"), 1);
+
+    // The fix (here: the fault cleared, then a spec change) brings the Ready path back.
+    h.fake.clear_faults();
+    patch_spec(&h, "users", json!({"replicas": 3})).await;
+    h.wait_for(DEPLOYMENTS, "users", "the Deployment", |d| {
+        d["spec"]["replicas"] == json!(3)
+    })
+    .await;
+    eventually("Ready=False/ReplicasNotReady", || {
+        (condition(&h, "users", "Ready")? == ("False".into(), "ReplicasNotReady".into()))
+            .then_some(())
+    })
+    .await;
+    set_deployment_status(&h, "users", 3).await;
+    eventually("Ready=True", || {
+        (condition(&h, "users", "Ready")? == ("True".into(), "Available".into())).then_some(())
+    })
+    .await;
+    eventually("an Available Event", || {
+        (events_with_reason(&h, "users", "Available") == 1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_refused_hpa_is_reported_with_its_kind() {
+    let h = Harness::start().await;
+    create_db_secret(&h, "users").await;
+    // Like an invalid `behavior`: the Deployment goes through, the HPA does not.
+    h.fake
+        .inject_fault("PATCH", "/horizontalpodautoscalers/users", 422, usize::MAX);
+    scalable_api("users").autoscaling(2, 5).create(&h).await;
+    eventually("Ready=False/ApplyFailed", || {
+        (condition(&h, "users", "Ready")?.1 == "ApplyFailed").then_some(())
+    })
+    .await;
+    let message = ready_message(&h, "users");
+    assert!(message.contains("HorizontalPodAutoscaler"), "{message}");
+    assert!(h.object(DEPLOYMENTS, "users").is_some());
+    eventually("an ApplyFailed Event", || {
+        (events_with_reason(&h, "users", "ApplyFailed") == 1).then_some(())
     })
     .await;
 }

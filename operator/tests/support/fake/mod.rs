@@ -133,7 +133,16 @@ impl FakeApiServer {
             lock(&self.inner.requests).push(req.recorded());
         }
         if let Some(code) = self.take_fault(&req) {
-            return routes::error_response(code, "InternalError", "injected fault");
+            // The reason a real API server gives for the code, so messages quoting it read right.
+            let reason = match code {
+                403 => "Forbidden",
+                404 => "NotFound",
+                409 => "Conflict",
+                422 => "Invalid",
+                429 => "TooManyRequests",
+                _ => "InternalError",
+            };
+            return routes::error_response(code, reason, "injected fault");
         }
         routes::dispatch(self, req)
     }
@@ -155,6 +164,11 @@ impl FakeApiServer {
             code,
             remaining: times,
         });
+    }
+
+    /// Drops every scripted failure that has not fired yet.
+    pub fn clear_faults(&self) {
+        lock(&self.inner.faults).clear();
     }
 
     pub fn requests(&self) -> Vec<RecordedRequest> {
