@@ -170,6 +170,9 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
                 || code.starts_with("53")
                 || code.starts_with("57P")
                 || code == "57014" // query_canceled (statement_timeout)
+                // read_only_sql_transaction: a standby after a failover, or
+                // default_transaction_read_only; writes work again once the primary is back.
+                || code == "25006"
                 || code == "40001"
                 || code == "40P01"
         }),

@@ -377,3 +377,45 @@ async fn random_inputs_never_produce_a_server_error() {
         );
     }
 }
+
+#[tokio::test]
+async fn writes_to_a_read_only_database_are_503_not_500() {
+    let app = spawn_app_with(Options {
+        no_redis: true,
+        ..Options::default()
+    })
+    .await;
+    let mut admin: sqlx::PgConnection = sqlx::Connection::connect(&app.pg.url(&app.database))
+        .await
+        .unwrap();
+    // As after a failover to a standby: every new session is read-only.
+    sqlx::query(&format!(
+        "ALTER DATABASE {} SET default_transaction_read_only = on",
+        app.database
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    // More requests than the pool has connections, so most reach a fresh, read-only session.
+    for i in 0..15 {
+        let response = app
+            .post_user(&json!({ "name": "ro", "email": format!("ro{i}@example.com") }))
+            .await;
+        assert_eq!(
+            response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap()),
+            Some("1"),
+            "request {i}"
+        );
+        assert_problem(response, 503).await;
+    }
+}
