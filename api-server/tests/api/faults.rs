@@ -337,3 +337,93 @@ async fn a_redis_that_is_down_at_start_up_does_not_stop_the_server() {
     )
     .await;
 }
+
+/// SIGCONTs a frozen process when dropped, so a failing test does not leave it stopped.
+struct Frozen(i32);
+
+impl Frozen {
+    fn stop(pid: i32) -> Self {
+        signal("-STOP", pid);
+        Self(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        signal("-CONT", self.0);
+    }
+}
+
+fn signal(signal: &str, pid: i32) {
+    let status = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_listen_connection_is_noticed_and_no_stale_value_is_served() {
+    let app = spawn_app().await;
+    let id = app.create_user_id("Ada", "ada@example.com").await;
+    app.get_user(&id).await;
+    let hits = app.metric("cache_hits_total").await;
+    let cached: Value = app.get_user(&id).await.json().await.unwrap();
+    assert_eq!(cached["name"], "Ada");
+    assert!(
+        app.metric("cache_hits_total").await > hits,
+        "served from Redis"
+    );
+
+    let mut conn: sqlx::PgConnection = sqlx::Connection::connect(&app.pg.url(&app.database))
+        .await
+        .unwrap();
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+         WHERE datname = current_database() AND application_name = 'api-server-listener'",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(pids.len(), 1, "one listener backend: {pids:?}");
+    // The backend keeps its socket open but answers nothing, and never reads the NOTIFY.
+    let frozen = Frozen::stop(pids[0]);
+
+    let updated = sqlx::query("UPDATE users SET name = 'Grace' WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(updated.rows_affected(), 1);
+    let started = std::time::Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "the update made in SQL to be served",
+        || async {
+            let read: Value = app.get_user(&id).await.json().await.unwrap();
+            read["name"] == "Grace"
+        },
+    )
+    .await;
+    let lag = started.elapsed();
+    // Once fresh, never stale again; and the cache is back in use on a new connection while
+    // the old backend is still frozen.
+    eventually(
+        Duration::from_secs(10),
+        "the cache to be trusted again",
+        || async { app.get_json("/readyz").await["cache_trusted"] == true },
+    )
+    .await;
+    let hits = app.metric("cache_hits_total").await;
+    for _ in 0..50 {
+        let read: Value = app.get_user(&id).await.json().await.unwrap();
+        assert_eq!(read["name"], "Grace", "stale read after {lag:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        app.metric("cache_hits_total").await > hits,
+        "cache in use again"
+    );
+    println!("fresh value served {lag:?} after the UPDATE, listener backend frozen");
+    drop(frozen);
+}
