@@ -45,6 +45,36 @@ impl From<PathRejection> for ApiError {
     }
 }
 
+/// A resource id in the path: only the canonical form this API emits (36 characters,
+/// lower-case, hyphenated). `urn:uuid:`, braced, simple and upper-case spellings of the same
+/// UUID are not ids of ours, so they are 404 like any other unknown id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Id(pub Uuid);
+
+impl<'de> Deserialize<'de> for Id {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = std::borrow::Cow::<str>::deserialize(deserializer)?;
+        parse_canonical_uuid(&raw)
+            .map(Self)
+            .ok_or_else(|| serde::de::Error::custom("not a canonical id"))
+    }
+}
+
+/// Parses only the lower-case hyphenated form, e.g. `0190a5c4-7b1e-7d3a-9f00-0123456789ab`.
+pub fn parse_canonical_uuid(raw: &str) -> Option<Uuid> {
+    let bytes = raw.as_bytes();
+    let canonical = bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(b),
+        });
+    if canonical {
+        Uuid::try_parse(raw).ok()
+    } else {
+        None
+    }
+}
+
 /// `axum::extract::Query` with problem+json rejections.
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
@@ -95,7 +125,7 @@ impl TryFrom<PageQuery> for Page {
         }
         let after = match query.after.as_deref() {
             None | Some("") => Some(None),
-            Some(raw) => Uuid::try_parse(raw).ok().map(Some),
+            Some(raw) => parse_canonical_uuid(raw).map(Some),
         };
         if after.is_none() {
             errors.push(FieldError {
@@ -152,6 +182,59 @@ mod tests {
     fn a_cursor_is_an_id() {
         let id = Uuid::now_v7();
         assert_eq!(page(None, Some(&id.to_string())).unwrap().after, Some(id));
+    }
+
+    /// The same UUID in every spelling `Uuid::try_parse` accepts besides the canonical one.
+    fn non_canonical_spellings(id: Uuid) -> Vec<String> {
+        vec![
+            id.urn().to_string(),
+            id.braced().to_string(),
+            id.simple().to_string(),
+            id.hyphenated().to_string().to_uppercase(),
+            id.urn().to_string().to_uppercase(),
+        ]
+    }
+
+    #[test]
+    fn only_the_canonical_uuid_form_is_an_id() {
+        let id = Uuid::now_v7();
+        assert_eq!(parse_canonical_uuid(&id.to_string()), Some(id));
+        for raw in non_canonical_spellings(id) {
+            assert_eq!(
+                Uuid::try_parse(&raw).ok(),
+                Some(id),
+                "{raw} is the same UUID"
+            );
+            assert_eq!(parse_canonical_uuid(&raw), None, "{raw}");
+        }
+        for raw in [
+            "",
+            "-",
+            &"0".repeat(36),
+            "0190a5c4-7b1e-7d3a-9f00-0123456789ag",
+        ] {
+            assert_eq!(parse_canonical_uuid(raw), None, "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_path_id_deserializes_only_from_the_canonical_form() {
+        let id = Uuid::now_v7();
+        let parse = |raw: &str| serde_json::from_value::<Id>(serde_json::Value::from(raw));
+        assert_eq!(parse(&id.to_string()).unwrap(), Id(id));
+        for raw in non_canonical_spellings(id) {
+            assert!(parse(&raw).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_non_canonical_cursor_is_rejected_naming_the_field() {
+        for raw in non_canonical_spellings(Uuid::now_v7()) {
+            let Err(ApiError::Validation(errors)) = page(None, Some(&raw)) else {
+                panic!("expected a validation error for {raw}");
+            };
+            assert_eq!(errors[0].field, "after");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::db;
 use crate::domain::{NewUser, User, UserBody};
 use crate::error::{ApiError, Problem, ResultExt};
-use crate::extract::{AppJson, AppPath, AppQuery, Page, PageQuery};
+use crate::extract::{AppJson, AppPath, AppQuery, Id, Page, PageQuery};
 use crate::state::AppState;
 
 /// The unique index on `lower(email)` (migrations/0001_users.sql).
@@ -73,7 +73,7 @@ pub async fn create(
 ))]
 pub async fn read(
     State(state): State<AppState>,
-    AppPath(id): AppPath<Uuid>,
+    AppPath(Id(id)): AppPath<Id>,
 ) -> Result<Response, ApiError> {
     let db = &state.db;
     match state.cache.get_user(id, || db::users::get(db, id)).await? {
@@ -132,7 +132,7 @@ pub async fn list(
 #[tracing::instrument(skip_all, fields(user_id = %id))]
 pub async fn update(
     State(state): State<AppState>,
-    AppPath(id): AppPath<Uuid>,
+    AppPath(Id(id)): AppPath<Id>,
     AppJson(body): AppJson<UserBody>,
 ) -> Result<axum::Json<User>, ApiError> {
     let user = NewUser::try_from(body).map_err(ApiError::Validation)?;
@@ -154,7 +154,7 @@ pub async fn update(
 #[tracing::instrument(skip_all, fields(user_id = %id))]
 pub async fn remove(
     State(state): State<AppState>,
-    AppPath(id): AppPath<Uuid>,
+    AppPath(Id(id)): AppPath<Id>,
 ) -> Result<StatusCode, ApiError> {
     if !db::users::delete(&state.db, id).await? {
         return Err(ApiError::NotFound(NO_SUCH_USER));

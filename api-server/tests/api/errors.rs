@@ -419,3 +419,30 @@ async fn writes_to_a_read_only_database_are_503_not_500() {
         assert_problem(response, 503).await;
     }
 }
+
+#[tokio::test]
+async fn only_the_canonical_form_of_an_id_is_accepted() {
+    let app = spawn_app_with(Options {
+        no_redis: true,
+        ..Options::default()
+    })
+    .await;
+    let id = app.create_user_id("Canon", "canon@example.com").await;
+    assert_eq!(app.get_user(&id).await.status(), 200);
+    let simple = id.replace('-', "");
+    for other in [
+        format!("urn:uuid:{id}"),
+        format!("%7B{id}%7D"),
+        simple.clone(),
+        id.to_uppercase(),
+    ] {
+        assert_problem(app.get_user(&other).await, 404).await;
+        let body = json!({ "name": "Other", "email": "other@example.com" });
+        assert_problem(app.put_user(&other, &body).await, 404).await;
+        assert_problem(app.delete_user(&other).await, 404).await;
+        let body = assert_problem(app.list(&format!("?after={other}")).await, 422).await;
+        assert_eq!(body["errors"][0]["field"], "after", "{other}");
+    }
+    // None of those touched the user.
+    assert_eq!(app.get_user(&id).await.status(), 200);
+}
