@@ -247,8 +247,17 @@ impl Cache {
             .arg("EX")
             .arg(self.0.ttl_secs);
         if self.call::<()>("SET", set).await.is_none() {
+            // A timed-out SET may still land, possibly after a racing writer's DEL, and we
+            // cannot delete it reliably: forget the whole generation instead.
+            if stripe.load(Ordering::Acquire) != seen {
+                self.flush("a raced fill could not be confirmed");
+            }
             return;
         }
+        // Not a closed race: a writer that bumped the stripe between the check above and
+        // this SET reaching Redis may have had its DEL land first. Its old value is then
+        // readable until the DEL below lands (one Redis round trip). Closing that would mean
+        // the stripe counter in the key, i.e. a miss for every id of the stripe per write.
         if stripe.load(Ordering::Acquire) != seen && !self.delete(&key).await {
             self.flush("a raced fill could not be removed");
         }
