@@ -1,6 +1,6 @@
 //! Building and running the server: `Application::build` / `port()` / `run_until_stopped()`.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,34 @@ pub struct Application {
     shutdown_timeout: Duration,
 }
 
+/// Linux's `EAFNOSUPPORT`: a kernel built or booted without IPv6.
+const EAFNOSUPPORT: i32 = 97;
+
+/// Binds `[::]:port`, which on Linux (`net.ipv6.bindv6only = 0`, the default) accepts IPv4
+/// clients too, as IPv4-mapped addresses. Where IPv6 is unavailable, binds `0.0.0.0:port`.
+async fn bind(port: u16) -> std::io::Result<TcpListener> {
+    match TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).await {
+        Ok(listener) => {
+            tracing::info!(address = "[::]", "bound to all interfaces, IPv6 and IPv4");
+            Ok(listener)
+        }
+        Err(error) if ipv6_unavailable(&error) => {
+            tracing::info!(
+                address = "0.0.0.0",
+                %error,
+                "IPv6 is unavailable; bound to all IPv4 interfaces only"
+            );
+            TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).await
+        }
+        Err(error) => Err(error),
+    }
+}
+
+fn ipv6_unavailable(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::AddrNotAvailable
+        || error.raw_os_error() == Some(EAFNOSUPPORT)
+}
+
 impl Application {
     /// Connects, migrates (under Postgres's advisory lock) and binds. Nothing is served yet.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
@@ -95,7 +123,7 @@ impl Application {
         let openapi = Bytes::from(routes::openapi_json().map_err(StartupError::OpenApi)?);
 
         let port = config.server.port;
-        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))
+        let listener = bind(port)
             .await
             .map_err(|source| StartupError::Bind { port, source })?;
         let port = listener
@@ -257,5 +285,31 @@ async fn forget_idle_clients(limiter: Arc<RateLimiter>, shutdown: CancellationTo
                 limiter.shrink_to_fit();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_ipv6_means_falling_back_to_ipv4() {
+        let no_family = std::io::Error::from_raw_os_error(EAFNOSUPPORT);
+        assert!(ipv6_unavailable(&no_family));
+        let no_address = std::io::Error::from(std::io::ErrorKind::AddrNotAvailable);
+        assert!(ipv6_unavailable(&no_address));
+        let in_use = std::io::Error::from(std::io::ErrorKind::AddrInUse);
+        assert!(!ipv6_unavailable(&in_use));
+    }
+
+    #[tokio::test]
+    async fn the_listener_accepts_ipv4_clients() {
+        let listener = bind(0).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = tokio::spawn(async move { listener.accept().await.map(|_| ()) });
+        tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .unwrap();
+        accepted.await.unwrap().unwrap();
     }
 }

@@ -94,3 +94,25 @@ async fn openapi_describes_every_route() {
     assert!(doc["components"]["schemas"]["User"].is_object());
     assert!(doc["components"]["schemas"]["Problem"].is_object());
 }
+
+#[tokio::test]
+async fn the_server_answers_on_ipv6_as_well_as_ipv4() {
+    // Only where this machine has IPv6 loopback at all.
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        return;
+    }
+    let app = spawn_app_with(Options {
+        no_redis: true,
+        ..Options::default()
+    })
+    .await;
+    let port = app.address.rsplit(':').next().unwrap();
+    let response = app
+        .client
+        .get(format!("http://[::1]:{port}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(app.get("/healthz").await.status(), 200);
+}
