@@ -20,6 +20,28 @@ use crate::metrics::{HttpLabels, Metrics, method_label, route_label};
 /// No request may take longer than this; the client gets 503 instead of a hung socket.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Refuses a body whose declared `Content-Length` is over `limit` from the header alone:
+/// 413 problem+json before a byte of it is read (with `Expect: 100-continue`, the client is
+/// never asked to send it). Bodies without a length are still capped while being read, by
+/// `DefaultBodyLimit`.
+pub async fn reject_declared_oversize(
+    State(limit): State<usize>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(length) if usize::try_from(length).map_or(true, |length| length > limit) => {
+            ApiError::PayloadTooLarge.into_response()
+        }
+        _ => next.run(request).await,
+    }
+}
+
 /// Records count and latency by route and status, and bounds the request's duration.
 pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let start = Instant::now();

@@ -82,6 +82,11 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .fallback(|| async { ApiError::NotFound("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        // Inside `track`, so these 413s are counted like any other response.
+        .layer(axum::middleware::from_fn_with_state(
+            MAX_BODY_BYTES,
+            middleware::reject_declared_oversize,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             middleware::track,
@@ -209,6 +214,40 @@ mod tests {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body["postgres"], "down");
         assert_eq!(body["redis"], "disabled");
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_over_the_limit_is_a_problem_413_without_reading_the_body() {
+        // The body never ends: only the header can have produced the answer.
+        let body = Body::from_stream(futures::stream::pending::<Result<Vec<u8>, std::io::Error>>());
+        let request = Request::post("/users")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, "999999")
+            .body(body)
+            .unwrap();
+        let (status, content_type, problem) =
+            tokio::time::timeout(Duration::from_secs(5), send(request))
+                .await
+                .unwrap();
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(content_type.as_deref(), Some(crate::error::PROBLEM_JSON));
+        assert_eq!(problem["status"], 413);
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_at_the_limit_is_read() {
+        let body = format!(
+            r#"{{"name":"","email":"{}"}}"#,
+            "a".repeat(MAX_BODY_BYTES - 22)
+        );
+        assert_eq!(body.len(), MAX_BODY_BYTES);
+        let request = Request::post("/users")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::CONTENT_LENGTH, MAX_BODY_BYTES.to_string())
+            .body(Body::from(body))
+            .unwrap();
+        let (status, _, _) = send(request).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     }
 
     #[tokio::test]

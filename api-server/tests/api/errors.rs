@@ -446,3 +446,42 @@ async fn only_the_canonical_form_of_an_id_is_accepted() {
     // None of those touched the user.
     assert_eq!(app.get_user(&id).await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_huge_declared_content_length_is_413_from_the_header_alone() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let app = spawn_app_with(Options {
+        no_redis: true,
+        ..Options::default()
+    })
+    .await;
+    let port = app.address.rsplit(':').next().unwrap();
+    let mut stream = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    // The body is never sent: the client waits to be told to (100-continue).
+    stream
+        .write_all(
+            b"POST /users HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+              content-length: 999999\r\nexpect: 100-continue\r\nconnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_to_end(&mut response),
+    )
+    .await
+    .expect("an answer without the body being sent")
+    .unwrap();
+    let response = String::from_utf8_lossy(&response).to_lowercase();
+    assert!(response.starts_with("http/1.1 413"), "{response}");
+    assert!(!response.contains("100 continue"), "{response}");
+    assert!(
+        response.contains("content-type: application/problem+json"),
+        "{response}"
+    );
+    assert!(response.contains(r#""status":413"#), "{response}");
+}
