@@ -163,7 +163,13 @@ impl DatabaseConfig {
         }
     }
 
-    /// Connection options: `DATABASE_URL` when set, else the PG* fields.
+    /// Connection options: from `DATABASE_URL` when set, else from the PG* fields.
+    ///
+    /// With a URL the semantics are libpq's, through sqlx: what the URL states wins, what it
+    /// leaves out is read from the PG* environment variables (not these fields, nor their
+    /// `--pg-*` flags or defaults: a missing user is the OS user, not `postgres`), and a URL
+    /// without a password, with `PGPASSWORD` unset, takes one from `PGPASSFILE` or
+    /// `~/.pgpass`. docs/configuration.md spells this out.
     pub fn connect_options(&self) -> Result<PgConnectOptions, ConfigError> {
         if self.pool_min > self.pool_max {
             return Err(ConfigError::PoolBounds {
@@ -176,8 +182,10 @@ impl DatabaseConfig {
                 PgConnectOptions::from_str(url.expose()).map_err(ConfigError::DatabaseUrl)?
             }
             None => {
-                // `new_without_pgpass` still reads PG* from the environment; every field is
-                // set explicitly below so the result depends only on this struct.
+                // `new_without_pgpass` reads no pgpass file but still reads PG* from the
+                // environment; host, port, database, user, SSL mode and (when given) the
+                // password are set explicitly below, so only the TLS file variables and
+                // PGOPTIONS still come from there.
                 let options = PgConnectOptions::new_without_pgpass()
                     .host(&self.pg_host)
                     .port(self.pg_port)
