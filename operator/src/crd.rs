@@ -65,15 +65,9 @@ pub const NAME_RULE: &str =
     ),
     printcolumn(
         name = "Replicas",
-        type_ = "integer",
-        json_path = ".status.readyReplicas",
-        description = "Ready replicas (compare with Desired)"
-    ),
-    printcolumn(
-        name = "Desired",
-        type_ = "integer",
-        json_path = ".status.desiredReplicas",
-        description = "Replicas wanted now (spec.replicas or the HPA's choice)"
+        type_ = "string",
+        json_path = ".status.replicaSummary",
+        description = "Ready replicas / replicas wanted now (spec.replicas or the HPA's choice)"
     ),
     printcolumn(
         name = "Min",
@@ -344,6 +338,10 @@ pub struct ScalableApiStatus {
     /// Replicas wanted now: spec.replicas, or the HPA's desired count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_replicas: Option<i32>,
+    /// `<readyReplicas>/<desiredReplicas>`, e.g. `3/5`: the Replicas printer column (a
+    /// column shows one JSONPath, so the pair is kept as one string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_summary: Option<String>,
     /// Label selector of the pods (scale subresource `labelSelectorPath`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,

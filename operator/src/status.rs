@@ -275,6 +275,7 @@ pub fn compute(
             .and_then(|s| s.replicas),
         ready_replicas,
         desired_replicas: want,
+        replica_summary: want.map(|w| format!("{}/{w}", ready_replicas.unwrap_or(0))),
         selector: Some(obs.selector.clone()),
         url: Some(obs.url.clone()),
         conditions,

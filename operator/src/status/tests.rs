@@ -113,6 +113,7 @@ fn not_enough_ready_replicas_is_not_ready() {
         ("False", "1/3 replicas ready")
     );
     assert_eq!(get(&s, types::PROGRESSING).status, "True");
+    assert_eq!(s.replica_summary.as_deref(), Some("1/3"));
 }
 
 #[test]
@@ -156,6 +157,7 @@ fn with_autoscaling_the_hpa_decides_the_desired_count() {
     let s = compute(&o, None, Timestamp::now());
     assert_eq!(s.desired_replicas, Some(6));
     assert_eq!(get(&s, types::READY).message, "4/6 replicas ready");
+    assert_eq!(s.replica_summary.as_deref(), Some("4/6"));
 }
 
 #[test]
@@ -250,4 +252,15 @@ fn a_long_refusal_is_cut_to_fit_an_event_note() {
         get(&compute(&o, None, Timestamp::now()), types::READY).message,
         short
     );
+}
+
+#[test]
+fn the_replica_summary_waits_for_a_desired_count() {
+    let secret = found();
+    // Autoscaling on, and neither an HPA count nor a Deployment exists yet.
+    let mut o = obs(&secret, None);
+    o.fixed_replicas = None;
+    let s = compute(&o, None, Timestamp::now());
+    assert_eq!(s.desired_replicas, None);
+    assert_eq!(s.replica_summary, None);
 }
