@@ -70,9 +70,7 @@ fi
 "$services" clean >/dev/null 2>&1 || true # a fresh database every run
 "$services" start
 unset DATABASE_URL
-while IFS='=' read -r key value; do
-  [ -n "$key" ] && export "$key=$value"
-done <"$DEV_SERVICES_DIR/env"
+eval "$("$services" env)"
 
 port="$("$services" free-port)"
 base="http://127.0.0.1:$port"

@@ -34,9 +34,7 @@ trap 'exit 143' TERM
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 "$services" clean >/dev/null 2>&1 || true
 "$services" start
-while IFS='=' read -r key value; do
-  [ -n "$key" ] && export "$key=$value"
-done <"$DEV_SERVICES_DIR/env"
+eval "$("$services" env)"
 redis_port="${REDIS_URL##*:}"
 mkdir -p "$work"
 rows=()

@@ -26,9 +26,7 @@ trap 'exit 143' TERM
 
 # The services' connection settings (they win over PG*/REDIS_URL from the caller's shell).
 unset DATABASE_URL
-while IFS='=' read -r key value; do
-  [ -n "$key" ] && export "$key=$value"
-done <"${DEV_SERVICES_DIR:-$root/.tools/run}/env"
+eval "$("$services" env)"
 export PORT="${PORT:-8080}"
 export LOG_FORMAT="${LOG_FORMAT:-text}"
 export RUST_LOG="${RUST_LOG:-info}"
