@@ -61,25 +61,17 @@ pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
 #[tracing::instrument(skip_all, fields(limit = page.limit))]
 pub async fn list(pool: &PgPool, page: Page) -> Result<(Vec<User>, Option<Uuid>), sqlx::Error> {
     let fetch = i64::from(page.limit) + 1;
-    let mut users =
-        match page.after {
-            None => sqlx::query_as::<_, User>(
-                "SELECT id, name, email, created_at, updated_at FROM users ORDER BY id LIMIT $1",
-            )
-            .bind(fetch)
-            .fetch_all(pool)
-            .await?,
-            Some(after) => {
-                sqlx::query_as::<_, User>(
-                    "SELECT id, name, email, created_at, updated_at FROM users \
-                 WHERE id > $1 ORDER BY id LIMIT $2",
-                )
-                .bind(after)
-                .bind(fetch)
-                .fetch_all(pool)
-                .await?
-            }
-        };
+    let query = match page.after {
+        None => sqlx::query_as::<_, User>(
+            "SELECT id, name, email, created_at, updated_at FROM users ORDER BY id LIMIT $1",
+        ),
+        Some(after) => sqlx::query_as::<_, User>(
+            "SELECT id, name, email, created_at, updated_at FROM users \
+             WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after),
+    };
+    let mut users = query.bind(fetch).fetch_all(pool).await?;
     let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
     let next = if users.len() > limit {
         users.truncate(limit);
