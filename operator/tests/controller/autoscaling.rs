@@ -268,10 +268,7 @@ async fn suspend_pauses_removes_the_hpa_and_leaves_children_alone() {
     })
     .await;
     h.wait_gone(HPAS, "users").await;
-    eventually("a Suspended Event", || {
-        (events_with_reason(&h, "users", "Suspended") == 1).then_some(())
-    })
-    .await;
+    wait_for_event(&h, "a Suspended Event", "users", "Suspended").await;
     h.settle().await;
     let during = h.object(DEPLOYMENTS, "users").expect("deployment");
     assert_eq!(
@@ -289,8 +286,5 @@ async fn suspend_pauses_removes_the_hpa_and_leaves_children_alone() {
         (condition(&h, "users", "Paused")?.0 == "False").then_some(())
     })
     .await;
-    eventually("a Resumed Event", || {
-        (events_with_reason(&h, "users", "Resumed") == 1).then_some(())
-    })
-    .await;
+    wait_for_event(&h, "a Resumed Event", "users", "Resumed").await;
 }

@@ -47,11 +47,7 @@ async fn create_makes_every_child_with_a_controller_owner_reference() {
         "no HPA without autoscaling"
     );
 
-    let status = h
-        .wait_for(SAPIS, "users", "status", |o| {
-            o.pointer("/status/observedGeneration").is_some()
-        })
-        .await;
+    let status = h.wait_for_status("users").await;
     assert_eq!(
         status["status"]["selector"],
         json!("app.kubernetes.io/instance=users,app.kubernetes.io/name=api-server")
@@ -69,10 +65,7 @@ async fn every_apply_uses_the_one_field_manager_with_force() {
     let h = Harness::start().await;
     create_db_secret(&h, "users").await;
     scalable_api("users").create(&h).await;
-    h.wait_for(SAPIS, "users", "status", |o| {
-        o.pointer("/status/observedGeneration").is_some()
-    })
-    .await;
+    h.wait_for_status("users").await;
     let applies: Vec<_> = h
         .fake
         .requests()

@@ -22,16 +22,7 @@ async fn missing_secret_is_a_condition_and_an_event_then_the_secret_unblocks_rea
             .then_some(())
     })
     .await;
-    eventually("a SecretNotFound Event", || {
-        (events_with_reason(&h, "users", "SecretNotFound") == 1).then_some(())
-    })
-    .await;
-    let event = h
-        .fake
-        .objects(EVENTS, NS)
-        .into_iter()
-        .find(|e| e["reason"] == "SecretNotFound")
-        .expect("event");
+    let event = wait_for_event(&h, "a SecretNotFound Event", "users", "SecretNotFound").await;
     assert_eq!(event["type"], json!("Warning"));
     assert_eq!(event["reportingController"], json!("scalable-api-operator"));
     assert_eq!(
@@ -64,10 +55,7 @@ async fn missing_secret_is_a_condition_and_an_event_then_the_secret_unblocks_rea
         (condition(&h, "users", "Ready")? == ("True".into(), "Available".into())).then_some(())
     })
     .await;
-    eventually("an Available Event", || {
-        (events_with_reason(&h, "users", "Available") == 1).then_some(())
-    })
-    .await;
+    wait_for_event(&h, "an Available Event", "users", "Available").await;
     let sapi = h.object(SAPIS, "users").expect("sapi");
     assert_eq!(sapi["status"]["readyReplicas"], json!(2));
     assert_eq!(
@@ -95,10 +83,7 @@ async fn a_secret_without_the_key_is_key_not_found() {
         (condition(&h, "users", "DatabaseConfigured")?.1 == "KeyNotFound").then_some(())
     })
     .await;
-    eventually("a KeyNotFound Event", || {
-        (events_with_reason(&h, "users", "KeyNotFound") == 1).then_some(())
-    })
-    .await;
+    wait_for_event(&h, "a KeyNotFound Event", "users", "KeyNotFound").await;
 }
 
 #[tokio::test]

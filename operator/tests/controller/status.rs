@@ -10,10 +10,7 @@ async fn an_unchanged_object_writes_no_status_and_changes_no_child() {
     let h = Harness::start().await;
     create_db_secret(&h, "users").await;
     scalable_api("users").create(&h).await;
-    h.wait_for(SAPIS, "users", "status", |o| {
-        o.pointer("/status/observedGeneration").is_some()
-    })
-    .await;
+    h.wait_for_status("users").await;
     h.settle().await;
     let versions = |h: &Harness| {
         [
@@ -88,10 +85,7 @@ async fn an_invalid_spec_is_reported_and_not_retried_in_a_loop() {
         (condition(&h, "users", "Ready")?.1 == "InvalidSpec").then_some(())
     })
     .await;
-    eventually("an InvalidSpec Event", || {
-        (events_with_reason(&h, "users", "InvalidSpec") == 1).then_some(())
-    })
-    .await;
+    wait_for_event(&h, "an InvalidSpec Event", "users", "InvalidSpec").await;
     let sapi = h.object(SAPIS, "users").expect("sapi");
     let ready = sapi["status"]["conditions"]
         .as_array()
@@ -137,10 +131,7 @@ async fn a_failed_apply_is_retried_and_counted_by_reason() {
     // error_policy requeues (transient back-off); any new watch event also retries it.
     h.wait_for(DEPLOYMENTS, "users", "deployment after the retry", |_| true)
         .await;
-    h.wait_for(SAPIS, "users", "status", |o| {
-        o.pointer("/status/observedGeneration").is_some()
-    })
-    .await;
+    h.wait_for_status("users").await;
 }
 
 /// The Ready condition's message of the stored ScalableApi.
@@ -182,16 +173,7 @@ async fn a_child_the_api_server_refuses_is_a_condition_and_an_event_until_fixed(
         message.contains("injected fault"),
         "the server's message: {message}"
     );
-    eventually("an ApplyFailed Event", || {
-        (events_with_reason(&h, "users", "ApplyFailed") == 1).then_some(())
-    })
-    .await;
-    let event = h
-        .fake
-        .objects(EVENTS, NS)
-        .into_iter()
-        .find(|e| e["reason"] == "ApplyFailed")
-        .expect("event");
+    let event = wait_for_event(&h, "an ApplyFailed Event", "users", "ApplyFailed").await;
     assert_eq!(event["type"], json!("Warning"));
 
     // The error still reaches error_policy: counted, then a long back-off, no hot loop.
@@ -219,10 +201,7 @@ async fn a_child_the_api_server_refuses_is_a_condition_and_an_event_until_fixed(
         (condition(&h, "users", "Ready")? == ("True".into(), "Available".into())).then_some(())
     })
     .await;
-    eventually("an Available Event", || {
-        (events_with_reason(&h, "users", "Available") == 1).then_some(())
-    })
-    .await;
+    wait_for_event(&h, "an Available Event", "users", "Available").await;
 }
 
 #[tokio::test]
@@ -240,8 +219,5 @@ async fn a_refused_hpa_is_reported_with_its_kind() {
     let message = ready_message(&h, "users");
     assert!(message.contains("HorizontalPodAutoscaler"), "{message}");
     assert!(h.object(DEPLOYMENTS, "users").is_some());
-    eventually("an ApplyFailed Event", || {
-        (events_with_reason(&h, "users", "ApplyFailed") == 1).then_some(())
-    })
-    .await;
+    wait_for_event(&h, "an ApplyFailed Event", "users", "ApplyFailed").await;
 }

@@ -9,7 +9,7 @@ use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use operator::crd::ScalableApi;
 use serde_json::{Value, json};
 
-use super::Harness;
+use super::{Harness, eventually};
 
 /// Namespace of every fixture.
 pub const NS: &str = "shop";
@@ -170,6 +170,19 @@ pub fn events_with_reason(h: &Harness, name: &str, reason: &str) -> usize {
         .iter()
         .filter(|e| e["regarding"]["name"] == name && e["reason"] == reason)
         .count()
+}
+
+/// Waits until exactly one Event with `reason` regards `name`; returns it.
+pub async fn wait_for_event(h: &Harness, what: &str, name: &str, reason: &str) -> Value {
+    eventually(what, || {
+        (events_with_reason(h, name, reason) == 1).then_some(())
+    })
+    .await;
+    h.fake
+        .objects(EVENTS, NS)
+        .into_iter()
+        .find(|e| e["reason"] == reason)
+        .expect("event")
 }
 
 /// PatchParams of an imperative write by kube-controller-manager.

@@ -125,6 +125,14 @@ impl Harness {
         eventually(what, || self.object(resource, name).filter(|o| check(o))).await
     }
 
+    /// Waits until the ScalableApi `name` has a status the controller wrote.
+    pub async fn wait_for_status(&self, name: &str) -> Value {
+        self.wait_for(SAPIS, name, "status", |o| {
+            o.pointer("/status/observedGeneration").is_some()
+        })
+        .await
+    }
+
     pub async fn wait_gone(&self, resource: &str, name: &str) {
         eventually(&format!("{resource}/{name} to be deleted"), || {
             self.object(resource, name).is_none().then_some(())
