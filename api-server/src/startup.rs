@@ -212,37 +212,33 @@ impl Application {
         };
         tracing::info!(port, "listening");
 
+        // Without a cache there is no listener: a task that never ends.
+        let invalidations = async move {
+            match invalidations {
+                Some(task) => task.await,
+                None => std::future::pending().await,
+            }
+        };
+
         tokio::pin!(server, deadline);
-        let served = match invalidations {
-            Some(mut task) => {
+        let served = tokio::select! {
+            served = &mut server => served,
+            ended = invalidations => {
+                // It returns by itself on shutdown; otherwise it is a bug. Keep serving, from
+                // Postgres only, rather than serve a cache nobody invalidates.
+                state.cache.set_trusted(false);
+                if !shutdown.is_cancelled() {
+                    tracing::error!(?ended, "the invalidation listener stopped; cache disabled");
+                }
                 tokio::select! {
                     served = &mut server => served,
-                    ended = &mut task => {
-                        // It returns by itself on shutdown; otherwise it is a bug. Keep
-                        // serving, from Postgres only, rather than serve a cache nobody
-                        // invalidates.
-                        state.cache.set_trusted(false);
-                        if !shutdown.is_cancelled() {
-                            tracing::error!(?ended, "the invalidation listener stopped; cache disabled");
-                        }
-                        tokio::select! {
-                            served = &mut server => served,
-                            () = &mut deadline => Ok(()),
-                        }
-                    }
-                    () = &mut deadline => {
-                        tracing::warn!("in-flight requests outlived SHUTDOWN_TIMEOUT_SECONDS; exiting");
-                        Ok(())
-                    }
+                    () = &mut deadline => Ok(()),
                 }
             }
-            None => tokio::select! {
-                served = &mut server => served,
-                () = &mut deadline => {
-                    tracing::warn!("in-flight requests outlived SHUTDOWN_TIMEOUT_SECONDS; exiting");
-                    Ok(())
-                }
-            },
+            () = &mut deadline => {
+                tracing::warn!("in-flight requests outlived SHUTDOWN_TIMEOUT_SECONDS; exiting");
+                Ok(())
+            }
         };
         shutdown.cancel();
         let _ = tokio::time::timeout(POOL_CLOSE_TIMEOUT, async {
