@@ -5,6 +5,8 @@ SHELL := /usr/bin/env bash
 
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 CARGO ?= cargo
+# The workspace version (Cargo.toml [workspace.package]), the default image tag.
+VERSION = $(shell sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)
 
 ##@ General
 .PHONY: help
@@ -71,8 +73,8 @@ docker-build: ## Build both container images (needs Docker; OPERATOR_IMAGE/API_I
 
 kind-load: ## Load both images into the kind cluster (KIND_CLUSTER_NAME, default scalable-e2e)
 	e2e/scripts/setup-cluster.sh load \
-	  $${OPERATOR_IMAGE:-ghcr.io/scalable-dev/scalable-api-operator:$$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)} \
-	  $${API_IMAGE:-ghcr.io/scalable-dev/api-server:$$(sed -n '/^\[workspace.package\]/,/^\[/s/^version = "\(.*\)"/\1/p' Cargo.toml)}
+	  $${OPERATOR_IMAGE:-ghcr.io/scalable-dev/scalable-api-operator:$(VERSION)} \
+	  $${API_IMAGE:-ghcr.io/scalable-dev/api-server:$(VERSION)}
 
 e2e: ## kind end-to-end suite: cluster, images, chart, dev Postgres, Rust e2e tests (needs Docker + kind; PRESERVE_CLUSTER=true keeps it)
 	e2e/scripts/run.sh
