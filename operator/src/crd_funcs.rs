@@ -1,6 +1,7 @@
 //! Helper methods on the CRD types (kept apart from the schema, as in CNPG's `_funcs.go`).
 
 use kube::ResourceExt;
+use kube::core::Selector;
 
 use crate::crd::{DatabaseSpec, ScalableApi, SecretKeyRef, ServiceType, SslMode};
 use crate::desired::labels;
@@ -63,11 +64,7 @@ impl ScalableApi {
 
     /// Label selector of the pods, in the string form of `status.selector`.
     pub fn selector_string(&self) -> String {
-        labels::selector(self)
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",")
+        Selector::from_iter(labels::selector(self)).to_string()
     }
 
     /// In-cluster URL of the Service, for `status.url`.
