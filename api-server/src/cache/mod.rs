@@ -194,7 +194,7 @@ impl Cache {
         if self.0.redis.is_none() {
             return CacheStatus::Disabled;
         }
-        if self.0.breaker.is_open() && !self.0.breaker.allow() {
+        if !self.0.breaker.allow() {
             return CacheStatus::Down;
         }
         match self.call::<String>("PING", redis::cmd("PING")).await {
