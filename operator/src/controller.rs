@@ -244,7 +244,6 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         // Children carry owner references: the garbage collector removes them.
         return Ok(Outcome::Deleting);
     }
-    let name = sapi.name_any();
     let secret = observe_secret(&ctx.client, &ns, sapi).await?;
     let mut obs = Observation {
         generation: sapi.meta().generation,
@@ -259,10 +258,8 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         url: sapi.url(),
     };
     if sapi.spec.suspend {
-        let live = apply::suspend_children(&ctx.client, &ns, &name).await?;
-        obs.deployment = live.as_ref();
-        write_status(ctx, sapi, &ns, &obs).await?;
-        return Ok(Outcome::Suspended);
+        apply::suspend_children(&ctx.client, &ns, &sapi.name_any()).await?;
+        return observe_only(ctx, sapi, &ns, obs, Outcome::Suspended).await;
     }
     let secret_hash = match &secret {
         SecretState::Found { hash } => Some(hash.clone()),
