@@ -99,12 +99,5 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
 /// The OpenAPI 3.1 document of this API.
 #[utoipa::path(get, path = "/openapi.json", tag = "probes", responses((status = 200, description = "OpenAPI document")))]
 pub async fn openapi(State(state): State<AppState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        state.openapi.clone(),
-    )
-        .into_response()
+    super::json_body(state.openapi.clone())
 }

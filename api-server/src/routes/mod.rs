@@ -6,7 +6,8 @@ pub mod users;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::Request;
-use axum::http::HeaderName;
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
@@ -45,6 +46,18 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
     ))
 )]
 pub struct ApiDoc;
+
+/// A 200 with a body that is already JSON (cached, pre-rendered or serialised by hand).
+fn json_body(body: impl IntoResponse) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
 
 pub fn openapi_json() -> Result<String, serde_json::Error> {
     ApiDoc::openapi().to_json()

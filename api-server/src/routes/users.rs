@@ -77,14 +77,7 @@ pub async fn read(
 ) -> Result<Response, ApiError> {
     let db = &state.db;
     match state.cache.get_user(id, || db::users::get(db, id)).await? {
-        Some(json) => Ok((
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            )],
-            json,
-        )
-            .into_response()),
+        Some(json) => Ok(super::json_body(json)),
         None => Err(ApiError::NotFound(NO_SUCH_USER)),
     }
 }
@@ -109,14 +102,7 @@ pub async fn list(
         next: next.map(|id| id.to_string()),
     };
     serde_json::to_writer(&mut body, &page).map_err(|e| ApiError::Internal(e.into()))?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response())
+    Ok(super::json_body(body))
 }
 
 /// Replace a user's name and email.
