@@ -263,10 +263,7 @@ async fn suspend_pauses_removes_the_hpa_and_leaves_children_alone() {
         json!({"suspend": true, "image": "registry.test/api-server:9.9.9"}),
     )
     .await;
-    eventually("Paused=True", || {
-        (condition(&h, "users", "Paused")? == ("True".into(), "Suspended".into())).then_some(())
-    })
-    .await;
+    wait_for_condition(&h, "users", "Paused", "True", "Suspended").await;
     h.wait_gone(HPAS, "users").await;
     wait_for_event(&h, "a Suspended Event", "users", "Suspended").await;
     h.settle().await;

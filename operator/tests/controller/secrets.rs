@@ -17,11 +17,7 @@ async fn missing_secret_is_a_condition_and_an_event_then_the_secret_unblocks_rea
     let h = Harness::start().await;
     scalable_api("users").create(&h).await;
 
-    eventually("DatabaseConfigured=False/SecretNotFound", || {
-        (condition(&h, "users", "DatabaseConfigured")? == ("False".into(), "SecretNotFound".into()))
-            .then_some(())
-    })
-    .await;
+    wait_for_condition(&h, "users", "DatabaseConfigured", "False", "SecretNotFound").await;
     let event = wait_for_event(&h, "a SecretNotFound Event", "users", "SecretNotFound").await;
     assert_eq!(event["type"], json!("Warning"));
     assert_eq!(event["reportingController"], json!("scalable-api-operator"));
@@ -51,10 +47,7 @@ async fn missing_secret_is_a_condition_and_an_event_then_the_secret_unblocks_rea
     );
 
     set_deployment_status(&h, "users", 2).await;
-    eventually("Ready=True", || {
-        (condition(&h, "users", "Ready")? == ("True".into(), "Available".into())).then_some(())
-    })
-    .await;
+    wait_for_condition(&h, "users", "Ready", "True", "Available").await;
     wait_for_event(&h, "an Available Event", "users", "Available").await;
     let sapi = h.object(SAPIS, "users").expect("sapi");
     assert_eq!(sapi["status"]["readyReplicas"], json!(2));

@@ -156,10 +156,7 @@ async fn a_child_the_api_server_refuses_is_a_condition_and_an_event_until_fixed(
     h.fake
         .inject_fault("PATCH", "/deployments/users", 422, usize::MAX);
     scalable_api("users").create(&h).await;
-    eventually("Ready=False/ApplyFailed", || {
-        (condition(&h, "users", "Ready")? == ("False".into(), "ApplyFailed".into())).then_some(())
-    })
-    .await;
+    wait_for_condition(&h, "users", "Ready", "False", "ApplyFailed").await;
     assert_eq!(
         condition(&h, "users", "Progressing"),
         Some(("False".into(), "ApplyFailed".into()))
@@ -191,16 +188,9 @@ async fn a_child_the_api_server_refuses_is_a_condition_and_an_event_until_fixed(
         d["spec"]["replicas"] == json!(3)
     })
     .await;
-    eventually("Ready=False/ReplicasNotReady", || {
-        (condition(&h, "users", "Ready")? == ("False".into(), "ReplicasNotReady".into()))
-            .then_some(())
-    })
-    .await;
+    wait_for_condition(&h, "users", "Ready", "False", "ReplicasNotReady").await;
     set_deployment_status(&h, "users", 3).await;
-    eventually("Ready=True", || {
-        (condition(&h, "users", "Ready")? == ("True".into(), "Available".into())).then_some(())
-    })
-    .await;
+    wait_for_condition(&h, "users", "Ready", "True", "Available").await;
     wait_for_event(&h, "an Available Event", "users", "Available").await;
 }
 

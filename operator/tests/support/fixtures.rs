@@ -172,6 +172,14 @@ pub fn events_with_reason(h: &Harness, name: &str, reason: &str) -> usize {
         .count()
 }
 
+/// Waits until `name`'s condition `type_` has `status` and `reason`.
+pub async fn wait_for_condition(h: &Harness, name: &str, type_: &str, status: &str, reason: &str) {
+    eventually(&format!("{type_}={status}/{reason}"), || {
+        (condition(h, name, type_)? == (status.into(), reason.into())).then_some(())
+    })
+    .await;
+}
+
 /// Waits until exactly one Event with `reason` regards `name`; returns it.
 pub async fn wait_for_event(h: &Harness, what: &str, name: &str, reason: &str) -> Value {
     eventually(what, || {
