@@ -217,8 +217,9 @@ pub async fn drive(controller: Controller<ScalableApi>, ctx: Arc<Context>) {
         .for_each(|result| async move {
             match result {
                 Ok((obj, action)) => tracing::debug!(object = %obj, ?action, "reconciled"),
+                // error_policy already logged it at warn, with the back-off it chose.
                 Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
-                    tracing::warn!(object = %obj, reason = e.metric_label(), error = %e, "reconcile failed");
+                    tracing::debug!(object = %obj, reason = e.metric_label(), "reconcile failed");
                 }
                 Err(e) => tracing::warn!(error = %e, "controller error"),
             }
