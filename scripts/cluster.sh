@@ -1,0 +1,403 @@
+#!/usr/bin/env bash
+# A real Kubernetes control plane on this machine, from the programs scripts/testenv-build.sh
+# builds: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok (fake kubelet
+# for CLUSTER_NODES nodes) and metrics-server reading kwok's simulated usage.
+#
+#   scripts/cluster.sh up     build what is missing, start everything, wait until healthy
+#   scripts/cluster.sh env    print the exports that point kubectl and the tests at it
+#   scripts/cluster.sh down   stop exactly what `up` started (by PID) and remove its state
+#   scripts/cluster.sh status one line per component: running or not
+#
+# Every listener binds 127.0.0.1 on a free port (or CLUSTER_<COMPONENT>_PORT). Nodes and
+# pods get fake addresses; nothing here dials them. State lives in CLUSTER_DIR (default
+# .cluster in the checkout): PKI, kubeconfigs, logs, pids, etcd data. CLUSTER_KEEP_ON_FAILURE=1
+# leaves a component that did not become healthy running, for inspection.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+D="${CLUSTER_DIR:-$ROOT/.cluster}"
+NODES="${CLUSTER_NODES:-2}"
+# Seconds each component gets to become healthy.
+HEALTH_TIMEOUT="${CLUSTER_HEALTH_TIMEOUT:-120}"
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok metrics-server)
+
+# Marks a folder as this script's state, so `down` never removes anything else.
+MARKER=.scalable-testenv
+
+remove_state() {
+  [[ -e "$D" ]] || return 0
+  [[ -f "$D/$MARKER" ]] || die "$D exists but was not made by this script; not removing it"
+  rm -rf "$D"
+}
+
+die() { echo "cluster: $*" >&2; exit 1; }
+
+log_tail() { # component: its log's last lines, to stderr
+  if [[ -f "$D/logs/$1.log" ]]; then
+    echo "--- last lines of $D/logs/$1.log ---" >&2
+    tail -n 25 "$D/logs/$1.log" >&2
+  fi
+}
+
+fail() { # component message: stop what was started, show the component's log
+  local c="$1"; shift
+  echo "cluster: $c: $*" >&2
+  log_tail "$c"
+  if [[ -n "${CLUSTER_KEEP_ON_FAILURE:-}" ]]; then
+    echo "cluster: CLUSTER_KEEP_ON_FAILURE is set: left running for inspection; state in $D" >&2
+  else
+    stop_all >/dev/null 2>&1 || true
+  fi
+  exit 1
+}
+
+# A component's pid is alive and still the process `up` started: its command line names the
+# state folder (so a pid reused after a crash or reboot is never signalled).
+pid_alive() {
+  local pid
+  [[ -f "$D/pids/$1" ]] || return 1
+  pid="$(cat "$D/pids/$1")"
+  kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$D/"
+}
+
+# ---------------------------------------------------------------------------------------
+# Ports
+
+PICKED=" "
+# pick_port NAME: sets NAME_PORT to CLUSTER_NAME_PORT if given (it must be free), else to a
+# free port not handed out before in this run.
+pick_port() {
+  local var="CLUSTER_${1}_PORT" p
+  p="${!var:-}"
+  if [[ -n "$p" ]]; then
+    port_taken "$p" && die "port $p ($var) is already taken on 127.0.0.1; free it or choose another"
+  else
+    while :; do
+      p="$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')"
+      [[ "$PICKED" == *" $p "* ]] || break
+    done
+  fi
+  PICKED+="$p "
+  printf -v "${1}_PORT" '%s' "$p"
+}
+
+# ---------------------------------------------------------------------------------------
+# PKI: one cluster CA for servers, clients and kubelet-facing certs; a front-proxy CA for
+# the aggregation layer (metrics.k8s.io); a key pair that signs ServiceAccount tokens.
+
+cert() { # name subject extensions [ca]
+  local name="$1" subj="$2" ext="$3" ca="${4:-ca}"
+  openssl req -newkey rsa:2048 -nodes -subj "$subj" -keyout "$D/pki/$name.key" \
+    -out "$D/pki/$name.csr" 2>/dev/null
+  printf '%b\n' "$ext" >"$D/pki/$name.ext"
+  openssl x509 -req -in "$D/pki/$name.csr" -CA "$D/pki/$ca.crt" -CAkey "$D/pki/$ca.key" \
+    -CAcreateserial -days 30 -extfile "$D/pki/$name.ext" -out "$D/pki/$name.crt" 2>/dev/null
+}
+
+make_pki() {
+  mkdir -p "$D/pki"
+  local ca
+  for ca in ca front-proxy-ca; do
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=scalable-testenv-$ca" \
+      -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+      -keyout "$D/pki/$ca.key" -out "$D/pki/$ca.crt" 2>/dev/null
+  done
+  local san_server="subjectAltName=IP:127.0.0.1,DNS:localhost"
+  cert apiserver /CN=kube-apiserver \
+    "$san_server,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\nextendedKeyUsage=serverAuth"
+  cert admin "/O=system:masters/CN=admin" "extendedKeyUsage=clientAuth"
+  cert kwok /CN=kwok "$san_server\nextendedKeyUsage=serverAuth"
+  cert metrics-server /CN=metrics-server \
+    "$san_server,DNS:metrics-server.kube-system.svc\nextendedKeyUsage=serverAuth"
+  cert front-proxy-client /CN=front-proxy-client "extendedKeyUsage=clientAuth" front-proxy-ca
+  openssl genrsa -out "$D/pki/sa.key" 2048 2>/dev/null
+  openssl rsa -in "$D/pki/sa.key" -pubout -out "$D/pki/sa.pub" 2>/dev/null
+}
+
+write_kubeconfig() {
+  cat >"$D/admin.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: scalable-testenv
+  cluster:
+    server: https://127.0.0.1:$APISERVER_PORT
+    certificate-authority: $D/pki/ca.crt
+users:
+- name: admin
+  user:
+    client-certificate: $D/pki/admin.crt
+    client-key: $D/pki/admin.key
+contexts:
+- name: scalable-testenv
+  context: {cluster: scalable-testenv, user: admin}
+current-context: scalable-testenv
+EOF
+}
+
+# ---------------------------------------------------------------------------------------
+# Processes
+
+start() { # component command...: in the background, its own process group, log + pid
+  local c="$1"; shift
+  setsid "$@" >"$D/logs/$c.log" 2>&1 </dev/null &
+  echo $! >"$D/pids/$c"
+}
+
+wait_healthy() { # component check-command...: until it succeeds, the process dies, or time runs out
+  local c="$1"; shift
+  local deadline=$((SECONDS + HEALTH_TIMEOUT))
+  until "$@" >/dev/null 2>&1; do
+    pid_alive "$c" || fail "$c" "exited before becoming healthy"
+    ((SECONDS < deadline)) || fail "$c" "not healthy after ${HEALTH_TIMEOUT} s (check: $*)"
+    sleep 0.2
+  done
+  echo "cluster: $c healthy"
+}
+
+https_ok() { # url: 200 with the admin certificate
+  curl -fsS --max-time 5 --cacert "$D/pki/ca.crt" --cert "$D/pki/admin.crt" \
+    --key "$D/pki/admin.key" "$1"
+}
+
+kctl() { "$K8S_BIN/kubectl" --kubeconfig="$D/admin.kubeconfig" "$@"; }
+
+stop_all() {
+  local i c pid
+  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+    c="${COMPONENTS[i]}"
+    [[ -f "$D/pids/$c" ]] || continue
+    pid="$(cat "$D/pids/$c")"
+    if pid_alive "$c"; then
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+      local deadline=$((SECONDS + 15))
+      while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+      kill -KILL -- "-$pid" 2>/dev/null || true
+      echo "cluster: stopped $c (pid $pid)"
+    fi
+    rm -f "$D/pids/$c"
+  done
+}
+
+# ---------------------------------------------------------------------------------------
+# Configuration written at start-up
+
+# kwok's stages and metrics definitions, read from kwok's own module in the Go module cache
+# (nothing of kwok is copied into this repository).
+kwok_config() {
+  local dir
+  dir="$(cd "$ROOT/testenv/kwok" && GOFLAGS=-mod=mod go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)"
+  [[ -d "$dir/kustomize" ]] || die "kwok's module source is not in the Go module cache ($dir)"
+  local f
+  for f in stage/node/fast/node-initialize.yaml \
+    stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+    stage/pod/fast/pod-ready.yaml stage/pod/fast/pod-complete.yaml \
+    stage/pod/fast/pod-delete.yaml metrics/resource/metrics-resource.yaml \
+    metrics/usage/usage-from-annotation.yaml; do
+    cat "$dir/kustomize/$f"
+    echo "---"
+  done
+}
+
+node_json() { # index
+  local name="kwok-node-$1"
+  cat <<EOF
+{"apiVersion": "v1", "kind": "Node",
+ "metadata": {"name": "$name",
+   "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0",
+     "metrics.k8s.io/resource-metrics-path": "/metrics/nodes/$name/metrics/resource"},
+   "labels": {"kubernetes.io/hostname": "$name", "kubernetes.io/os": "linux",
+     "kubernetes.io/arch": "amd64", "topology.kubernetes.io/zone": "zone-$(($1 % 2))",
+     "type": "kwok"}},
+ "status": {
+   "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "2000"},
+   "capacity": {"cpu": "64", "memory": "256Gi", "pods": "2000"},
+   "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": "$name"}]}}
+EOF
+}
+
+# The aggregation layer reaches metrics-server, a process on 127.0.0.1, through an
+# ExternalName Service (Endpoints may not point at loopback), as kwokctl does.
+metrics_apiservice() {
+  local ca
+  ca="$(base64 -w0 <"$D/pki/ca.crt")"
+  cat <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: metrics-server, namespace: kube-system}
+spec: {type: ExternalName, externalName: 127.0.0.1}
+---
+apiVersion: apiregistration.k8s.io/v1
+kind: APIService
+metadata: {name: v1beta1.metrics.k8s.io}
+spec:
+  group: metrics.k8s.io
+  version: v1beta1
+  groupPriorityMinimum: 100
+  versionPriority: 100
+  caBundle: $ca
+  service: {name: metrics-server, namespace: kube-system, port: $METRICS_PORT}
+EOF
+}
+
+# ---------------------------------------------------------------------------------------
+
+up() {
+  if pid_alive kube-apiserver; then
+    die "already up in $D (run: scripts/cluster.sh down, or set CLUSTER_DIR for a second one)"
+  fi
+  command -v openssl >/dev/null || die "openssl is needed"
+  command -v curl >/dev/null || die "curl is needed"
+  local bins
+  bins="$("$ROOT/scripts/testenv-build.sh" | tail -n 4)" || die "building the control plane failed (see above)"
+  ETCD_BIN="$(sed -n 1p <<<"$bins")"
+  K8S_BIN="$(sed -n 2p <<<"$bins")"
+  KWOK_BIN="$(sed -n 3p <<<"$bins")"
+  MS_BIN="$(sed -n 4p <<<"$bins")"
+
+  remove_state
+  mkdir -p "$D/logs" "$D/pids"
+  touch "$D/$MARKER"
+  pick_port ETCD
+  pick_port ETCD_PEER
+  pick_port APISERVER
+  pick_port KCM
+  pick_port SCHEDULER
+  pick_port KWOK
+  pick_port METRICS
+  make_pki
+  write_kubeconfig
+
+  start etcd "$ETCD_BIN/etcd" --name=testenv --data-dir="$D/etcd" \
+    --listen-client-urls="http://127.0.0.1:$ETCD_PORT" \
+    --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster="testenv=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --listen-metrics-urls="" --unsafe-no-fsync=true --log-level=warn
+  wait_healthy etcd curl -fsS --max-time 2 "http://127.0.0.1:$ETCD_PORT/health"
+
+  # Requests made with ServiceAccount tokens (the operator processes of the tests; the
+  # control plane's own components use the admin certificate) go to an audit log, so a test
+  # can tell which process wrote what and when.
+  cat >"$D/audit-policy.yaml" <<'EOF'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  userGroups: ["system:serviceaccounts"]
+- level: None
+EOF
+  # Default admission plugins (PodSecurity among them), RBAC, ServiceAccount tokens signed
+  # by sa.key so TokenRequest works, the aggregation layer's front-proxy client.
+  start kube-apiserver "$K8S_BIN/kube-apiserver" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+    --cert-dir="$D/pki" --tls-cert-file="$D/pki/apiserver.crt" \
+    --tls-private-key-file="$D/pki/apiserver.key" --client-ca-file="$D/pki/ca.crt" \
+    --authorization-mode=RBAC --allow-privileged=true \
+    --service-cluster-ip-range=10.0.0.0/24 \
+    --service-account-issuer="https://127.0.0.1:$APISERVER_PORT" \
+    --service-account-key-file="$D/pki/sa.pub" \
+    --service-account-signing-key-file="$D/pki/sa.key" \
+    --proxy-client-cert-file="$D/pki/front-proxy-client.crt" \
+    --proxy-client-key-file="$D/pki/front-proxy-client.key" \
+    --requestheader-client-ca-file="$D/pki/front-proxy-ca.crt" \
+    --requestheader-allowed-names=front-proxy-client \
+    --requestheader-username-headers=X-Remote-User \
+    --requestheader-group-headers=X-Remote-Group \
+    --requestheader-extra-headers-prefix=X-Remote-Extra- \
+    --audit-policy-file="$D/audit-policy.yaml" --audit-log-path="$D/logs/audit.log" \
+    --audit-log-format=json \
+    --max-requests-inflight=2000 --max-mutating-requests-inflight=1000
+  wait_healthy kube-apiserver https_ok "https://127.0.0.1:$APISERVER_PORT/readyz"
+
+  local common=(--kubeconfig="$D/admin.kubeconfig"
+    --authentication-kubeconfig="$D/admin.kubeconfig"
+    --authorization-kubeconfig="$D/admin.kubeconfig"
+    "--authorization-always-allow-paths=/healthz,/readyz,/livez,/metrics"
+    --bind-address=127.0.0.1 --leader-elect=false)
+  # Every default controller (garbage collector, deployment, replicaset, HPA, namespace,
+  # serviceaccount, token...); the HPA syncs every second and scales down without the
+  # 5-minute stabilisation, so a test sees it act in seconds.
+  start kube-controller-manager "$K8S_BIN/kube-controller-manager" "${common[@]}" \
+    --secure-port="$KCM_PORT" --controllers='*' \
+    --root-ca-file="$D/pki/ca.crt" --service-account-private-key-file="$D/pki/sa.key" \
+    --use-service-account-credentials=false \
+    --kube-api-qps=1000 --kube-api-burst=2000 \
+    --horizontal-pod-autoscaler-sync-period=1s \
+    --horizontal-pod-autoscaler-downscale-stabilization=0s \
+    --horizontal-pod-autoscaler-cpu-initialization-period=10s \
+    --horizontal-pod-autoscaler-initial-readiness-delay=1s
+  start kube-scheduler "$K8S_BIN/kube-scheduler" "${common[@]}" \
+    --secure-port="$SCHEDULER_PORT" --kube-api-qps=1000 --kube-api-burst=2000
+  wait_healthy kube-controller-manager curl -fsSk --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz"
+  wait_healthy kube-scheduler curl -fsSk --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/healthz"
+
+  kwok_config >"$D/kwok.yaml"
+  start kwok "$KWOK_BIN/kwok" --kubeconfig="$D/admin.kubeconfig" --config="$D/kwok.yaml" \
+    --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+    --manage-nodes-with-label-selector= --manage-single-node= \
+    --node-ip=127.0.0.1 --node-port="$KWOK_PORT" --server-address="127.0.0.1:$KWOK_PORT" \
+    --tls-cert-file="$D/pki/kwok.crt" --tls-private-key-file="$D/pki/kwok.key" \
+    --cidr=10.244.0.0/16 --node-lease-duration-seconds=40
+  wait_healthy kwok curl -fsS --max-time 2 --cacert "$D/pki/ca.crt" "https://127.0.0.1:$KWOK_PORT/healthz"
+  local i
+  for ((i = 0; i < NODES; i++)); do
+    node_json "$i" | kctl create -f - >/dev/null || fail kwok "creating node kwok-node-$i failed"
+  done
+  wait_healthy kwok kctl wait --for=condition=Ready node --all --timeout=2s
+
+  start metrics-server "$MS_BIN/metrics-server" --kubeconfig="$D/admin.kubeconfig" \
+    --authentication-kubeconfig="$D/admin.kubeconfig" \
+    --authorization-kubeconfig="$D/admin.kubeconfig" \
+    --bind-address=127.0.0.1 --secure-port="$METRICS_PORT" \
+    --tls-cert-file="$D/pki/metrics-server.crt" \
+    --tls-private-key-file="$D/pki/metrics-server.key" \
+    --kubelet-certificate-authority="$D/pki/ca.crt" \
+    --kubelet-preferred-address-types=InternalIP --kubelet-use-node-status-port \
+    --metric-resolution=10s --kubelet-request-timeout=5s
+  metrics_apiservice | kctl apply -f - >/dev/null || fail metrics-server "registering the APIService failed"
+  # Node metrics appear only once a pod uses something; an answer proves the aggregation path.
+  wait_healthy metrics-server kctl get --raw /apis/metrics.k8s.io/v1beta1/nodes
+
+  # Pods need the namespace's default ServiceAccount, made by the controller-manager.
+  wait_healthy kube-controller-manager kctl -n default get serviceaccount default
+
+  cat >"$D/env" <<EOF
+export KUBECONFIG=$D/admin.kubeconfig
+export SCALABLE_TESTENV=$D
+export SCALABLE_TESTENV_BIN=$K8S_BIN
+EOF
+  echo "cluster: up ($NODES kwok nodes, API server https://127.0.0.1:$APISERVER_PORT); state in $D"
+  echo "cluster: use it with: eval \"\$(scripts/cluster.sh env)\""
+}
+
+env_cmd() {
+  if [[ ! -f "$D/env" ]] || ! pid_alive kube-apiserver; then
+    die "not up in $D (run: scripts/cluster.sh up)"
+  fi
+  cat "$D/env"
+}
+
+status() {
+  local c
+  for c in "${COMPONENTS[@]}"; do
+    if pid_alive "$c"; then echo "$c running (pid $(cat "$D/pids/$c"))"; else echo "$c not running"; fi
+  done
+}
+
+down() {
+  if [[ ! -d "$D" ]]; then echo "cluster: nothing to stop in $D"; return 0; fi
+  [[ -d "$D/pids" ]] && stop_all
+  remove_state
+  echo "cluster: down; removed $D"
+}
+
+case "${1:-}" in
+  up) up ;;
+  env) env_cmd ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: scripts/cluster.sh up|env|down|status" >&2; exit 2 ;;
+esac
