@@ -17,8 +17,8 @@ help: ## Show this help
 
 ##@ Development
 .PHONY: deps
-deps: ## Install what the tests need when missing (PostgreSQL, Redis, shellcheck, helm, kubectl, kubernetes-validate)
-	scripts/ensure-deps.sh services lint k8s
+deps: ## Install what the tests need when missing (PostgreSQL, Redis, shellcheck, helm, kubectl, kubernetes-validate, cargo-nextest)
+	scripts/ensure-deps.sh services lint k8s rust cluster
 
 .PHONY: render
 render: ## Print the Kubernetes objects one ScalableApi becomes, without a cluster (FILE=examples/production.yaml)
@@ -35,12 +35,23 @@ lint: ## cargo fmt --check and clippy -D warnings
 
 ##@ Test
 .PHONY: test
-test: deps lint test-rust check-manifests ## Run every test that can run without Docker (installs PostgreSQL/Redis/helm when missing)
+test: deps lint test-rust check-manifests ## Run every test that can run without Docker (installs PostgreSQL/Redis/helm, builds the control plane when missing)
 
 .PHONY: test-rust
-test-rust: ## Unit, API (real PostgreSQL + Redis) and controller tests
-	$(CARGO) nextest run --workspace --all-targets --locked --no-fail-fast
+test-rust: ## Unit, API (real PostgreSQL + Redis) and controller (real control plane) tests
+	scripts/with-cluster.sh $(CARGO) nextest run --workspace --all-targets --locked --no-fail-fast
 	$(CARGO) test --workspace --doc --locked
+
+##@ Test control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok, metrics-server)
+.PHONY: testenv cluster-up cluster-down
+testenv: ## Build the control plane's programs from testenv/ into ~/.cache/scalable-api-operator (only what is missing)
+	scripts/testenv-build.sh
+
+cluster-up: ## Start the control plane on 127.0.0.1 (state in .cluster); then: eval "$$(scripts/cluster.sh env)"
+	scripts/cluster.sh up
+
+cluster-down: ## Stop the control plane started by cluster-up and remove its state
+	scripts/cluster.sh down
 
 ##@ Run and benchmark
 .PHONY: run-api bench-api bench-limits

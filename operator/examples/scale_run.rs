@@ -90,9 +90,10 @@ async fn seed(client: &kube::Client, count: usize) -> anyhow::Result<()> {
 }
 
 fn progress(fake: &FakeApiServer) -> Value {
-    let with_status = fake.count_matching("scalable.dev/v1alpha1/scalableapis", |o| {
-        o.pointer("/status/observedGeneration").is_some()
-    });
+    let with_status = (0..NAMESPACES)
+        .flat_map(|i| fake.objects("scalable.dev/v1alpha1/scalableapis", &format!("team-{i}")))
+        .filter(|o| o.pointer("/status/observedGeneration").is_some())
+        .count();
     json!({
         "status": with_status,
         "configmaps": fake.count("v1/configmaps"),

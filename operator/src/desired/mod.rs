@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
@@ -199,7 +199,14 @@ pub(crate) fn child_meta(sapi: &ScalableApi, name: String) -> ObjectMeta {
         name: Some(name),
         namespace: sapi.namespace(),
         labels: Some(labels::common(sapi)),
-        owner_references: sapi.controller_owner_ref(&()).map(|o| vec![o]),
+        owner_references: sapi.controller_owner_ref(&()).map(|o| {
+            // Foreground deletion of the ScalableApi waits for the children only when they
+            // block it (kube's controller_owner_ref leaves this unset).
+            vec![OwnerReference {
+                block_owner_deletion: Some(true),
+                ..o
+            }]
+        }),
         ..ObjectMeta::default()
     }
 }

@@ -84,6 +84,11 @@ fn every_child_is_owned_by_the_scalable_api_and_labelled() {
         assert_eq!(o.name, "users");
         assert_eq!(Some(&o.uid), sapi.metadata.uid.as_ref());
         assert_eq!(o.controller, Some(true));
+        assert_eq!(
+            o.block_owner_deletion,
+            Some(true),
+            "foreground deletion waits for it"
+        );
     }
 }
 

@@ -1,5 +1,5 @@
-//! `run` end to end (minus the kubeconfig): HTTP probes, leader election and the controller
-//! of two operator replicas sharing one API server.
+//! `run` end to end (minus the kubeconfig) on the real API server: HTTP probes, leader
+//! election and the controller of two in-process operator replicas sharing one Lease.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,7 +8,9 @@ use k8s_openapi::api::coordination::v1::Lease;
 use operator::cli::{LogFormat, RunArgs};
 use operator::leader::Timing;
 
-use crate::support::*;
+use k8s_openapi::api::apps::v1::Deployment;
+
+use crate::cluster::*;
 
 const SHORT: Timing = Timing {
     lease_duration: Duration::from_secs(1),
@@ -21,14 +23,14 @@ fn free_addr() -> SocketAddr {
     listener.local_addr().expect("addr")
 }
 
-fn args(pod: &str, http_addr: SocketAddr) -> RunArgs {
+fn args(ns: &str, pod: &str, http_addr: SocketAddr) -> RunArgs {
     RunArgs {
-        namespace: None,
+        namespace: Some(ns.into()),
         default_image: DEFAULT_TEST_IMAGE.into(),
         http_addr,
         leader_election: true,
         lease_name: "scalable-api-operator".into(),
-        lease_namespace: "ops".into(),
+        lease_namespace: ns.into(),
         pod_name: Some(pod.into()),
         log_format: LogFormat::Text,
     }
@@ -66,6 +68,21 @@ async fn wait_status(addr: SocketAddr, path: &str, want: u16) {
     assert!(waited.is_ok(), "{addr}{path} never answered {want}");
 }
 
+/// Polls `/metrics` (an HTTP endpoint has nothing to watch) until `check` accepts it.
+async fn wait_metrics(addr: SocketAddr, what: &str, check: impl Fn(&str) -> bool) -> String {
+    within(what, async {
+        loop {
+            if let Some((200, body)) = http_get(addr, "/metrics").await
+                && check(&body)
+            {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
 /// Matches the sample line exactly: the metric's HELP text also follows its name.
 fn leader_gauge_is(metrics: &str, value: u8) -> bool {
     let want = format!("scalable_api_operator_leader {value}");
@@ -74,71 +91,57 @@ fn leader_gauge_is(metrics: &str, value: u8) -> bool {
 
 #[tokio::test]
 async fn only_the_leader_reconciles_the_standby_is_ready_and_takes_over() {
-    let h = Harness::idle();
+    let c = Cluster::new("replicas").await;
     let (addr_a, addr_b) = (free_addr(), free_addr());
     let a = tokio::spawn(operator::controller::run_with(
-        h.client.clone(),
-        args("pod-a", addr_a),
+        c.client.clone(),
+        args(&c.ns, "pod-a", addr_a),
         SHORT,
     ));
     wait_status(addr_a, "/readyz", 200).await;
+    // Ready does not mean leading (a standby is ready too): wait for the Lease.
+    c.wait_for::<Lease>("scalable-api-operator", "pod-a to hold the Lease", |l| {
+        l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some("pod-a")
+    })
+    .await;
     let b = tokio::spawn(operator::controller::run_with(
-        h.client.clone(),
-        args("pod-b", addr_b),
+        c.client.clone(),
+        args(&c.ns, "pod-b", addr_b),
         SHORT,
     ));
     wait_status(addr_b, "/healthz", 200).await;
     // Ready while standing by, so a two-replica rollout (`helm install --wait`) completes.
     wait_status(addr_b, "/readyz", 200).await;
-    let lease = h
-        .fake
-        .object(
-            "coordination.k8s.io/v1/leases",
-            "ops",
-            "scalable-api-operator",
-        )
-        .expect("lease");
-    assert_eq!(lease["spec"]["holderIdentity"], "pod-a");
 
-    create_db_secret(&h, "users").await;
-    scalable_api("users").create(&h).await;
-    h.wait_for(DEPLOYMENTS, "users", "the leader to reconcile", |_| true)
+    create_db_secret(&c, "users").await;
+    scalable_api("users").create(&c).await;
+    c.wait_for::<Deployment>("users", "the leader to reconcile", |_| true)
         .await;
-    let (_, metrics_a) = http_get(addr_a, "/metrics").await.expect("leader metrics");
+    let metrics_a = wait_metrics(addr_a, "the leader to count an applied reconcile", |m| {
+        m.contains("scalable_api_operator_reconciliations_total{outcome=\"applied\"}")
+    })
+    .await;
     assert!(leader_gauge_is(&metrics_a, 1), "{metrics_a}");
-    assert!(metrics_a.contains("scalable_api_operator_reconciliations_total{outcome=\"applied\"}"));
     let (_, metrics_b) = http_get(addr_b, "/metrics").await.expect("standby metrics");
     assert!(leader_gauge_is(&metrics_b, 0), "{metrics_b}");
 
     // The leader dies without releasing the Lease; the standby waits it out and takes over.
     a.abort();
-    wait_status(addr_b, "/metrics", 200).await;
-    tokio::time::timeout(TIMEOUT, async {
-        loop {
-            if let Some((_, body)) = http_get(addr_b, "/metrics").await
-                && leader_gauge_is(&body, 1)
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    wait_metrics(addr_b, "the standby to become the leader", |m| {
+        leader_gauge_is(m, 1)
     })
-    .await
-    .expect("the standby never became the leader");
-    let lease: Lease = h
-        .api_in::<Lease>("ops")
-        .get("scalable-api-operator")
+    .await;
+    let lease = c
+        .get::<Lease>("scalable-api-operator")
         .await
         .expect("lease");
     assert_eq!(
         lease.spec.and_then(|s| s.holder_identity).as_deref(),
         Some("pod-b")
     );
-    scalable_api("orders").create(&h).await;
-    create_db_secret(&h, "orders").await;
-    h.wait_for(DEPLOYMENTS, "orders", "the new leader to reconcile", |_| {
-        true
-    })
-    .await;
+    scalable_api("orders").create(&c).await;
+    create_db_secret(&c, "orders").await;
+    c.wait_for::<Deployment>("orders", "the new leader to reconcile", |_| true)
+        .await;
     b.abort();
 }

@@ -1,14 +1,12 @@
 //! Fixtures that read like sentences: `scalable_api("users").replicas(3).create(&h)`.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use operator::crd::ScalableApi;
 use serde_json::{Value, json};
 
+pub use super::sapi_fixture::*;
 use super::{Harness, eventually};
 
 /// Namespace of every fixture.
@@ -25,89 +23,21 @@ pub const EVENTS: &str = "events.k8s.io/v1/events";
 /// Field manager the tests use to act as kube-controller-manager (Deployment and HPA controllers).
 pub const KCM: &str = "kube-controller-manager";
 
-/// A ScalableApi under construction, as JSON so tests can set any field.
-pub struct SapiFixture {
-    pub obj: Value,
-}
-
-/// `name` with a password Secret reference `<name>-db`/`password` and 2 fixed replicas.
-pub fn scalable_api(name: &str) -> SapiFixture {
-    SapiFixture {
-        obj: json!({
-            "apiVersion": "scalable.dev/v1alpha1",
-            "kind": "ScalableApi",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {
-                "replicas": 2,
-                "database": {
-                    "host": "postgres.shop.svc",
-                    "name": "users",
-                    "user": "app",
-                    "passwordSecretRef": {"name": format!("{name}-db"), "key": "password"},
-                },
-            },
-        }),
-    }
-}
-
 impl SapiFixture {
-    pub fn replicas(mut self, n: i32) -> Self {
-        self.obj["spec"]["replicas"] = json!(n);
-        self
-    }
-
-    pub fn autoscaling(mut self, min: i32, max: i32) -> Self {
-        if let Some(spec) = self.obj["spec"].as_object_mut() {
-            spec.remove("replicas");
-        }
-        self.obj["spec"]["autoscaling"] = json!({"minReplicas": min, "maxReplicas": max});
-        self
-    }
-
-    pub fn in_namespace(mut self, ns: &str) -> Self {
-        self.obj["metadata"]["namespace"] = json!(ns);
-        self
-    }
-
-    pub fn with(mut self, pointer: &str, value: Value) -> Self {
-        if let Some(slot) = self.obj.pointer_mut(pointer) {
-            *slot = value;
-        } else {
-            let (parent, key) = pointer.rsplit_once('/').expect("pointer has a parent");
-            self.obj.pointer_mut(parent).expect("parent exists")[key] = value;
-        }
-        self
-    }
-
-    pub fn build(self) -> ScalableApi {
-        serde_json::from_value(self.obj).expect("valid ScalableApi fixture")
-    }
-
     pub async fn create(self, h: &Harness) -> ScalableApi {
         let ns = self.obj["metadata"]["namespace"]
             .as_str()
             .unwrap_or(NS)
             .to_owned();
         let api: Api<ScalableApi> = Api::namespaced(h.client.clone(), &ns);
-        api.create(&PostParams::default(), &self.build())
+        api.create(&PostParams::default(), &self.in_namespace(&ns).build())
             .await
             .expect("create ScalableApi")
     }
 }
 
 pub fn secret(name: &str, key: &str, value: &str) -> Secret {
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(NS.into()),
-            ..ObjectMeta::default()
-        },
-        data: Some(BTreeMap::from([(
-            key.to_owned(),
-            ByteString(value.as_bytes().to_vec()),
-        )])),
-        ..Secret::default()
-    }
+    secret_in(NS, name, key, value)
 }
 
 /// Creates the Secret a `scalable_api(name)` fixture references.

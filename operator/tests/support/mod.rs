@@ -3,6 +3,7 @@
 
 pub mod fake;
 mod fixtures;
+mod sapi_fixture;
 
 use std::time::Duration;
 
@@ -79,26 +80,6 @@ impl Harness {
             registry,
             task,
         }
-    }
-
-    /// A fake API server and client with no controller running (tests start their own).
-    pub fn idle() -> Self {
-        let fake = FakeApiServer::new();
-        let client = fake.client();
-        Self {
-            fake,
-            client,
-            registry: Registry::default(),
-            task: tokio::spawn(async {}),
-        }
-    }
-
-    pub fn api_in<K>(&self, namespace: &str) -> Api<K>
-    where
-        K: Resource<Scope = NamespaceResourceScope>,
-        K::DynamicType: Default,
-    {
-        Api::namespaced(self.client.clone(), namespace)
     }
 
     pub fn api<K>(&self) -> Api<K>

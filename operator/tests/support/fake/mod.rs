@@ -204,15 +204,6 @@ impl FakeApiServer {
             .collect()
     }
 
-    /// Number of stored objects of a resource (all namespaces) that satisfy `pred`.
-    pub fn count_matching(&self, resource: &str, pred: impl Fn(&Value) -> bool) -> usize {
-        self.store()
-            .list(resource, None)
-            .iter()
-            .filter(|v| pred(v))
-            .count()
-    }
-
     /// Number of stored objects of a resource in all namespaces.
     pub fn count(&self, resource: &str) -> usize {
         self.store().list(resource, None).len()

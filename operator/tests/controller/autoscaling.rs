@@ -1,0 +1,257 @@
+//! Autoscaling with the real HPA controller and metrics-server (reading kwok's simulated
+//! usage), the replica hand-over, the scale subresource and suspend.
+
+use std::sync::{Arc, Mutex};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use kube::ResourceExt;
+use kube::runtime::watcher;
+use operator::apply::{FIELD_MANAGER, HANDOVER_MANAGER};
+use operator::crd::ScalableApi;
+use serde_json::json;
+use tokio::task::JoinHandle;
+
+use crate::cluster::*;
+
+fn replicas(d: &Deployment) -> Option<i32> {
+    d.spec.as_ref()?.replicas
+}
+
+/// Managers owning `spec.replicas`, each as (manager, operation, subresource).
+fn replica_owners(d: &Deployment) -> Vec<(String, String, String)> {
+    d.managed_fields()
+        .iter()
+        .filter(|e| {
+            e.fields_v1
+                .as_ref()
+                .and_then(|f| f.0.pointer("/f:spec/f:replicas"))
+                .is_some()
+        })
+        .map(|e| {
+            (
+                e.manager.clone().unwrap_or_default(),
+                e.operation.clone().unwrap_or_default(),
+                e.subresource.clone().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Every version of Deployment `name` a watch sees, from now until the handle is dropped.
+struct DeploymentHistory {
+    seen: Arc<Mutex<Vec<Deployment>>>,
+    task: JoinHandle<()>,
+}
+
+impl DeploymentHistory {
+    fn start(c: &Cluster, name: &str) -> Self {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let stream = watcher::watcher(c.api::<Deployment>(), config);
+        let task = tokio::spawn(async move {
+            let mut stream = stream.boxed();
+            while let Ok(Some(event)) = stream.try_next().await {
+                if let watcher::Event::Apply(d) | watcher::Event::InitApply(d) = event {
+                    sink.lock().expect("history").push(d);
+                }
+            }
+        });
+        Self { seen, task }
+    }
+
+    fn versions(&self) -> Vec<Deployment> {
+        self.seen.lock().expect("history").clone()
+    }
+}
+
+impl Drop for DeploymentHistory {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test]
+async fn turning_autoscaling_on_hands_replicas_to_the_hpa_without_dropping_below_the_count() {
+    let c = Cluster::with_operator("handover").await;
+    create_db_secret(&c, "users").await;
+    scalable_api("users").replicas(3).create(&c).await;
+    c.wait_for_condition("users", "Ready", "True", "Available")
+        .await;
+    let history = DeploymentHistory::start(&c, "users");
+    c.wait_for::<Deployment>("users", "3 replicas owned by the operator", |d| {
+        replicas(d) == Some(3)
+    })
+    .await;
+
+    // minReplicas above the current count: the HPA controller must scale up through the
+    // Deployment's /scale subresource, which is the write that takes the field over.
+    patch_spec(
+        &c,
+        "users",
+        json!({"replicas": null, "autoscaling": {"minReplicas": 4, "maxReplicas": 8}}),
+    )
+    .await;
+    let d = c
+        .wait_for::<Deployment>("users", "the HPA controller to scale to 4", |d| {
+            replicas(d) == Some(4)
+        })
+        .await;
+    let owners = replica_owners(&d);
+    assert_eq!(
+        owners,
+        vec![(
+            "kube-controller-manager".to_owned(),
+            "Update".to_owned(),
+            "scale".to_owned()
+        )],
+        "only the HPA controller's /scale write owns spec.replicas; the hand-over manager is gone"
+    );
+    assert!(
+        d.managed_fields()
+            .iter()
+            .all(|e| e.manager.as_deref() != Some(HANDOVER_MANAGER))
+    );
+    c.wait_for_condition("users", "Ready", "True", "Available")
+        .await;
+
+    let counts: Vec<Option<i32>> = history.versions().iter().map(replicas).collect();
+    assert!(!counts.is_empty());
+    assert!(
+        counts.iter().all(|r| r.is_some_and(|r| r >= 3)),
+        "spec.replicas dropped below 3 during the hand-over: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_hpa_scales_up_under_cpu_load_and_the_operator_never_writes_replicas() {
+    let c = Cluster::with_operator("cpuload").await;
+    create_db_secret(&c, "users").await;
+    scalable_api("users")
+        .autoscaling(2, 6)
+        .with(
+            "/spec/autoscaling/targetCPUUtilizationPercentage",
+            json!(50),
+        )
+        .create(&c)
+        .await;
+    c.wait_for::<HorizontalPodAutoscaler>("users", "the HPA", |_| true)
+        .await;
+    c.wait_for_condition("users", "Ready", "True", "Available")
+        .await;
+
+    // Load: kwok reports 200m of CPU per container of every pod (requests: 100m + 50m),
+    // set on the pod template by another manager, which the operator leaves alone.
+    let history = DeploymentHistory::start(&c, "users");
+    c.kubectl(&[
+        "patch",
+        "deployment/users",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"template":{"metadata":{"annotations":{"kwok.x-k8s.io/usage-cpu":"200m"}}}}}"#,
+    ]);
+    let scaled = c
+        .wait_for::<Deployment>("users", "the HPA to scale up to 6", |d| {
+            replicas(d) == Some(6)
+        })
+        .await;
+    c.wait_for::<HorizontalPodAutoscaler>("users", "the HPA to report 6", |h| {
+        h.status.as_ref().map(|s| s.desired_replicas) == Some(6)
+    })
+    .await;
+    c.wait_for::<ScalableApi>("users", "status.desiredReplicas 6", |s| {
+        s.status.as_ref().and_then(|st| st.desired_replicas) == Some(6)
+    })
+    .await;
+
+    let versions = history.versions();
+    let counts: Vec<i32> = versions.iter().filter_map(replicas).collect();
+    assert!(
+        counts.windows(2).all(|w| w[0] <= w[1]),
+        "the count only grew while the HPA scaled up: {counts:?}"
+    );
+    for d in versions.iter().chain([&scaled]) {
+        assert!(
+            replica_owners(d)
+                .iter()
+                .all(|(m, _, _)| m != FIELD_MANAGER && m != HANDOVER_MANAGER),
+            "the operator owned spec.replicas at resourceVersion {:?}: {:?}",
+            d.resource_version(),
+            replica_owners(d)
+        );
+    }
+}
+
+#[tokio::test]
+async fn kubectl_scale_works_through_the_scale_subresource() {
+    let c = Cluster::with_operator("scale").await;
+    create_db_secret(&c, "users").await;
+    scalable_api("users").replicas(2).create(&c).await;
+    c.wait_for_condition("users", "Ready", "True", "Available")
+        .await;
+
+    c.kubectl(&["scale", "scalableapi/users", "--replicas=4"]);
+    let sapi = c
+        .wait_for::<ScalableApi>("users", "4 ready replicas", |s| {
+            s.status.as_ref().and_then(|st| st.ready_replicas) == Some(4)
+        })
+        .await;
+    assert_eq!(sapi.spec.replicas, Some(4));
+    let d = c.get::<Deployment>("users").await.expect("Deployment");
+    assert_eq!(replicas(&d), Some(4));
+    let scale = c.kubectl(&[
+        "get",
+        "scalableapi/users",
+        "--subresource=scale",
+        "-o",
+        "jsonpath={.spec.replicas}/{.status.replicas}",
+    ]);
+    assert_eq!(scale, "4/4");
+}
+
+#[tokio::test]
+async fn suspend_removes_the_hpa_and_leaves_the_deployment_alone_until_resumed() {
+    let c = Cluster::with_operator("suspend").await;
+    create_db_secret(&c, "users").await;
+    scalable_api("users").autoscaling(2, 5).create(&c).await;
+    // The HPA raises the new Deployment from 1 to minReplicas; let it settle first, so any
+    // change to the Deployment below would be the operator's.
+    c.wait_for::<HorizontalPodAutoscaler>("users", "the HPA to settle at 2", |h| {
+        h.status
+            .as_ref()
+            .is_some_and(|s| s.desired_replicas == 2 && s.current_replicas == Some(2))
+    })
+    .await;
+    c.wait_for_condition("users", "Ready", "True", "Available")
+        .await;
+    let before = c.get::<Deployment>("users").await.expect("Deployment");
+
+    patch_spec(
+        &c,
+        "users",
+        json!({"suspend": true, "image": "registry.test/api-server:9.9.9"}),
+    )
+    .await;
+    c.wait_for_condition("users", "Paused", "True", "Suspended")
+        .await;
+    c.wait_gone::<HorizontalPodAutoscaler>("users").await;
+    c.wait_for_event("users", "Suspended").await;
+    let during = c.get::<Deployment>("users").await.expect("Deployment");
+    assert_eq!(
+        during.metadata.generation, before.metadata.generation,
+        "the Deployment's spec is untouched while suspended"
+    );
+
+    patch_spec(&c, "users", json!({"suspend": false})).await;
+    c.wait_for::<HorizontalPodAutoscaler>("users", "the HPA back", |_| true)
+        .await;
+    c.wait_for::<Deployment>("users", "the new image", |d| {
+        serde_json::to_string(d).is_ok_and(|j| j.contains("api-server:9.9.9"))
+    })
+    .await;
+    c.wait_for_event("users", "Resumed").await;
+    c.wait_for_condition("users", "Ready", "True", "Available")
+        .await;
+}

@@ -1,0 +1,17 @@
+//! Controller scenarios on the real control plane of `scripts/cluster.sh`: kube-apiserver
+//! with etcd, kube-controller-manager (garbage collector, Deployment, ReplicaSet, HPA),
+//! kube-scheduler, kwok's fake nodes and metrics-server. `make test` starts it; see
+//! tests/support/cluster.rs for how a test finds it.
+
+#[path = "../support/cluster.rs"]
+mod cluster;
+#[path = "../support/sapi_fixture.rs"]
+mod sapi_fixture;
+
+mod autoscaling;
+mod crds;
+mod helm;
+mod leader;
+mod lifecycle;
+mod secrets;
+mod supervisor;
