@@ -148,6 +148,7 @@ async fn run_controller(port: &str, child_pid: &str, count: usize) -> anyhow::Re
         namespace: None,
         default_image: "registry.test/api-server:1.0.0".into(),
         instance: "scale-run".into(),
+        resync_interval: controller::RESYNC_INTERVAL,
     };
     let rss_idle = peak_rss_kib("self").unwrap_or(0);
     let (cpu_self, cpu_fake) = (

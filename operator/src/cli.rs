@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::controller::RESYNC_INTERVAL;
 use crate::crd::DEFAULT_IMAGE;
 
 #[derive(Debug, Parser)]
@@ -64,11 +65,19 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
+    /// Seconds between re-checks of a healthy ScalableApi, in case a watch event was missed.
+    #[arg(long, env = "RESYNC_INTERVAL_SECONDS", default_value_t = RESYNC_INTERVAL.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub resync_interval_seconds: u64,
 }
 
 impl RunArgs {
     /// The namespace to watch; `None` means all. An empty `WATCH_NAMESPACE` (what a
     /// templated manifest easily produces) means all too, not a namespace named "".
+    pub fn resync_interval(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.resync_interval_seconds)
+    }
+
     pub fn watch_namespace(&self) -> Option<&str> {
         self.namespace
             .as_deref()

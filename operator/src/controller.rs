@@ -50,7 +50,8 @@ use crate::status::{self, Observation, SecretState};
 pub use crate::retry::error_policy;
 pub use crate::supervisor::{run, run_with};
 
-/// Re-check of a healthy object, in case a watch event was missed.
+/// Default re-check of a healthy object, in case a watch event was missed
+/// (`--resync-interval-seconds`).
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30 * 60);
 /// Re-check of an object waiting for its Secret (the Secret watch usually comes first).
 pub const SECRET_RECHECK: Duration = Duration::from_secs(5 * 60);
@@ -70,6 +71,8 @@ pub struct Settings {
     pub default_image: String,
     /// This replica's identity in Events (the pod name).
     pub instance: String,
+    /// Re-check of a healthy object (`RESYNC_INTERVAL` unless set on the command line).
+    pub resync_interval: Duration,
 }
 
 pub struct Context {
@@ -77,6 +80,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     default_image: String,
+    resync_interval: Duration,
     store: Store<ScalableApi>,
     /// Consecutive failures per object, for the exponential back-off.
     failures: Mutex<HashMap<ObjectRef<ScalableApi>, u32>>,
@@ -107,9 +111,10 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub fn action(self) -> Action {
+    /// When to look again; `resync` is the re-check of a healthy object.
+    pub fn action(self, resync: Duration) -> Action {
         match self {
-            Outcome::Applied => Action::requeue(RESYNC_INTERVAL),
+            Outcome::Applied => Action::requeue(resync),
             Outcome::WaitingForSecret => Action::requeue(SECRET_RECHECK),
             // Only a spec change can help: the watch brings it.
             Outcome::Suspended | Outcome::InvalidSpec | Outcome::Deleting => Action::await_change(),
@@ -204,6 +209,7 @@ pub fn build(
         client,
         metrics,
         default_image: settings.default_image,
+        resync_interval: settings.resync_interval,
         store,
         failures: Mutex::new(HashMap::new()),
     });
@@ -236,7 +242,7 @@ pub async fn reconcile(sapi: Arc<ScalableApi>, ctx: Arc<Context>) -> Result<Acti
     let outcome = result?;
     ctx.reset_failures(&sapi);
     tracing::debug!(outcome = outcome.metric_label(), "reconciled");
-    Ok(outcome.action())
+    Ok(outcome.action(ctx.resync_interval))
 }
 
 async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
@@ -396,11 +402,14 @@ mod tests {
 
     #[test]
     fn invalid_specs_and_suspended_objects_wait_for_a_change() {
-        assert_eq!(Outcome::InvalidSpec.action(), Action::await_change());
-        assert_eq!(Outcome::Suspended.action(), Action::await_change());
+        let resync = RESYNC_INTERVAL;
+        assert_eq!(Outcome::InvalidSpec.action(resync), Action::await_change());
+        assert_eq!(Outcome::Suspended.action(resync), Action::await_change());
         assert_eq!(
-            Outcome::WaitingForSecret.action(),
+            Outcome::WaitingForSecret.action(resync),
             Action::requeue(SECRET_RECHECK)
         );
+        let short = Duration::from_secs(20);
+        assert_eq!(Outcome::Applied.action(short), Action::requeue(short));
     }
 }

@@ -102,6 +102,7 @@ pub async fn run_with(client: Client, args: RunArgs, timing: Timing) -> Result<(
         namespace: args.watch_namespace().map(str::to_owned),
         default_image: args.default_image.clone(),
         instance: identity,
+        resync_interval: args.resync_interval(),
     };
     let (ctrl, ctx) = controller::build(client, settings, metrics.clone());
     let ctrl = ctrl.shutdown_on_signal();

@@ -50,6 +50,24 @@ async fn a_missing_secret_is_a_condition_and_an_event_until_it_appears_then_read
     );
 }
 
+#[tokio::test]
+async fn a_secret_without_the_key_is_key_not_found() {
+    let c = Cluster::with_operator("nokey").await;
+    c.api::<Secret>()
+        .create(
+            &PostParams::default(),
+            &secret_in(&c.ns, "users-db", "not-password", "x"),
+        )
+        .await
+        .expect("create the Secret");
+    scalable_api("users").create(&c).await;
+    c.wait_for_condition("users", "DatabaseConfigured", "False", "KeyNotFound")
+        .await;
+    let event = c.wait_for_event("users", "KeyNotFound").await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(c.get::<Deployment>("users").await.is_none());
+}
+
 fn config_hash(d: &Deployment) -> Option<String> {
     d.spec
         .as_ref()?

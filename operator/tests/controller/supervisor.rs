@@ -33,6 +33,7 @@ fn args(ns: &str, pod: &str, http_addr: SocketAddr) -> RunArgs {
         lease_namespace: ns.into(),
         pod_name: Some(pod.into()),
         log_format: LogFormat::Text,
+        resync_interval_seconds: operator::controller::RESYNC_INTERVAL.as_secs(),
     }
 }
 

@@ -239,6 +239,7 @@ impl Cluster {
             namespace: Some(self.ns.clone()),
             default_image: DEFAULT_TEST_IMAGE.to_owned(),
             instance: "test-operator".to_owned(),
+            resync_interval: controller::RESYNC_INTERVAL,
         };
         let (ctrl, ctx) = controller::build(self.client.clone(), settings, metrics);
         self.controller = Some(tokio::spawn(controller::drive(ctrl, ctx)));

@@ -71,6 +71,7 @@ impl Harness {
             namespace: namespace.map(str::to_owned),
             default_image: DEFAULT_TEST_IMAGE.to_owned(),
             instance: "test-operator".to_owned(),
+            resync_interval: controller::RESYNC_INTERVAL,
         };
         let (ctrl, ctx) = controller::build(client.clone(), settings, metrics);
         let task = tokio::spawn(controller::drive(ctrl, ctx));
