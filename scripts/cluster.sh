@@ -254,6 +254,8 @@ up() {
   KWOK_BIN="$(sed -n 3p <<<"$bins")"
   MS_BIN="$(sed -n 4p <<<"$bins")"
 
+  # Leftovers of an earlier run whose API server died: stop what still runs, start afresh.
+  if [[ -d "$D/pids" ]]; then stop_all >/dev/null 2>&1 || true; fi
   remove_state
   mkdir -p "$D/logs" "$D/pids"
   touch "$D/$MARKER"
