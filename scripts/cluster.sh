@@ -298,7 +298,7 @@ EOF
     --cert-dir="$D/pki" --tls-cert-file="$D/pki/apiserver.crt" \
     --tls-private-key-file="$D/pki/apiserver.key" --client-ca-file="$D/pki/ca.crt" \
     --authorization-mode=RBAC --allow-privileged=true \
-    --service-cluster-ip-range=10.0.0.0/24 \
+    --service-cluster-ip-range=10.96.0.0/16 \
     --service-account-issuer="https://127.0.0.1:$APISERVER_PORT" \
     --service-account-key-file="$D/pki/sa.pub" \
     --service-account-signing-key-file="$D/pki/sa.key" \
