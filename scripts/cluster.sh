@@ -209,8 +209,8 @@ node_json() { # index
      "kubernetes.io/arch": "amd64", "topology.kubernetes.io/zone": "zone-$(($1 % 2))",
      "type": "kwok"}},
  "status": {
-   "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "2000"},
-   "capacity": {"cpu": "64", "memory": "256Gi", "pods": "2000"},
+   "allocatable": {"cpu": "1000", "memory": "4Ti", "pods": "5000"},
+   "capacity": {"cpu": "1000", "memory": "4Ti", "pods": "5000"},
    "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": "$name"}]}}
 EOF
 }
@@ -299,6 +299,7 @@ EOF
     --tls-private-key-file="$D/pki/apiserver.key" --client-ca-file="$D/pki/ca.crt" \
     --authorization-mode=RBAC --allow-privileged=true \
     --service-cluster-ip-range=10.96.0.0/16 \
+    --endpoint-reconciler-type=none \
     --service-account-issuer="https://127.0.0.1:$APISERVER_PORT" \
     --service-account-key-file="$D/pki/sa.pub" \
     --service-account-signing-key-file="$D/pki/sa.key" \

@@ -21,8 +21,10 @@ use futures::{StreamExt, TryStreamExt, stream};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
+use kube::CustomResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::{Client, Config, ResourceExt};
@@ -68,6 +70,27 @@ async fn client(kubeconfig: Kubeconfig) -> anyhow::Result<Client> {
         Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
     config.read_timeout = Some(Duration::from_secs(300));
     Ok(Client::try_from(config)?)
+}
+
+/// The CRD (the same as crds/), applied server-side; returns once it is served.
+async fn install_crd(admin: &Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    let crd = ScalableApi::crd();
+    let name = crd.name_any();
+    crds.patch(
+        &name,
+        &PatchParams::apply("cluster-scale").force(),
+        &Patch::Apply(&crd),
+    )
+    .await?;
+    let established = kube::runtime::wait::conditions::is_crd_established();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        kube::runtime::wait::await_condition(crds, &name, established),
+    )
+    .await
+    .context("the CRD was not established within 60 s")??;
+    Ok(())
 }
 
 /// A ServiceAccount for the operator, bound to cluster-admin (this run measures load, the
@@ -294,6 +317,7 @@ async fn main() -> anyhow::Result<()> {
     let admin = client(Kubeconfig::read_from(dir.join("admin.kubeconfig"))?).await?;
     let user = format!("system:serviceaccount:{OPS_NS}:operator");
 
+    install_crd(&admin).await?;
     let kubeconfig = operator_kubeconfig(&admin, &dir).await?;
     let (mut operator, port) = start_operator(&args, &kubeconfig, &dir)?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -358,18 +382,30 @@ async fn main() -> anyhow::Result<()> {
     let created = started.elapsed();
 
     let mut ready_set = BTreeSet::new();
-    let converge_deadline = Instant::now() + Duration::from_secs(600);
+    let converge_deadline = Instant::now() + Duration::from_secs(900);
+    let mut next_report = Instant::now() + Duration::from_secs(15);
     while ready_set.len() < args.count {
         let left = converge_deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, ready_rx.recv()).await {
+        match tokio::time::timeout(left.min(Duration::from_secs(15)), ready_rx.recv()).await {
             Ok(Some(key)) => {
                 ready_set.insert(key);
             }
-            _ => bail!(
-                "only {} of {} ScalableApis became Ready in 600 s",
+            Ok(None) => bail!("the ScalableApi watch ended"),
+            Err(_) if left.is_zero() => bail!(
+                "only {} of {} ScalableApis became Ready in 900 s",
                 ready_set.len(),
                 args.count
             ),
+            Err(_) => {}
+        }
+        if Instant::now() >= next_report {
+            eprintln!(
+                "{:>5.0} s: {} of {} Ready",
+                started.elapsed().as_secs_f64(),
+                ready_set.len(),
+                args.count
+            );
+            next_report += Duration::from_secs(15);
         }
     }
     let converged = started.elapsed();
