@@ -311,7 +311,7 @@ EOF
     --requestheader-group-headers=X-Remote-Group \
     --requestheader-extra-headers-prefix=X-Remote-Extra- \
     --audit-policy-file="$D/audit-policy.yaml" --audit-log-path="$D/logs/audit.log" \
-    --audit-log-format=json \
+    --audit-log-format=json --audit-log-maxsize=4096 \
     --max-requests-inflight=2000 --max-mutating-requests-inflight=1000
   wait_healthy kube-apiserver https_ok "https://127.0.0.1:$APISERVER_PORT/readyz"
 
