@@ -137,9 +137,10 @@ EOF
 # ---------------------------------------------------------------------------------------
 # Processes
 
-start() { # component command...: in the background, its own process group, log + pid
+start() { # component command...: in the background, log + pid. No setsid: it forks when
+  # the caller leads a process group, and the pid recorded would be the wrong one.
   local c="$1"; shift
-  setsid "$@" >"$D/logs/$c.log" 2>&1 </dev/null &
+  "$@" >"$D/logs/$c.log" 2>&1 </dev/null &
   echo $! >"$D/pids/$c"
 }
 
@@ -168,10 +169,10 @@ stop_all() {
     [[ -f "$D/pids/$c" ]] || continue
     pid="$(cat "$D/pids/$c")"
     if pid_alive "$c"; then
-      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+      kill -TERM "$pid" 2>/dev/null || true
       local deadline=$((SECONDS + 15))
       while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
-      kill -KILL -- "-$pid" 2>/dev/null || true
+      kill -KILL "$pid" 2>/dev/null || true
       echo "cluster: stopped $c (pid $pid)"
     fi
     rm -f "$D/pids/$c"
