@@ -62,6 +62,18 @@ pid_alive() {
 # ---------------------------------------------------------------------------------------
 # Ports
 
+port_taken() { # port: true when something already listens on 127.0.0.1:port
+  python3 - "$1" <<'PY'
+import socket, sys
+s = socket.socket()
+try:
+    s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError:
+    sys.exit(0)
+sys.exit(1)
+PY
+}
+
 PICKED=" "
 # pick_port NAME: sets NAME_PORT to CLUSTER_NAME_PORT if given (it must be free), else to a
 # free port not handed out before in this run.
