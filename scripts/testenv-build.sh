@@ -3,7 +3,8 @@
 # into a cache outside the clone, one folder per component and version. A component is
 # built only when its folder is missing, so a warm machine spends no time here.
 #
-#   scripts/testenv-build.sh          build what is missing, print the bin folder of each
+#   scripts/testenv-build.sh          build what is missing (progress on stderr), print the
+#                                     bin folder of each on stdout
 #   scripts/testenv-build.sh --print  print the folders only (exit 1 if one is missing)
 #
 # TESTENV_CACHE overrides the cache root
@@ -66,9 +67,9 @@ build() {
   tmp="$out.partial.$$"
   log="$CACHE/build-$c.log"
   mkdir -p "$tmp" "$CACHE"
-  echo "testenv: building $c into $out (cold: minutes; log $log)"
+  echo "testenv: building $c into $out (cold: minutes; log $log)" >&2
   if ! (cd "$ROOT/testenv/$c" && go build -v -trimpath -tags=selinux,notest,grpcnotrace \
-    -ldflags="-s -w $ldflags" -o "$tmp/" "$@") 2>&1 | tee "$log" | progress "$c"; then
+    -ldflags="-s -w $ldflags" -o "$tmp/" "$@") 2>&1 | tee "$log" | progress "$c" >&2; then
     echo "testenv: building $c failed; the last lines of $log:" >&2
     tail -n 30 "$log" >&2
     rm -rf "$tmp"
@@ -79,7 +80,7 @@ build() {
   touch "$tmp/.complete"
   rm -rf "$out"
   mv "$tmp" "$out"
-  echo "testenv: $c built in $((SECONDS - start)) s"
+  echo "testenv: $c built in $((SECONDS - start)) s" >&2
 }
 
 minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
