@@ -31,6 +31,11 @@ use kube::{Client, Config, ResourceExt};
 use operator::crd::ScalableApi;
 use serde_json::{Value, json};
 
+#[path = "../tests/support/token_kubeconfig.rs"]
+mod token_kubeconfig;
+
+use token_kubeconfig::write_token_kubeconfig;
+
 const OPS_NS: &str = "scale-ops";
 const NAMESPACES: usize = 10;
 
@@ -130,15 +135,8 @@ async fn operator_kubeconfig(admin: &Client, dir: &Path) -> anyhow::Result<PathB
         .status
         .context("TokenRequest has no status")?
         .token;
-    let mut kubeconfig = Kubeconfig::read_from(dir.join("admin.kubeconfig"))?;
-    for named in &mut kubeconfig.auth_infos {
-        named.auth_info = Some(kube::config::AuthInfo {
-            token: Some(token.clone().into()),
-            ..kube::config::AuthInfo::default()
-        });
-    }
     let path = dir.join("scale-run-operator.kubeconfig");
-    std::fs::write(&path, serde_json::to_string(&kubeconfig)?)?;
+    write_token_kubeconfig(&dir.join("admin.kubeconfig"), &token, &path)?;
     Ok(path)
 }
 
@@ -227,40 +225,52 @@ fn delta(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTree
         .collect()
 }
 
-/// The operator's requests by verb in [from, to), from the API server's audit log. A watch
-/// counts when it starts; everything else when its response completes.
-fn audited(
-    dir: &Path,
-    user: &str,
-    from: Timestamp,
-    to: Timestamp,
-) -> anyhow::Result<BTreeMap<String, u64>> {
-    let log = std::fs::read_to_string(dir.join("logs/audit.log"))?;
-    let mut by_verb = BTreeMap::new();
-    for event in log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-    {
-        let verb = event["verb"].as_str().unwrap_or("?");
-        let counted_stage = if verb == "watch" {
-            "ResponseStarted"
-        } else {
-            "ResponseComplete"
-        };
-        if event["user"]["username"] != user || event["stage"] != counted_stage {
+/// The operator's requests from the API server's audit log, as (verb, received at). A watch
+/// counts when it starts; everything else when its response completes. kube-apiserver
+/// rotates the log (audit-<time>.log) past --audit-log-maxsize, so every audit file is read.
+fn audited(dir: &Path, user: &str) -> anyhow::Result<Vec<(String, Timestamp)>> {
+    let mut requests = Vec::new();
+    for entry in std::fs::read_dir(dir.join("logs"))? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if !(name.starts_with("audit") && name.ends_with(".log")) {
             continue;
         }
-        let Some(at) = event["requestReceivedTimestamp"]
-            .as_str()
-            .and_then(|t| t.parse::<Timestamp>().ok())
-        else {
-            continue;
-        };
-        if at >= from && at < to {
-            *by_verb.entry(verb.to_owned()).or_insert(0) += 1;
+        for event in std::fs::read_to_string(&path)?
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        {
+            let verb = event["verb"].as_str().unwrap_or("?");
+            let counted_stage = if verb == "watch" {
+                "ResponseStarted"
+            } else {
+                "ResponseComplete"
+            };
+            if event["user"]["username"] != user || event["stage"] != counted_stage {
+                continue;
+            }
+            if let Some(at) = event["requestReceivedTimestamp"]
+                .as_str()
+                .and_then(|t| t.parse::<Timestamp>().ok())
+            {
+                requests.push((verb.to_owned(), at));
+            }
         }
     }
-    Ok(by_verb)
+    Ok(requests)
+}
+
+/// Requests by verb received in [from, to).
+fn by_verb(
+    requests: &[(String, Timestamp)],
+    from: Timestamp,
+    to: Timestamp,
+) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for (verb, _) in requests.iter().filter(|(_, at)| *at >= from && *at < to) {
+        *counts.entry(verb.clone()).or_insert(0) += 1;
+    }
+    counts
 }
 
 fn is_write(verb: &str) -> bool {
@@ -428,8 +438,9 @@ async fn main() -> anyhow::Result<()> {
     let after_idle = apiserver_requests(&admin).await?;
     let rss_end = peak_rss_mib(operator.id());
 
-    let converge_ops = audited(&dir, &user, started_at, converged_at)?;
-    let idle_ops = audited(&dir, &user, idle_from, idle_to)?;
+    let requests = audited(&dir, &user)?;
+    let converge_ops = by_verb(&requests, started_at, converged_at);
+    let idle_ops = by_verb(&requests, idle_from, idle_to);
     let idle_reconciles = match (reconciles_before, reconciles_after) {
         (Some(a), Some(b)) => b - a,
         _ => f64::NAN,

@@ -72,12 +72,13 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    /// The namespace to watch; `None` means all. An empty `WATCH_NAMESPACE` (what a
-    /// templated manifest easily produces) means all too, not a namespace named "".
+    /// The re-check interval of a healthy ScalableApi.
     pub fn resync_interval(&self) -> std::time::Duration {
         std::time::Duration::from_secs(self.resync_interval_seconds)
     }
 
+    /// The namespace to watch; `None` means all. An empty `WATCH_NAMESPACE` (what a
+    /// templated manifest easily produces) means all too, not a namespace named "".
     pub fn watch_namespace(&self) -> Option<&str> {
         self.namespace
             .as_deref()

@@ -7,6 +7,8 @@
 mod cluster;
 #[path = "../support/sapi_fixture.rs"]
 mod sapi_fixture;
+#[path = "../support/token_kubeconfig.rs"]
+mod token_kubeconfig;
 
 mod autoscaling;
 mod crds;

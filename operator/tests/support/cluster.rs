@@ -28,6 +28,7 @@ use serde::de::DeserializeOwned;
 use tokio::task::JoinHandle;
 
 pub use super::sapi_fixture::*;
+use super::token_kubeconfig::write_token_kubeconfig;
 
 /// Longest wait for anything a test waits for on the real cluster.
 pub const TIMEOUT: Duration = Duration::from_secs(90);
@@ -253,11 +254,7 @@ impl Cluster {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
-    pub async fn get<K>(&self, name: &str) -> Option<K>
-    where
-        K: Resource<Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
-        K::DynamicType: Default,
-    {
+    pub async fn get<K: Kind>(&self, name: &str) -> Option<K> {
         self.api::<K>().get_opt(name).await.expect("GET")
     }
 
@@ -306,10 +303,7 @@ impl Cluster {
         events
             .items
             .into_iter()
-            .filter(|e| {
-                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-                    && e.reason.as_deref() == Some(reason)
-            })
+            .filter(|e| regards(e, name, reason))
             .collect()
     }
 
@@ -323,14 +317,10 @@ impl Cluster {
             )
             .boxed();
             use futures::{StreamExt, TryStreamExt};
-            let wanted = |e: &Event| {
-                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-                    && e.reason.as_deref() == Some(reason)
-            };
             while let Some(ev) = events.try_next().await.expect("watch Events") {
                 use kube::runtime::watcher::Event as W;
                 match ev {
-                    W::Apply(e) | W::InitApply(e) if wanted(&e) => return e,
+                    W::Apply(e) | W::InitApply(e) if regards(&e, name, reason) => return e,
                     _ => {}
                 }
             }
@@ -363,6 +353,12 @@ pub fn condition(sapi: &ScalableApi, type_: &str) -> Option<(String, String)> {
         .iter()
         .find(|c| c.type_ == type_)?;
     Some((c.status.clone(), c.reason.clone()))
+}
+
+/// True when `e` regards the object `name` and has `reason`.
+fn regards(e: &Event, name: &str, reason: &str) -> bool {
+    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        && e.reason.as_deref() == Some(reason)
 }
 
 /// Names of the objects in a list, for assertion messages.
@@ -414,20 +410,11 @@ pub fn service_account_token(ns: &str, name: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// A kubeconfig file that reaches the cluster with `token` instead of the admin
-/// certificate, so the API server authorises every request with that identity's RBAC.
+/// A kubeconfig file in the cluster's folder that reaches it with `token`.
 pub fn token_kubeconfig(token: &str, file_name: &str) -> PathBuf {
     let env = TestEnv::get();
-    let mut kubeconfig = Kubeconfig::read_from(env.kubeconfig()).expect("admin kubeconfig");
-    for named in &mut kubeconfig.auth_infos {
-        named.auth_info = Some(kube::config::AuthInfo {
-            token: Some(token.to_owned().into()),
-            ..kube::config::AuthInfo::default()
-        });
-    }
     let path = env.dir.join(file_name);
-    let json = serde_json::to_string_pretty(&kubeconfig).expect("kubeconfig as JSON");
-    std::fs::write(&path, json).expect("write kubeconfig");
+    write_token_kubeconfig(&env.kubeconfig(), token, &path).expect("token kubeconfig");
     path
 }
 
