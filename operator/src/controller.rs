@@ -39,7 +39,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::apply::{self, FIELD_MANAGER};
+use crate::apply::{self, FIELD_MANAGER, LastApplied, Pass};
 use crate::crd::ScalableApi;
 use crate::desired::{self, Inputs, labels};
 use crate::error::{Error, Result};
@@ -55,6 +55,9 @@ pub use crate::supervisor::{run, run_with};
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30 * 60);
 /// Re-check of an object waiting for its Secret (the Secret watch usually comes first).
 pub const SECRET_RECHECK: Duration = Duration::from_secs(5 * 60);
+/// Re-check of an object blocked by a foreign object of a child's name: only our own
+/// children are watched, so its removal brings no event.
+pub const CONFLICT_RECHECK: Duration = Duration::from_secs(20);
 /// Reconciles running at once; bounds memory and API-server load after a restart.
 pub const MAX_CONCURRENT_RECONCILES: u16 = 32;
 /// Triggers for one object closer together than this become one reconcile: the watch
@@ -82,6 +85,8 @@ pub struct Context {
     default_image: String,
     resync_interval: Duration,
     store: Store<ScalableApi>,
+    /// What this process last wrote to each child, so an unchanged child is not written.
+    last_applied: LastApplied,
     /// Consecutive failures per object, for the exponential back-off.
     failures: Mutex<HashMap<ObjectRef<ScalableApi>, u32>>,
 }
@@ -107,6 +112,7 @@ pub enum Outcome {
     Suspended,
     WaitingForSecret,
     InvalidSpec,
+    ChildConflict,
     Deleting,
 }
 
@@ -116,6 +122,7 @@ impl Outcome {
         match self {
             Outcome::Applied => Action::requeue(resync),
             Outcome::WaitingForSecret => Action::requeue(SECRET_RECHECK),
+            Outcome::ChildConflict => Action::requeue(CONFLICT_RECHECK),
             // Only a spec change can help: the watch brings it.
             Outcome::Suspended | Outcome::InvalidSpec | Outcome::Deleting => Action::await_change(),
         }
@@ -127,6 +134,7 @@ impl Outcome {
             Outcome::Suspended => "suspended",
             Outcome::WaitingForSecret => "waiting_for_secret",
             Outcome::InvalidSpec => "invalid_spec",
+            Outcome::ChildConflict => "child_conflict",
             Outcome::Deleting => "deleting",
         }
     }
@@ -211,6 +219,7 @@ pub fn build(
         default_image: settings.default_image,
         resync_interval: settings.resync_interval,
         store,
+        last_applied: LastApplied::default(),
         failures: Mutex::new(HashMap::new()),
     });
     (controller, ctx)
@@ -238,7 +247,16 @@ pub async fn reconcile(sapi: Arc<ScalableApi>, ctx: Arc<Context>) -> Result<Acti
     let timer = ctx.metrics.start();
     let result = reconcile_inner(&sapi, &ctx).await;
     timer.finish(result.as_ref().map(|o| o.metric_label()));
-    ctx.metrics.set_managed_objects(ctx.store.state().len());
+    let managed = ctx.store.state();
+    ctx.metrics.set_managed_objects(managed.len());
+    // Five records per object at most: forget the children of deleted objects.
+    if ctx.last_applied.len() > 5 * managed.len() + 100 {
+        ctx.last_applied.retain(|ns, name| {
+            managed
+                .iter()
+                .any(|s| s.namespace().as_deref() == Some(ns) && s.name_any() == name)
+        });
+    }
     let outcome = result?;
     ctx.reset_failures(&sapi);
     tracing::debug!(outcome = outcome.metric_label(), "reconciled");
@@ -257,15 +275,18 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         suspended: sapi.spec.suspend,
         spec_error: None,
         apply_error: None,
+        conflict: None,
         secret: &secret,
         deployment: None,
         hpa: None,
+        template_generation: None,
         fixed_replicas: (!sapi.autoscaling_enabled()).then(|| sapi.fixed_replicas()),
+        floor: sapi.replica_floor(),
         selector: sapi.selector_string(),
         url: sapi.url(),
     };
     if sapi.spec.suspend {
-        apply::suspend_children(&ctx.client, &ns, &sapi.name_any()).await?;
+        apply::suspend_children(&ctx.client, &ns, sapi).await?;
         return observe_only(ctx, sapi, &ns, obs, Outcome::Suspended).await;
     }
     let secret_hash = match &secret {
@@ -288,12 +309,24 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         // keeps serving while someone restores its Secret.
         return observe_only(ctx, sapi, &ns, obs, Outcome::WaitingForSecret).await;
     }
-    let applied = match apply::apply_children(&ctx.client, &ns, &children).await {
-        Ok(applied) => applied,
-        Err(e) => return Err(report_rejection(ctx, sapi, &ns, obs, e).await),
+    let pass =
+        match apply::apply_children(&ctx.client, &ns, sapi, &children, &ctx.last_applied).await {
+            Ok(pass) => pass,
+            Err(e) => return Err(report_rejection(ctx, sapi, &ns, obs, e).await),
+        };
+    let applied = match pass {
+        Pass::Applied(applied) => applied,
+        Pass::Conflict(message) => {
+            obs.conflict = Some(message);
+            return observe_only(ctx, sapi, &ns, obs, Outcome::ChildConflict).await;
+        }
+        // Reconciled from a stale copy of a deleted object: the watch brings the deletion.
+        Pass::OwnerGone => return Ok(Outcome::Deleting),
     };
+    tracing::debug!(writes = applied.writes, "children reconciled");
     obs.deployment = Some(&applied.deployment);
     obs.hpa = applied.hpa.as_ref();
+    obs.template_generation = applied.template_generation;
     write_status(ctx, sapi, &ns, &obs).await?;
     Ok(Outcome::Applied)
 }

@@ -22,6 +22,7 @@ pub const DEFAULT_IMAGE: &str = concat!(
 pub mod messages {
     pub const NAME_DNS_LABEL: &str = "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter and ending with a letter or digit, at most 63 characters) because it names the Service and is the app.kubernetes.io/instance label value";
     pub const REPLICAS_WITH_AUTOSCALING: &str = "spec.replicas and spec.autoscaling are mutually exclusive: remove spec.replicas (the HorizontalPodAutoscaler owns the replica count between minReplicas and maxReplicas) or remove spec.autoscaling to run a fixed number of replicas";
+    pub const AUTOSCALING_REMOVAL: &str = "removing spec.autoscaling needs spec.replicas: set it to the count to keep (status.desiredReplicas is what the HPA runs now), or the Deployment would drop to 1 replica at once";
     pub const MIN_ABOVE_MAX: &str =
         "spec.autoscaling.minReplicas must be less than or equal to spec.autoscaling.maxReplicas";
     pub const DATABASE_ONE_FORM: &str = "set exactly one of spec.database.passwordSecretRef (together with host, name and user) or spec.database.uriSecretRef (a Secret key holding a full postgres:// URI)";
@@ -30,6 +31,11 @@ pub mod messages {
     pub const POOL_MIN_ABOVE_MAX: &str = "spec.database.pool.minConnections must be less than or equal to spec.database.pool.maxConnections";
     pub const MAX_MEMORY_QUANTITY: &str = "spec.cache.maxMemory must be a positive Kubernetes quantity of at most 64Gi, such as 64Mi or 1Gi (it is a per-pod Redis sidecar: the pod requests maxMemory + 32Mi of memory)";
 }
+
+/// Transition rule on `spec`: turning autoscaling off must say how many replicas to keep;
+/// without `spec.replicas` the Deployment would drop to 1 at once, whatever the HPA had.
+pub const AUTOSCALING_REMOVAL_RULE: &str =
+    "!has(oldSelf.autoscaling) || has(self.autoscaling) || has(self.replicas)";
 
 /// Root CEL rule: the name is used as is for the Service (an RFC 1035 label) and as the
 /// `app.kubernetes.io/instance` label value (at most 63 characters).
@@ -64,6 +70,12 @@ pub const NAME_RULE: &str =
         description = "Ready condition"
     ),
     printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why Ready is what it is (Available, RollingOut, FailedCreate, ChildConflict, ...)"
+    ),
+    printcolumn(
         name = "Replicas",
         type_ = "string",
         json_path = ".status.replicaSummary",
@@ -93,7 +105,10 @@ pub const NAME_RULE: &str =
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))").message(messages::REPLICAS_WITH_AUTOSCALING))]
+#[x_kube(
+    validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))").message(messages::REPLICAS_WITH_AUTOSCALING),
+    validation = Rule::new(AUTOSCALING_REMOVAL_RULE).message(messages::AUTOSCALING_REMOVAL)
+)]
 #[serde(rename_all = "camelCase")]
 pub struct ScalableApiSpec {
     /// Container image of the API. Default: the api-server released with the operator.
@@ -348,7 +363,7 @@ pub struct ScalableApiStatus {
     /// In-cluster URL of the Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// Ready, Progressing, DatabaseConfigured, Paused (metav1.Condition).
+    /// Ready, Reconciling, Stalled (kstatus), DatabaseConfigured, Paused (metav1.Condition).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,

@@ -54,6 +54,15 @@ impl ScalableApi {
         self.spec.replicas.unwrap_or(DEFAULT_REPLICAS)
     }
 
+    /// Fewest available pods that count as Ready: minReplicas with autoscaling, else the
+    /// fixed count.
+    pub fn replica_floor(&self) -> i32 {
+        match &self.spec.autoscaling {
+            Some(a) => a.min_replicas,
+            None => self.fixed_replicas(),
+        }
+    }
+
     /// The most replicas this object can run: maxReplicas with autoscaling, else the fixed count.
     pub fn max_possible_replicas(&self) -> i32 {
         match &self.spec.autoscaling {

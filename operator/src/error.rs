@@ -12,6 +12,10 @@ pub enum Error {
     GetSecret(#[source] kube::Error),
     #[error("reading the live Deployment failed: {0}")]
     GetDeployment(#[source] kube::Error),
+    #[error("reading the live {0} failed: {1}")]
+    GetChild(&'static str, #[source] kube::Error),
+    #[error("re-reading the ScalableApi before adopting an orphaned child failed: {0}")]
+    GetOwner(#[source] kube::Error),
     #[error("applying the ConfigMap failed: {0}")]
     ApplyConfigMap(#[source] kube::Error),
     #[error("handing spec.replicas over to the HPA failed: {0}")]
@@ -64,6 +68,8 @@ impl Error {
             Error::MissingNamespace => "missing_namespace",
             Error::GetSecret(_) => "get_secret",
             Error::GetDeployment(_) => "get_deployment",
+            Error::GetChild(..) => "get_child",
+            Error::GetOwner(_) => "get_owner",
             Error::ApplyConfigMap(_) => "apply_configmap",
             Error::HandOverReplicas(_) => "handover_replicas",
             Error::ApplyDeployment(_) => "apply_deployment",
@@ -85,6 +91,8 @@ impl Error {
         match self {
             Error::GetSecret(e)
             | Error::GetDeployment(e)
+            | Error::GetChild(_, e)
+            | Error::GetOwner(e)
             | Error::ApplyConfigMap(e)
             | Error::HandOverReplicas(e)
             | Error::ApplyDeployment(e)
@@ -104,6 +112,7 @@ impl Error {
     fn child_kind(&self) -> Option<&'static str> {
         match self {
             Error::ApplyConfigMap(_) => Some("ConfigMap"),
+            Error::GetChild(kind, _) => Some(kind),
             Error::GetDeployment(_) | Error::HandOverReplicas(_) | Error::ApplyDeployment(_) => {
                 Some("Deployment")
             }

@@ -28,7 +28,14 @@ fn is_true(c: Option<&Condition>) -> bool {
 }
 
 /// The Events a status change deserves. Pure, so the rules are unit-tested.
+///
+/// One Warning when the object stalls (invalid spec, refused child, conflicting object,
+/// refused pods), one when it loses availability it had; a rollout or a scale is no Warning.
 pub fn events_for(previous: Option<&ScalableApiStatus>, new: &ScalableApiStatus) -> Vec<Event> {
+    let stalled_now = new
+        .conditions
+        .iter()
+        .any(|c| c.type_ == types::STALLED && c.status == "True");
     let mut out = Vec::new();
     for (old, c) in status::transitions(previous, new) {
         let now_true = c.status == "True";
@@ -39,17 +46,19 @@ pub fn events_for(previous: Option<&ScalableApiStatus>, new: &ScalableApiStatus)
             types::DATABASE_CONFIGURED if now_true && old.is_some() => {
                 out.push(event(EventType::Normal, &c.reason, &c.message));
             }
-            types::READY if now_true => out.push(event(EventType::Normal, &c.reason, &c.message)),
-            // A refused child is reported on the transition to ApplyFailed, Ready before or not.
-            types::READY
-                if c.reason == reasons::INVALID_SPEC || c.reason == reasons::APPLY_FAILED =>
-            {
+            types::STALLED if now_true => {
                 out.push(event(EventType::Warning, &c.reason, &c.message));
             }
+            types::READY if now_true => out.push(event(EventType::Normal, &c.reason, &c.message)),
             types::READY
                 if is_true(old)
-                    && c.reason != reasons::SECRET_NOT_FOUND
-                    && c.reason != reasons::KEY_NOT_FOUND =>
+                    && !stalled_now
+                    && ![
+                        reasons::SECRET_NOT_FOUND,
+                        reasons::KEY_NOT_FOUND,
+                        reasons::ROLLING_OUT,
+                    ]
+                    .contains(&c.reason.as_str()) =>
             {
                 out.push(event(EventType::Warning, UNAVAILABLE, &c.message));
             }
@@ -128,7 +137,8 @@ mod tests {
     fn the_first_healthy_status_only_announces_readiness() {
         let new = status(vec![
             cond(types::READY, true, reasons::AVAILABLE),
-            cond(types::PROGRESSING, false, reasons::ROLLOUT_COMPLETE),
+            cond(types::RECONCILING, false, reasons::ROLLOUT_COMPLETE),
+            cond(types::STALLED, false, reasons::NOT_STALLED),
             cond(types::DATABASE_CONFIGURED, true, reasons::SECRET_FOUND),
             cond(types::PAUSED, false, reasons::ACTIVE),
         ]);
@@ -145,7 +155,7 @@ mod tests {
             cond(types::PAUSED, true, reasons::SUSPENDED),
         ]);
         let new = status(vec![
-            cond(types::READY, false, reasons::REPLICAS_NOT_READY),
+            cond(types::READY, false, reasons::REPLICAS_UNAVAILABLE),
             cond(types::PAUSED, false, reasons::ACTIVE),
         ]);
         assert_eq!(
@@ -155,13 +165,16 @@ mod tests {
     }
 
     #[test]
-    fn a_refused_child_is_one_warning_event_with_the_servers_message() {
-        let old = status(vec![cond(types::READY, true, reasons::AVAILABLE)]);
-        let mut failed = cond(types::READY, false, reasons::APPLY_FAILED);
+    fn a_stall_is_one_warning_event_with_the_stall_message() {
+        let old = status(vec![
+            cond(types::READY, true, reasons::AVAILABLE),
+            cond(types::STALLED, false, reasons::NOT_STALLED),
+        ]);
+        let mut failed = cond(types::STALLED, true, reasons::APPLY_FAILED);
         failed.message = "the API server rejected the Deployment (422 Invalid): bad".into();
         let new = status(vec![
+            cond(types::READY, false, reasons::APPLY_FAILED),
             failed,
-            cond(types::PROGRESSING, false, reasons::APPLY_FAILED),
         ]);
         let events = events_for(Some(&old), &new);
         assert_eq!(reasons_of(&events), vec![reasons::APPLY_FAILED]);
@@ -175,6 +188,16 @@ mod tests {
             "also on the first status"
         );
         assert!(events_for(Some(&new), &new).is_empty(), "not on a retry");
+    }
+
+    #[test]
+    fn a_rollout_or_a_scale_is_no_warning() {
+        let ready = status(vec![cond(types::READY, true, reasons::AVAILABLE)]);
+        let rolling = status(vec![cond(types::READY, false, reasons::ROLLING_OUT)]);
+        assert!(events_for(Some(&ready), &rolling).is_empty());
+        let mut scaling = ready.clone();
+        scaling.conditions[0].message = "3/5 replicas available, scaling to 5".into();
+        assert!(events_for(Some(&ready), &scaling).is_empty());
     }
 
     #[test]

@@ -8,23 +8,31 @@ use k8s_openapi::jiff::{Timestamp, Unit};
 
 use crate::crd::ScalableApiStatus;
 
-/// Condition types.
+/// Condition types: kstatus' `Ready` / `Reconciling` / `Stalled` (so `kubectl wait`, Flux and
+/// kstatus-based tools need no custom health check) plus two of our own.
 pub mod types {
     pub const READY: &str = "Ready";
-    pub const PROGRESSING: &str = "Progressing";
+    /// True while the operator or the Deployment controller still works towards the spec.
+    pub const RECONCILING: &str = "Reconciling";
+    /// True when progress needs a change by someone: the spec, a quota, a conflicting object.
+    pub const STALLED: &str = "Stalled";
     pub const DATABASE_CONFIGURED: &str = "DatabaseConfigured";
     pub const PAUSED: &str = "Paused";
 }
 
-/// Condition reasons (also used as Event reasons).
+/// Condition reasons (also used as Event reasons). A stalled Deployment lends its own
+/// reason (`FailedCreate`, `ProgressDeadlineExceeded`, ...).
 pub mod reasons {
     pub const AVAILABLE: &str = "Available";
-    pub const REPLICAS_NOT_READY: &str = "ReplicasNotReady";
+    /// Rolled out, but fewer pods available than the floor (minReplicas or replicas).
+    pub const REPLICAS_UNAVAILABLE: &str = "ReplicasUnavailable";
     pub const SCALED_TO_ZERO: &str = "ScaledToZero";
     pub const DEPLOYMENT_MISSING: &str = "DeploymentMissing";
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// The API server refused a child for good (invalid, forbidden); also the Event reason.
     pub const APPLY_FAILED: &str = "ApplyFailed";
+    /// An object with a child's name is not controlled by this ScalableApi.
+    pub const CHILD_CONFLICT: &str = "ChildConflict";
     pub const SECRET_FOUND: &str = "SecretFound";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     pub const KEY_NOT_FOUND: &str = "KeyNotFound";
@@ -33,6 +41,8 @@ pub mod reasons {
     pub const WAITING_FOR_DATABASE: &str = "WaitingForDatabase";
     pub const SUSPENDED: &str = "Suspended";
     pub const ACTIVE: &str = "Active";
+    /// Stalled=False: nothing blocks the rollout.
+    pub const NOT_STALLED: &str = "NotStalled";
 }
 
 /// What reconcile learned about the referenced Secret.
@@ -68,17 +78,25 @@ pub struct Observation<'a> {
     pub spec_error: Option<String>,
     /// `Some(message)` when the API server refused a child for good (`Error::child_rejection`).
     pub apply_error: Option<String>,
+    /// `Some(message)` when an object with a child's name is not ours (`ChildConflict`).
+    pub conflict: Option<String>,
     pub secret: &'a SecretState,
     pub deployment: Option<&'a Deployment>,
     pub hpa: Option<&'a HorizontalPodAutoscaler>,
+    /// Deployment generation of our last write of its spec; a later generation is a scale.
+    pub template_generation: Option<i64>,
     /// `spec.replicas` (default 1) without autoscaling; `None` when an HPA owns the count.
     pub fixed_replicas: Option<i32>,
+    /// Fewest available pods that still count as Ready: `autoscaling.minReplicas`, or the
+    /// fixed count.
+    pub floor: i32,
     pub selector: String,
     pub url: String,
 }
 
-/// Longest `ApplyFailed` message: the Ready message becomes the Event note, which the API
-/// server caps at 1024 bytes, and API server messages can quote whole objects.
+/// Longest message we copy from the API server or the Deployment: the Ready message becomes
+/// an Event note, which the API server caps at 1024 bytes, and API server messages can quote
+/// whole objects.
 pub const MAX_APPLY_ERROR_BYTES: usize = 1000;
 
 /// `message` cut to `MAX_APPLY_ERROR_BYTES` on a char boundary, marked with an ellipsis.
@@ -154,16 +172,143 @@ fn desired_replicas(obs: &Observation<'_>) -> Option<i32> {
     })
 }
 
-fn rollout_complete(d: &Deployment) -> bool {
-    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+/// The Deployment controller has seen the spec we wrote (`template_generation`; unknown
+/// means the live generation), and every pod runs that template. A scale by the HPA bumps
+/// the generation but changes no template, so it never counts as a rollout.
+pub fn rolled_out(d: &Deployment, template_generation: Option<i64>) -> bool {
     let Some(st) = d.status.as_ref() else {
         return false;
     };
-    let updated = st.updated_replicas.unwrap_or(0);
-    st.observed_generation >= d.metadata.generation
-        && updated >= want
-        && st.replicas.unwrap_or(0) <= updated
-        && st.available_replicas.unwrap_or(0) >= want
+    st.observed_generation >= template_generation.or(d.metadata.generation)
+        && st.replicas.unwrap_or(0) <= st.updated_replicas.unwrap_or(0)
+}
+
+/// `(reason, message)` when the Deployment controller reports that the rollout cannot go on
+/// by itself: pods refused (`ReplicaFailure`) or the progress deadline exceeded.
+pub fn deployment_stall(d: &Deployment) -> Option<(String, String)> {
+    let st = d.status.as_ref()?;
+    if st.observed_generation < d.metadata.generation {
+        // The conditions describe an older spec.
+        return None;
+    }
+    st.conditions.iter().flatten().find_map(|c| {
+        let stalled = (c.type_ == "ReplicaFailure" && c.status == "True")
+            || (c.type_ == "Progressing"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("ProgressDeadlineExceeded"));
+        stalled.then(|| {
+            (
+                c.reason.clone().unwrap_or_else(|| c.type_.clone()),
+                truncated(&format!(
+                    "Deployment {}: {}",
+                    c.type_,
+                    c.message.as_deref().unwrap_or("no message")
+                )),
+            )
+        })
+    })
+}
+
+type State = (bool, String, String);
+
+fn state(ok: bool, reason: &str, message: impl Into<String>) -> State {
+    (ok, reason.to_owned(), message.into())
+}
+
+/// Ready, Reconciling and Stalled together: they describe one situation from three sides.
+fn readiness(obs: &Observation<'_>, db: &(bool, &'static str, String)) -> [State; 3] {
+    let not_stalled = || state(false, reasons::NOT_STALLED, "nothing blocks the rollout");
+    let stalled = |reason: &str, message: &str| {
+        [
+            state(false, reason, message),
+            state(false, reason, "waiting for a change: see Stalled"),
+            state(true, reason, message),
+        ]
+    };
+    if let Some(e) = &obs.spec_error {
+        return stalled(reasons::INVALID_SPEC, e);
+    }
+    if !db.0 {
+        return [
+            state(false, db.1, db.2.clone()),
+            state(
+                true,
+                reasons::WAITING_FOR_DATABASE,
+                "waiting for the database Secret",
+            ),
+            not_stalled(),
+        ];
+    }
+    if let Some(c) = &obs.conflict {
+        return stalled(reasons::CHILD_CONFLICT, &truncated(c));
+    }
+    if let Some(e) = &obs.apply_error {
+        // Whatever the live pods do, the spec is not what runs: not Ready.
+        return stalled(reasons::APPLY_FAILED, &truncated(e));
+    }
+    let Some(d) = obs.deployment else {
+        return [
+            state(
+                false,
+                reasons::DEPLOYMENT_MISSING,
+                "the Deployment does not exist yet",
+            ),
+            state(true, reasons::DEPLOYMENT_MISSING, "creating the Deployment"),
+            not_stalled(),
+        ];
+    };
+    if let Some((reason, message)) = deployment_stall(d) {
+        return stalled(&reason, &message);
+    }
+    let st = d.status.clone().unwrap_or_default();
+    let available = st.available_replicas.unwrap_or(0);
+    let want = desired_replicas(obs).unwrap_or(0);
+    let (floor, done) = (obs.floor, rolled_out(d, obs.template_generation));
+    let reconciling = if obs.suspended {
+        state(false, reasons::SUSPENDED, "spec.suspend is true")
+    } else if done {
+        state(
+            false,
+            reasons::ROLLOUT_COMPLETE,
+            "the Deployment runs the current spec",
+        )
+    } else {
+        state(
+            true,
+            reasons::ROLLING_OUT,
+            "the Deployment is rolling out the current spec",
+        )
+    };
+    let ready = if !done {
+        let updated = st.updated_replicas.unwrap_or(0);
+        state(
+            false,
+            reasons::ROLLING_OUT,
+            format!("rolling out: {updated} of {want} pods run the current spec"),
+        )
+    } else if want == 0 && floor == 0 {
+        state(true, reasons::SCALED_TO_ZERO, "no replicas are wanted")
+    } else if available < floor {
+        state(
+            false,
+            reasons::REPLICAS_UNAVAILABLE,
+            format!("{available} available, at least {floor} needed"),
+        )
+    } else if available < want {
+        // Scaling up (or replacing a lost pod) above the floor is no outage.
+        state(
+            true,
+            reasons::AVAILABLE,
+            format!("{available}/{want} replicas available, scaling to {want}"),
+        )
+    } else {
+        state(
+            true,
+            reasons::AVAILABLE,
+            format!("{available}/{want} replicas available"),
+        )
+    };
+    [ready, reconciling, not_stalled()]
 }
 
 /// The status for `obs`. Conditions whose status did not flip keep `previous`'s
@@ -174,95 +319,32 @@ pub fn compute(
     now: Timestamp,
 ) -> ScalableApiStatus {
     let g = obs.generation;
-    let (db_ok, db_reason, db_message) = database_configured(obs);
+    let db = database_configured(obs);
     let want = desired_replicas(obs);
     let ready_replicas = obs
         .deployment
         .and_then(|d| d.status.as_ref())
         .and_then(|s| s.ready_replicas);
-    let apply_error = obs.apply_error.as_deref().map(truncated);
-    let ready = match (&obs.spec_error, obs.deployment) {
-        (Some(e), _) => (false, reasons::INVALID_SPEC, e.clone()),
-        (None, _) if !db_ok => (false, db_reason, db_message.clone()),
-        // Whatever the live pods do, the spec is not what runs: not Ready.
-        (None, _) if apply_error.is_some() => (
-            false,
-            reasons::APPLY_FAILED,
-            apply_error.clone().unwrap_or_default(),
-        ),
-        (None, None) => (
-            false,
-            reasons::DEPLOYMENT_MISSING,
-            "the Deployment does not exist yet".into(),
-        ),
-        (None, Some(_)) => {
-            let (r, w) = (ready_replicas.unwrap_or(0), want.unwrap_or(0));
-            if w == 0 {
-                (
-                    false,
-                    reasons::SCALED_TO_ZERO,
-                    "zero replicas are wanted".into(),
-                )
-            } else if r >= w {
-                (true, reasons::AVAILABLE, format!("{r}/{w} replicas ready"))
-            } else {
-                (
-                    false,
-                    reasons::REPLICAS_NOT_READY,
-                    format!("{r}/{w} replicas ready"),
-                )
-            }
-        }
-    };
-    let progressing = if obs.spec_error.is_some() {
-        (
-            false,
-            reasons::INVALID_SPEC,
-            "the spec is invalid; nothing is rolled out".to_owned(),
-        )
-    } else if obs.suspended {
-        (false, reasons::SUSPENDED, "spec.suspend is true".to_owned())
-    } else if !db_ok {
-        (
-            false,
-            reasons::WAITING_FOR_DATABASE,
-            "waiting for the database Secret".to_owned(),
-        )
-    } else if let Some(e) = apply_error {
-        // Nothing rolls out until the rejection is fixed.
-        (false, reasons::APPLY_FAILED, e)
-    } else {
-        match obs.deployment {
-            Some(d) if rollout_complete(d) => (
-                false,
-                reasons::ROLLOUT_COMPLETE,
-                "the Deployment is up to date".to_owned(),
-            ),
-            _ => (
-                true,
-                reasons::ROLLING_OUT,
-                "the Deployment is rolling out".to_owned(),
-            ),
-        }
-    };
+    let [ready, reconciling, stalled] = readiness(obs, &db);
     let paused = if obs.suspended {
-        (
+        state(
             true,
             reasons::SUSPENDED,
-            "spec.suspend is true: children are left as they are and no HPA runs".to_owned(),
+            "spec.suspend is true: children are left as they are and no HPA runs",
         )
     } else {
-        (false, reasons::ACTIVE, "reconciling".to_owned())
+        state(false, reasons::ACTIVE, "reconciling")
     };
     let conditions = [
         (types::READY, ready),
-        (types::PROGRESSING, progressing),
-        (types::DATABASE_CONFIGURED, (db_ok, db_reason, db_message)),
+        (types::RECONCILING, reconciling),
+        (types::STALLED, stalled),
+        (types::DATABASE_CONFIGURED, state(db.0, db.1, db.2)),
         (types::PAUSED, paused),
     ]
     .into_iter()
     .map(|(t, (ok, reason, message))| {
-        let mut c = condition(t, ok, reason, message, g);
+        let mut c = condition(t, ok, &reason, message, g);
         c.last_transition_time = transition_time(previous, &c, now);
         c
     })

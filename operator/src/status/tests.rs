@@ -34,10 +34,13 @@ fn obs<'a>(secret: &'a SecretState, d: Option<&'a Deployment>) -> Observation<'a
         suspended: false,
         spec_error: None,
         apply_error: None,
+        conflict: None,
         secret,
         deployment: d,
         hpa: None,
+        template_generation: None,
         fixed_replicas: Some(3),
+        floor: 3,
         selector: "app.kubernetes.io/instance=a".into(),
         url: "http://a.ns.svc:80".into(),
     }
@@ -59,9 +62,11 @@ fn all_replicas_ready_means_ready_and_rolled_out() {
     assert_eq!(get(&s, types::READY).status, "True");
     assert_eq!(get(&s, types::READY).reason, reasons::AVAILABLE);
     assert_eq!(
-        get(&s, types::PROGRESSING).reason,
+        get(&s, types::RECONCILING).reason,
         reasons::ROLLOUT_COMPLETE
     );
+    assert_eq!(get(&s, types::RECONCILING).status, "False");
+    assert_eq!(get(&s, types::STALLED).status, "False");
     assert_eq!(get(&s, types::DATABASE_CONFIGURED).status, "True");
     assert_eq!(get(&s, types::PAUSED).status, "False");
     assert_eq!(s.observed_generation, Some(3));
@@ -84,8 +89,13 @@ fn missing_secret_is_reported_with_its_reason() {
     assert!(db.message.contains("\"db\""));
     assert_eq!(get(&s, types::READY).reason, reasons::SECRET_NOT_FOUND);
     assert_eq!(
-        get(&s, types::PROGRESSING).reason,
+        get(&s, types::RECONCILING).reason,
         reasons::WAITING_FOR_DATABASE
+    );
+    assert_eq!(
+        get(&s, types::STALLED).status,
+        "False",
+        "a Secret may still come"
     );
 }
 
@@ -103,17 +113,140 @@ fn missing_key_is_reported_with_its_reason() {
 }
 
 #[test]
-fn not_enough_ready_replicas_is_not_ready() {
+fn fewer_available_than_the_floor_is_not_ready() {
     let d = deployment(3, 1);
     let secret = found();
     let s = compute(&obs(&secret, Some(&d)), None, Timestamp::now());
     let ready = get(&s, types::READY);
     assert_eq!(
-        (ready.status.as_str(), ready.message.as_str()),
-        ("False", "1/3 replicas ready")
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reasons::REPLICAS_UNAVAILABLE)
     );
-    assert_eq!(get(&s, types::PROGRESSING).status, "True");
+    assert_eq!(ready.message, "1 available, at least 3 needed");
     assert_eq!(s.replica_summary.as_deref(), Some("1/3"));
+}
+
+#[test]
+fn an_hpa_scale_up_above_the_floor_stays_ready() {
+    // The HPA raised the Deployment from 3 to 5 (generation 2 -> 3); the Deployment
+    // controller has not even seen it yet.
+    let mut d = deployment(5, 3);
+    d.metadata.generation = Some(3);
+    let st = d.status.as_mut().unwrap();
+    (st.replicas, st.updated_replicas) = (Some(3), Some(3));
+    let hpa = HorizontalPodAutoscaler {
+        status: Some(HorizontalPodAutoscalerStatus {
+            desired_replicas: 5,
+            ..HorizontalPodAutoscalerStatus::default()
+        }),
+        ..HorizontalPodAutoscaler::default()
+    };
+    let secret = found();
+    let mut o = obs(&secret, Some(&d));
+    (o.fixed_replicas, o.floor, o.hpa, o.template_generation) = (None, 2, Some(&hpa), Some(2));
+    let s = compute(&o, None, Timestamp::now());
+    let ready = get(&s, types::READY);
+    assert_eq!(
+        (
+            ready.status.as_str(),
+            ready.reason.as_str(),
+            ready.message.as_str()
+        ),
+        (
+            "True",
+            reasons::AVAILABLE,
+            "3/5 replicas available, scaling to 5"
+        )
+    );
+    assert_eq!(get(&s, types::RECONCILING).status, "False");
+    // Without knowing which generation we wrote, the lag counts as a rollout.
+    o.template_generation = None;
+    let s = compute(&o, None, Timestamp::now());
+    assert_eq!(get(&s, types::READY).reason, reasons::ROLLING_OUT);
+}
+
+#[test]
+fn a_template_rollout_is_not_ready_and_reconciling() {
+    let mut d = deployment(3, 3);
+    let st = d.status.as_mut().unwrap();
+    (st.replicas, st.updated_replicas) = (Some(4), Some(1));
+    let secret = found();
+    let s = compute(&obs(&secret, Some(&d)), None, Timestamp::now());
+    assert_eq!(get(&s, types::READY).status, "False");
+    assert_eq!(get(&s, types::READY).reason, reasons::ROLLING_OUT);
+    assert_eq!(get(&s, types::RECONCILING).status, "True");
+    assert_eq!(get(&s, types::STALLED).status, "False");
+}
+
+#[test]
+fn zero_replicas_wanted_and_none_running_is_ready() {
+    let d = deployment(0, 0);
+    let secret = found();
+    let mut o = obs(&secret, Some(&d));
+    (o.fixed_replicas, o.floor) = (Some(0), 0);
+    let s = compute(&o, None, Timestamp::now());
+    let ready = get(&s, types::READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("True", reasons::SCALED_TO_ZERO)
+    );
+}
+
+#[test]
+fn refused_pods_stall_with_the_deployments_reason_and_message() {
+    use k8s_openapi::api::apps::v1::DeploymentCondition;
+    let mut d = deployment(3, 1);
+    d.status.as_mut().unwrap().conditions = Some(vec![DeploymentCondition {
+        type_: "ReplicaFailure".into(),
+        status: "True".into(),
+        reason: Some("FailedCreate".into()),
+        message: Some("pods \"a-1\" is forbidden: exceeded quota: pods".into()),
+        ..DeploymentCondition::default()
+    }]);
+    let secret = found();
+    let s = compute(&obs(&secret, Some(&d)), None, Timestamp::now());
+    let stalled = get(&s, types::STALLED);
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", "FailedCreate")
+    );
+    assert!(
+        stalled.message.contains("exceeded quota"),
+        "{}",
+        stalled.message
+    );
+    assert_eq!(get(&s, types::READY).status, "False");
+    assert_eq!(get(&s, types::READY).reason, "FailedCreate");
+    assert_eq!(get(&s, types::RECONCILING).status, "False");
+
+    let mut deadline = deployment(3, 1);
+    deadline.status.as_mut().unwrap().conditions = Some(vec![DeploymentCondition {
+        type_: "Progressing".into(),
+        status: "False".into(),
+        reason: Some("ProgressDeadlineExceeded".into()),
+        message: Some("ReplicaSet \"a-1\" has timed out progressing.".into()),
+        ..DeploymentCondition::default()
+    }]);
+    let s = compute(&obs(&secret, Some(&deadline)), None, Timestamp::now());
+    assert_eq!(get(&s, types::STALLED).reason, "ProgressDeadlineExceeded");
+    // Conditions of a generation the controller has not seen yet say nothing.
+    deadline.metadata.generation = Some(9);
+    let s = compute(&obs(&secret, Some(&deadline)), None, Timestamp::now());
+    assert_eq!(get(&s, types::STALLED).status, "False");
+}
+
+#[test]
+fn a_conflicting_object_stalls_with_its_message() {
+    let d = deployment(3, 3);
+    let secret = found();
+    let mut o = obs(&secret, Some(&d));
+    o.conflict = Some("ConfigMap \"a-config\" already exists".into());
+    let s = compute(&o, None, Timestamp::now());
+    for t in [types::READY, types::STALLED] {
+        assert_eq!(get(&s, t).reason, reasons::CHILD_CONFLICT, "{t}");
+    }
+    assert_eq!(get(&s, types::STALLED).status, "True");
+    assert!(get(&s, types::READY).message.contains("a-config"));
 }
 
 #[test]
@@ -124,7 +257,7 @@ fn suspended_objects_are_paused() {
     o.suspended = true;
     let s = compute(&o, None, Timestamp::now());
     assert_eq!(get(&s, types::PAUSED).status, "True");
-    assert_eq!(get(&s, types::PROGRESSING).reason, reasons::SUSPENDED);
+    assert_eq!(get(&s, types::RECONCILING).reason, reasons::SUSPENDED);
 }
 
 #[test]
@@ -156,7 +289,10 @@ fn with_autoscaling_the_hpa_decides_the_desired_count() {
     o.hpa = Some(&hpa);
     let s = compute(&o, None, Timestamp::now());
     assert_eq!(s.desired_replicas, Some(6));
-    assert_eq!(get(&s, types::READY).message, "4/6 replicas ready");
+    assert_eq!(
+        get(&s, types::READY).message,
+        "4/6 replicas available, scaling to 6"
+    );
     assert_eq!(s.replica_summary.as_deref(), Some("4/6"));
 }
 
@@ -197,18 +333,18 @@ fn condition_order_does_not_count_as_a_change() {
 }
 
 #[test]
-fn a_refused_child_is_not_ready_and_not_progressing_even_with_ready_pods() {
+fn a_refused_child_is_not_ready_and_stalled_even_with_ready_pods() {
     let d = deployment(3, 3);
     let secret = found();
     let mut o = obs(&secret, Some(&d));
     o.apply_error = Some("the API server rejected the Deployment (422 Invalid): bad".into());
     let s = compute(&o, None, Timestamp::now());
-    for t in [types::READY, types::PROGRESSING] {
+    for t in [types::READY, types::STALLED] {
         let c = get(&s, t);
         assert_eq!(
             (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
             (
-                "False",
+                if t == types::STALLED { "True" } else { "False" },
                 reasons::APPLY_FAILED,
                 "the API server rejected the Deployment (422 Invalid): bad"
             ),

@@ -228,21 +228,17 @@ async fn turning_autoscaling_off_deletes_the_hpa_before_taking_replicas_back() {
 }
 
 #[tokio::test]
-async fn a_new_object_with_autoscaling_needs_no_hand_over() {
+async fn a_new_object_with_autoscaling_starts_at_min_replicas_and_hands_them_over() {
     let h = Harness::start().await;
     create_db_secret(&h, "users").await;
     scalable_api("users").autoscaling(3, 6).create(&h).await;
     h.wait_for(HPAS, "users", "the HPA", |_| true).await;
     h.settle().await;
-    assert!(
-        h.fake
-            .requests()
-            .iter()
-            .all(|r| r.field_manager() != Some(HANDOVER))
-    );
     let d = h.object(DEPLOYMENTS, "users").expect("deployment");
-    assert!(
-        replica_owners(&d).is_empty(),
-        "nobody applied replicas; the API server defaulted them"
+    assert_eq!(replicas(&d), Some(3), "created at minReplicas, not at 1");
+    assert_eq!(
+        replica_owners(&d),
+        vec![HANDOVER.to_owned()],
+        "our own manager let go of spec.replicas in the same pass"
     );
 }

@@ -42,11 +42,20 @@ async fn an_unchanged_object_writes_no_status_and_changes_no_child() {
     h.settle().await;
 
     let requests = h.fake.requests();
+    let child_writes: Vec<_> = requests
+        .iter()
+        .filter(|r| r.method != "GET" && !r.path.contains("/scalableapis/"))
+        .filter(|r| !r.path.contains("/events"))
+        .collect();
     assert!(
         requests
             .iter()
-            .any(|r| r.method == "PATCH" && r.path.ends_with("/deployments/users")),
-        "children were re-applied"
+            .any(|r| r.method == "GET" && r.path.ends_with("/deployments/users")),
+        "the reconcile read the children"
+    );
+    assert!(
+        child_writes.is_empty(),
+        "an unchanged child is not written, got {child_writes:?}"
     );
     let status_writes: Vec<_> = requests
         .iter()
@@ -158,8 +167,8 @@ async fn a_child_the_api_server_refuses_is_a_condition_and_an_event_until_fixed(
     scalable_api("users").create(&h).await;
     wait_for_condition(&h, "users", "Ready", "False", "ApplyFailed").await;
     assert_eq!(
-        condition(&h, "users", "Progressing"),
-        Some(("False".into(), "ApplyFailed".into()))
+        condition(&h, "users", "Stalled"),
+        Some(("True".into(), "ApplyFailed".into()))
     );
     let message = ready_message(&h, "users");
     assert!(
@@ -188,7 +197,7 @@ async fn a_child_the_api_server_refuses_is_a_condition_and_an_event_until_fixed(
         d["spec"]["replicas"] == json!(3)
     })
     .await;
-    wait_for_condition(&h, "users", "Ready", "False", "ReplicasNotReady").await;
+    wait_for_condition(&h, "users", "Ready", "False", "RollingOut").await;
     set_deployment_status(&h, "users", 3).await;
     wait_for_condition(&h, "users", "Ready", "True", "Available").await;
     wait_for_event(&h, "an Available Event", "users", "Available").await;
