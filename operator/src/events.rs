@@ -50,8 +50,11 @@ pub fn events_for(previous: Option<&ScalableApiStatus>, new: &ScalableApiStatus)
                 out.push(event(EventType::Warning, &c.reason, &c.message));
             }
             types::READY if now_true => out.push(event(EventType::Normal, &c.reason, &c.message)),
+            // Lost without a spec change: an outage. After a spec change (a higher
+            // minReplicas, a new image) the new generation is still on its way.
             types::READY
                 if is_true(old)
+                    && old.is_some_and(|o| o.observed_generation == c.observed_generation)
                     && !stalled_now
                     && ![
                         reasons::SECRET_NOT_FOUND,
@@ -198,6 +201,10 @@ mod tests {
         let mut scaling = ready.clone();
         scaling.conditions[0].message = "3/5 replicas available, scaling to 5".into();
         assert!(events_for(Some(&ready), &scaling).is_empty());
+        // minReplicas raised: below the new floor for a moment, but no outage.
+        let mut raised = cond(types::READY, false, reasons::REPLICAS_UNAVAILABLE);
+        raised.observed_generation = Some(2);
+        assert!(events_for(Some(&ready), &status(vec![raised])).is_empty());
     }
 
     #[test]

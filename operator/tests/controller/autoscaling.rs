@@ -1,19 +1,15 @@
 //! Autoscaling with the real HPA controller and metrics-server (reading kwok's simulated
 //! usage), the replica hand-over, the scale subresource and suspend.
 
-use std::sync::{Arc, Mutex};
-
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::ResourceExt;
-use kube::runtime::watcher;
 use operator::apply::{FIELD_MANAGER, HANDOVER_MANAGER};
 use operator::crd::ScalableApi;
 use serde_json::json;
-use tokio::task::JoinHandle;
 
 use crate::cluster::*;
+use crate::history::History;
 
 fn replicas(d: &Deployment) -> Option<i32> {
     d.spec.as_ref()?.replicas
@@ -39,40 +35,6 @@ fn replica_owners(d: &Deployment) -> Vec<(String, String, String)> {
         .collect()
 }
 
-/// Every version of Deployment `name` a watch sees, from now until the handle is dropped.
-struct DeploymentHistory {
-    seen: Arc<Mutex<Vec<Deployment>>>,
-    task: JoinHandle<()>,
-}
-
-impl DeploymentHistory {
-    fn start(c: &Cluster, name: &str) -> Self {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let stream = watcher::watcher(c.api::<Deployment>(), config);
-        let task = tokio::spawn(async move {
-            let mut stream = stream.boxed();
-            while let Ok(Some(event)) = stream.try_next().await {
-                if let watcher::Event::Apply(d) | watcher::Event::InitApply(d) = event {
-                    sink.lock().expect("history").push(d);
-                }
-            }
-        });
-        Self { seen, task }
-    }
-
-    fn versions(&self) -> Vec<Deployment> {
-        self.seen.lock().expect("history").clone()
-    }
-}
-
-impl Drop for DeploymentHistory {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 #[tokio::test]
 async fn turning_autoscaling_on_hands_replicas_to_the_hpa_without_dropping_below_the_count() {
     let c = Cluster::with_operator("handover").await;
@@ -80,7 +42,7 @@ async fn turning_autoscaling_on_hands_replicas_to_the_hpa_without_dropping_below
     scalable_api("users").replicas(3).create(&c).await;
     c.wait_for_condition("users", "Ready", "True", "Available")
         .await;
-    let history = DeploymentHistory::start(&c, "users");
+    let history = History::start(c.api::<Deployment>(), "users");
     c.wait_for::<Deployment>("users", "3 replicas owned by the operator", |d| {
         replicas(d) == Some(3)
     })
@@ -144,7 +106,8 @@ async fn the_hpa_scales_up_under_cpu_load_and_the_operator_never_writes_replicas
 
     // Load: kwok reports 200m of CPU per container of every pod (requests: 100m + 50m),
     // set on the pod template by another manager, which the operator leaves alone.
-    let history = DeploymentHistory::start(&c, "users");
+    let history = History::start(c.api::<Deployment>(), "users");
+    let statuses = History::start(c.api::<ScalableApi>(), "users");
     c.kubectl(&[
         "patch",
         "deployment/users",
@@ -165,6 +128,25 @@ async fn the_hpa_scales_up_under_cpu_load_and_the_operator_never_writes_replicas
         s.status.as_ref().and_then(|st| st.desired_replicas) == Some(6)
     })
     .await;
+
+    c.wait_for::<ScalableApi>("users", "6 ready replicas in status", |s| {
+        s.status.as_ref().and_then(|st| st.ready_replicas) == Some(6)
+    })
+    .await;
+    // The annotation rolled the pods out first (Ready=False, RollingOut: right); from the
+    // HPA's first scale on, Ready stays True and no Warning is sent.
+    let scaling: Vec<(String, String)> = statuses
+        .versions()
+        .iter()
+        .filter(|s| s.status.as_ref().and_then(|st| st.desired_replicas) > Some(2))
+        .filter_map(|s| condition(s, "Ready"))
+        .collect();
+    assert!(!scaling.is_empty());
+    assert!(
+        scaling.iter().all(|(status, _)| status == "True"),
+        "Ready flapped while the HPA scaled up: {scaling:?}"
+    );
+    assert!(c.events("users", "Unavailable").await.is_empty());
 
     let versions = history.versions();
     let counts: Vec<i32> = versions.iter().filter_map(replicas).collect();
@@ -260,4 +242,91 @@ async fn suspend_removes_the_hpa_and_leaves_the_deployment_alone_until_resumed()
     c.wait_for_event("users", "Resumed").await;
     c.wait_for_condition("users", "Ready", "True", "Available")
         .await;
+}
+
+#[tokio::test]
+async fn a_new_object_with_autoscaling_never_runs_below_min_replicas() {
+    let c = Cluster::with_operator("startmin").await;
+    create_db_secret(&c, "users").await;
+    let history = History::start(c.api::<Deployment>(), "users");
+    scalable_api("users").autoscaling(3, 6).create(&c).await;
+    c.wait_for_condition("users", "Ready", "True", "Available")
+        .await;
+    let counts: Vec<Option<i32>> = history.versions().iter().map(replicas).collect();
+    assert!(!counts.is_empty());
+    assert!(
+        counts.iter().all(|r| *r == Some(3)),
+        "the Deployment was created at minReplicas and stayed there: {counts:?}"
+    );
+    let d = c.get::<Deployment>("users").await.expect("Deployment");
+    assert!(
+        replica_owners(&d)
+            .iter()
+            .all(|(m, _, _)| m != FIELD_MANAGER),
+        "our own manager let go of spec.replicas: {:?}",
+        replica_owners(&d)
+    );
+}
+
+#[tokio::test]
+async fn zero_replicas_then_autoscaling_hands_the_hpa_min_replicas() {
+    let c = Cluster::with_operator("zero").await;
+    create_db_secret(&c, "users").await;
+    scalable_api("users").replicas(0).create(&c).await;
+    c.wait_for_condition("users", "Ready", "True", "ScaledToZero")
+        .await;
+    patch_spec(
+        &c,
+        "users",
+        json!({"replicas": null, "autoscaling": {"minReplicas": 2, "maxReplicas": 4}}),
+    )
+    .await;
+    c.wait_for::<Deployment>("users", "2 replicas", |d| replicas(d) == Some(2))
+        .await;
+    // An HPA that found 0 would say ScalingActive=False (ScalingDisabled) and never act.
+    let hpa = c
+        .wait_for::<HorizontalPodAutoscaler>("users", "the HPA to be active", |h| {
+            h.status
+                .iter()
+                .flat_map(|s| s.conditions.iter().flatten())
+                .any(|c| c.type_ == "ScalingActive" && c.status == "True")
+        })
+        .await;
+    assert_eq!(hpa.status.map(|s| s.desired_replicas), Some(2));
+    c.wait_for_condition("users", "Ready", "True", "Available")
+        .await;
+}
+
+#[tokio::test]
+async fn a_pin_from_a_stale_read_is_refused_and_the_newer_count_survives() {
+    use operator::error::ErrorClass;
+    // No operator here: the pin itself against the real API server.
+    let c = Cluster::new("pin").await;
+    let d: Deployment = serde_json::from_value(json!({
+        "metadata": {"name": "users"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "users"}},
+            "template": {"metadata": {"labels": {"app": "users"}},
+                "spec": {"containers": [{"name": "api", "image": DEFAULT_TEST_IMAGE}]}},
+        },
+    }))
+    .expect("deployment");
+    let api = c.api::<Deployment>();
+    let stale = api
+        .create(&Default::default(), &d)
+        .await
+        .expect("create the Deployment");
+    c.kubectl(&["scale", "deployment/users", "--replicas=5"]);
+
+    let refused = operator::apply::pin_replicas(&api, &stale, 3)
+        .await
+        .expect_err("the resourceVersion precondition refuses a pin from a stale read");
+    assert_eq!(refused.class(), ErrorClass::Conflict, "{refused}");
+    let live = c.get::<Deployment>("users").await.expect("Deployment");
+    assert_eq!(replicas(&live), Some(5), "kubectl's count survives");
+    // The retry reads again and pins what it read.
+    operator::apply::pin_replicas(&api, &live, 5)
+        .await
+        .expect("a pin from a fresh read");
 }

@@ -129,3 +129,41 @@ async fn every_valid_example_is_accepted() {
         );
     }
 }
+
+#[tokio::test]
+async fn removing_autoscaling_without_replicas_is_refused_at_apply_time() {
+    use kube::api::{Patch, PatchParams};
+    use operator::crd::{ScalableApi, messages};
+    let c = Cluster::new("transition").await;
+    scalable_api("users").autoscaling(2, 5).create(&c).await;
+    let api = c.api::<ScalableApi>();
+    let merge = |spec: Value| Patch::Merge(serde_json::json!({"spec": spec}));
+    let refused = api
+        .patch(
+            "users",
+            &PatchParams::default(),
+            &merge(serde_json::json!({"autoscaling": null})),
+        )
+        .await
+        .expect_err("the transition rule refuses it");
+    match refused {
+        kube::Error::Api(s) => {
+            assert_eq!(s.code, 422, "{s:?}");
+            assert!(
+                s.message.contains(messages::AUTOSCALING_REMOVAL),
+                "{}",
+                s.message
+            );
+        }
+        other => panic!("not an API refusal: {other}"),
+    }
+    let kept = api
+        .patch(
+            "users",
+            &PatchParams::default(),
+            &merge(serde_json::json!({"autoscaling": null, "replicas": 3})),
+        )
+        .await
+        .expect("with spec.replicas the removal is accepted");
+    assert_eq!(kept.spec.replicas, Some(3));
+}

@@ -6,40 +6,13 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::RoleBinding;
-use k8s_openapi::jiff::Timestamp;
 use kube::Api;
-use kube::api::PostParams;
 use operator::leader::{LEASE_DURATION, LeaseLock, RETRY_PERIOD, Timing};
-use serde_json::{Value, json};
 
+use crate::audit::{Request, requests_in};
 use crate::cluster::*;
 
 const LEASE: &str = "scalable-api-operator";
-
-/// A ServiceAccount with every right inside the namespace (cluster-admin bound by a
-/// RoleBinding), and a kubeconfig with its token.
-async fn identity(c: &Cluster, name: &str) -> std::path::PathBuf {
-    let sa: ServiceAccount =
-        serde_json::from_value(json!({"metadata": {"name": name}})).expect("sa");
-    c.api::<ServiceAccount>()
-        .create(&PostParams::default(), &sa)
-        .await
-        .expect("create ServiceAccount");
-    let binding: RoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": c.ns}],
-    }))
-    .expect("binding");
-    c.api::<RoleBinding>()
-        .create(&PostParams::default(), &binding)
-        .await
-        .expect("create RoleBinding");
-    let token = service_account_token(&c.ns, name);
-    token_kubeconfig(&token, &format!("{}-{name}.kubeconfig", c.ns))
-}
 
 async fn wait_for_holder(c: &Cluster, who: &str) -> Lease {
     c.wait_for::<Lease>(LEASE, &format!("{who} to hold the Lease"), |l| {
@@ -48,58 +21,12 @@ async fn wait_for_holder(c: &Cluster, who: &str) -> Lease {
     .await
 }
 
-/// One audited write: who, what, when the API server received it and when it answered.
-#[derive(Debug)]
-struct Write {
-    user: String,
-    resource: String,
-    verb: String,
-    received: Timestamp,
-    answered: Timestamp,
-}
-
-/// Writes (create, update, patch, delete) in `ns` by ServiceAccount tokens, from the log.
-fn audited_writes(ns: &str) -> Vec<Write> {
-    let log = std::fs::read_to_string(TestEnv::get().dir.join("logs/audit.log"))
-        .expect("the API server's audit log");
-    log.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| e["stage"] == "ResponseComplete" && e["objectRef"]["namespace"] == ns)
-        .filter(|e| {
-            matches!(
-                e["verb"].as_str(),
-                Some("create" | "update" | "patch" | "delete")
-            )
-        })
-        .map(|e| {
-            let time = |k: &str| {
-                e[k].as_str()
-                    .and_then(|t| t.parse().ok())
-                    .expect("timestamp")
-            };
-            Write {
-                user: e["user"]["username"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                resource: e["objectRef"]["resource"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-                verb: e["verb"].as_str().unwrap_or_default().to_owned(),
-                received: time("requestReceivedTimestamp"),
-                answered: time("stageTimestamp"),
-            }
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn the_standby_takes_over_after_the_leader_is_killed_and_never_both_write() {
     let c = Cluster::new("leader").await;
     let (config_a, config_b) = (
-        identity(&c, "operator-a").await,
-        identity(&c, "operator-b").await,
+        namespace_admin(&c, "operator-a").await,
+        namespace_admin(&c, "operator-b").await,
     );
     let mut a = OperatorProcess::start(&config_a, &c.ns, "pod-a");
     wait_for_holder(&c, "pod-a").await;
@@ -137,8 +64,11 @@ async fn the_standby_takes_over_after_the_leader_is_killed_and_never_both_write(
     assert!(!b.log_text().to_lowercase().contains("forbidden"));
 
     let user = |n: &str| format!("system:serviceaccount:{}:{n}", c.ns);
-    let writes = audited_writes(&c.ns);
-    let by = |who: &str| -> Vec<&Write> {
+    let writes: Vec<Request> = requests_in(&c.ns)
+        .into_iter()
+        .filter(Request::is_write)
+        .collect();
+    let by = |who: &str| -> Vec<&Request> {
         writes
             .iter()
             .filter(|w| w.user == user(who) && w.resource != "leases")

@@ -355,10 +355,22 @@ pub fn condition(sapi: &ScalableApi, type_: &str) -> Option<(String, String)> {
     Some((c.status.clone(), c.reason.clone()))
 }
 
-/// True when `e` regards the object `name` and has `reason`.
+/// The message of the ScalableApi's condition `type_` (empty when it has none).
+pub fn condition_message(sapi: &ScalableApi, type_: &str) -> String {
+    sapi.status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .find(|c| c.type_ == type_)
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+/// True when `e` regards the ScalableApi `name` and has `reason` (controllers publish
+/// Events of the same reasons about the Deployment and ReplicaSets of that name).
 fn regards(e: &Event, name: &str, reason: &str) -> bool {
-    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-        && e.reason.as_deref() == Some(reason)
+    e.regarding.as_ref().is_some_and(|r| {
+        r.name.as_deref() == Some(name) && r.kind.as_deref() == Some("ScalableApi")
+    }) && e.reason.as_deref() == Some(reason)
 }
 
 /// Names of the objects in a list, for assertion messages.
@@ -399,6 +411,31 @@ pub async fn patch_spec(c: &Cluster, name: &str, spec: serde_json::Value) -> Sca
         .expect("patch ScalableApi spec")
 }
 
+/// A ServiceAccount `name` with every right inside the test's namespace (cluster-admin bound
+/// by a RoleBinding), and a kubeconfig with its token: an operator process running as it
+/// shows up in the audit log under its own name.
+pub async fn namespace_admin(c: &Cluster, name: &str) -> PathBuf {
+    use k8s_openapi::api::rbac::v1::RoleBinding;
+    let sa: ServiceAccount =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("sa");
+    c.api::<ServiceAccount>()
+        .create(&PostParams::default(), &sa)
+        .await
+        .expect("create ServiceAccount");
+    let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": c.ns}],
+    }))
+    .expect("binding");
+    c.api::<RoleBinding>()
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("create RoleBinding");
+    let token = service_account_token(&c.ns, name);
+    token_kubeconfig(&token, &format!("{}-{name}.kubeconfig", c.ns))
+}
+
 /// A bearer token for ServiceAccount `name` in `ns` (TokenRequest, one hour).
 pub fn service_account_token(ns: &str, name: &str) -> String {
     let out = TestEnv::get().kubectl(&["-n", ns, "create", "token", name, "--duration=1h"]);
@@ -427,6 +464,11 @@ pub struct OperatorProcess {
 impl OperatorProcess {
     /// `scalable-api-operator run` with `kubeconfig`, watching `ns`, its Lease in `ns`.
     pub fn start(kubeconfig: &Path, ns: &str, pod_name: &str) -> Self {
+        Self::start_with(kubeconfig, ns, pod_name, &[])
+    }
+
+    /// As `start`, with `extra` arguments for `run`.
+    pub fn start_with(kubeconfig: &Path, ns: &str, pod_name: &str, extra: &[&str]) -> Self {
         let http_addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port");
@@ -440,6 +482,7 @@ impl OperatorProcess {
             .args(["--pod-name", pod_name, "--log-format", "text"])
             .args(["--default-image", DEFAULT_TEST_IMAGE])
             .arg(format!("--http-addr={http_addr}"))
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")
             .stdout(log_file.try_clone().expect("log"))
