@@ -333,7 +333,7 @@ async fn main() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while operator_metrics(port)
         .await
-        .is_none_or(|m| sample_sum(&m, "scalable_api_operator_leader") < 1.0)
+        .is_none_or(|m| sample_sum(&m, "leader_election_master_status") < 1.0)
     {
         if Instant::now() > deadline {
             bail!(

@@ -4,7 +4,8 @@
 //! Readiness means "this replica is initialised and can take over", not "this replica
 //! leads": a standby that reported 503 would keep `helm install --wait` and rolling
 //! updates of a two-replica Deployment waiting forever (controller-runtime and
-//! kube-controller-manager behave the same way). Who leads is the `leader` gauge.
+//! kube-controller-manager behave the same way). Who leads is the
+//! `leader_election_master_status` gauge.
 
 use std::sync::Arc;
 
@@ -86,6 +87,7 @@ pub async fn run_with(client: Client, args: RunArgs, timing: Timing) -> Result<(
         )
     });
     if let Some(lock) = &lease {
+        metrics.set_leader(lock.name(), false);
         tracing::info!(identity = %identity, lease = %args.lease_name, "waiting for the leader Lease");
         tokio::select! {
             () = lock.acquire() => {},
@@ -95,7 +97,7 @@ pub async fn run_with(client: Client, args: RunArgs, timing: Timing) -> Result<(
                 return Ok(());
             }
         }
-        metrics.set_leader(true);
+        metrics.set_leader(lock.name(), true);
     }
 
     let settings = Settings {
@@ -106,6 +108,7 @@ pub async fn run_with(client: Client, args: RunArgs, timing: Timing) -> Result<(
     };
     let (ctrl, ctx) = controller::build(client, settings, metrics.clone());
     let ctrl = ctrl.shutdown_on_signal();
+    metrics.controller_started(controller::MAX_CONCURRENT_RECONCILES);
     tracing::info!(
         namespace = args.watch_namespace().unwrap_or("<all>"),
         "starting the controller"
@@ -121,7 +124,9 @@ pub async fn run_with(client: Client, args: RunArgs, timing: Timing) -> Result<(
         }
     };
     readiness.set(false);
-    metrics.set_leader(false);
+    if let Some(lock) = &lease {
+        metrics.set_leader(lock.name(), false);
+    }
     if let (Ok(()), Some(lock)) = (&result, &lease) {
         match lock.release().await {
             Ok(()) => tracing::info!("released the leader Lease"),

@@ -3,11 +3,17 @@
 //! API server's audit log (scripts/cluster.sh logs every request made with a
 //! ServiceAccount token).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use operator::leader::{LEASE_DURATION, LeaseLock, RETRY_PERIOD, Timing};
+use serde_json::json;
 
 use crate::audit::{Request, requests_in};
 use crate::cluster::*;
@@ -50,10 +56,11 @@ async fn the_standby_takes_over_after_the_leader_is_killed_and_never_both_write(
     wait_for_holder(&c, "pod-b").await;
     let takeover = killed.elapsed();
     println!("the standby took the Lease {takeover:?} after the leader's SIGKILL");
-    // The Lease was renewed at most one retry period before the kill; the standby polls
-    // every retry period.
+    // The Lease was renewed at most one retry period before the kill. The standby counts
+    // the lease from when it saw that renewal (up to one retry period later, its poll
+    // interval, on its own clock) and takes over at its first poll after that.
     assert!(
-        takeover <= LEASE_DURATION + RETRY_PERIOD + Duration::from_secs(1),
+        takeover <= LEASE_DURATION + 2 * RETRY_PERIOD + Duration::from_secs(1),
         "take-over took {takeover:?}"
     );
 
@@ -192,4 +199,140 @@ async fn a_leader_whose_renewals_hang_steps_down_within_the_deadline() {
         "stepped down after {:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_holder_whose_clock_is_an_hour_behind_is_followed_while_it_renews() {
+    let c = Cluster::new("skew").await;
+    let leases = c.api::<Lease>();
+    // Another replica holds the Lease; its wall clock is an hour behind ours, so every
+    // renewTime it writes is an hour old by our clock.
+    let lease_duration = Duration::from_secs(2);
+    let skewed = || Some(MicroTime(Timestamp::now() - SignedDuration::from_hours(1)));
+    let held = Lease {
+        metadata: ObjectMeta {
+            name: Some(LEASE.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some("skewed".into()),
+            lease_duration_seconds: Some(lease_duration.as_secs() as i32),
+            acquire_time: skewed(),
+            renew_time: skewed(),
+            lease_transitions: Some(0),
+            ..LeaseSpec::default()
+        }),
+    };
+    leases
+        .create(&PostParams::default(), &held)
+        .await
+        .expect("create the Lease");
+    let (candidate, _, _) = candidates(&c);
+    let candidate = tokio::spawn(async move {
+        candidate.acquire().await;
+        Instant::now()
+    });
+
+    // The holder renews four times a second for two lease durations; each renewal finds it
+    // still holding the Lease (a take-over would also make its stale replace fail with 409).
+    let renew_until = Instant::now() + 2 * lease_duration;
+    let mut last_renewal = Instant::now();
+    while Instant::now() < renew_until {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let mut lease = leases.get(LEASE).await.expect("read the Lease");
+        let spec = lease.spec.as_mut().expect("spec");
+        assert_eq!(
+            spec.holder_identity.as_deref(),
+            Some("skewed"),
+            "the candidate took the Lease from a holder that renews it"
+        );
+        spec.renew_time = skewed();
+        last_renewal = Instant::now();
+        leases
+            .replace(LEASE, &PostParams::default(), &lease)
+            .await
+            .expect("the holder renews (a conflict means the candidate wrote the Lease)");
+    }
+    assert!(!candidate.is_finished(), "the candidate took the Lease");
+
+    // The holder stops: the candidate takes over one lease duration after the last change
+    // it saw, on its own clock.
+    let acquired = tokio::time::timeout(TIMEOUT, candidate)
+        .await
+        .expect("the candidate takes over")
+        .expect("candidate task");
+    let waited = acquired - last_renewal;
+    println!("the candidate took the Lease {waited:?} after the last renewal");
+    assert!(
+        waited >= lease_duration,
+        "took over {waited:?} after the last renewal"
+    );
+    assert!(
+        waited <= lease_duration + 5 * SHORT.retry_period + Duration::from_secs(1),
+        "took over {waited:?} after the last renewal"
+    );
+    let lease = leases.get(LEASE).await.expect("lease").spec.expect("spec");
+    assert_eq!(lease.holder_identity.as_deref(), Some("pod-a"));
+    assert_eq!(lease.lease_transitions, Some(1));
+}
+
+#[tokio::test]
+async fn a_leader_whose_renewals_conflict_retries_and_keeps_leading() {
+    let c = Cluster::new("conflict").await;
+    let (a, _, leases) = candidates(&c);
+    assert!(a.try_acquire_or_renew().await.expect("a"));
+    // Same identity and Lease, but before each of its first three PUTs another writer
+    // changes the Lease, so the real API server answers 409 Conflict (about 300 ms of
+    // conflicts, within the 700 ms renew deadline).
+    let conflicts = Arc::new(AtomicUsize::new(0));
+    let puts = Arc::new(AtomicUsize::new(0));
+    let (inner, counted, put_count) = (c.client.clone(), conflicts.clone(), puts.clone());
+    let writer = leases.clone();
+    let racing = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+        let (inner, conflicts, puts, writer) = (
+            inner.clone(),
+            counted.clone(),
+            put_count.clone(),
+            writer.clone(),
+        );
+        async move {
+            if req.method() == http::Method::PUT {
+                let n = puts.fetch_add(1, Ordering::SeqCst);
+                if n < 3 {
+                    let touch =
+                        json!({"metadata": {"annotations": {"test/touched": n.to_string()}}});
+                    writer
+                        .patch(LEASE, &PatchParams::default(), &Patch::Merge(&touch))
+                        .await?;
+                }
+            }
+            let resp = inner.send(req).await?;
+            if resp.status() == http::StatusCode::CONFLICT {
+                conflicts.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok::<_, kube::Error>(resp)
+        }
+    });
+    let racing = LeaseLock::new(
+        kube::Client::new(racing, "default"),
+        &c.ns,
+        LEASE,
+        "pod-a",
+        SHORT,
+    );
+    let mut renewing = tokio::spawn(async move { racing.keep_renewing().await });
+    // A leader that gave up on the first 409 would have returned long before this.
+    let stepped_down = tokio::time::timeout(2 * SHORT.lease_duration, &mut renewing).await;
+    assert!(
+        stepped_down.is_err(),
+        "the leader stepped down: {stepped_down:?}"
+    );
+    assert_eq!(conflicts.load(Ordering::SeqCst), 3, "conflicts answered");
+    assert!(
+        puts.load(Ordering::SeqCst) > 3,
+        "renewed after the conflicts"
+    );
+    let lease = leases.get(LEASE).await.expect("lease").spec.expect("spec");
+    assert_eq!(lease.holder_identity.as_deref(), Some("pod-a"));
+    renewing.abort();
 }

@@ -86,8 +86,15 @@ async fn wait_metrics(addr: SocketAddr, what: &str, check: impl Fn(&str) -> bool
 
 /// Matches the sample line exactly: the metric's HELP text also follows its name.
 fn leader_gauge_is(metrics: &str, value: u8) -> bool {
-    let want = format!("scalable_api_operator_leader {value}");
+    let want = format!(r#"leader_election_master_status{{name="scalable-api-operator"}} {value}"#);
     metrics.lines().any(|line| line == want)
+}
+
+/// The value of the sample line that starts with `series` (name and labels).
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[tokio::test]
@@ -118,13 +125,38 @@ async fn only_the_leader_reconciles_the_standby_is_ready_and_takes_over() {
     scalable_api("users").create(&c).await;
     c.wait_for::<Deployment>("users", "the leader to reconcile", |_| true)
         .await;
+    let requeued =
+        r#"controller_runtime_reconcile_total{controller="scalableapi",result="requeue_after"}"#;
     let metrics_a = wait_metrics(addr_a, "the leader to count an applied reconcile", |m| {
         m.contains("scalable_api_operator_reconciliations_total{outcome=\"applied\"}")
+            && sample(m, requeued).is_some_and(|n| n >= 1.0)
     })
     .await;
     assert!(leader_gauge_is(&metrics_a, 1), "{metrics_a}");
+    let series = |name: &str| format!(r#"{name}{{controller="scalableapi"}}"#);
+    assert_eq!(
+        sample(
+            &metrics_a,
+            &series("controller_runtime_max_concurrent_reconciles")
+        ),
+        Some(f64::from(operator::controller::MAX_CONCURRENT_RECONCILES)),
+        "{metrics_a}"
+    );
+    assert!(
+        sample(
+            &metrics_a,
+            &series("controller_runtime_reconcile_time_seconds_count")
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{metrics_a}"
+    );
     let (_, metrics_b) = http_get(addr_b, "/metrics").await.expect("standby metrics");
     assert!(leader_gauge_is(&metrics_b, 0), "{metrics_b}");
+    // A standby runs no controller, so it has no controller series (as controller-runtime).
+    assert!(
+        !metrics_b.contains("controller_runtime_reconcile_total{"),
+        "{metrics_b}"
+    );
 
     // The leader dies without releasing the Lease; the standby waits it out and takes over.
     a.abort();
