@@ -21,8 +21,7 @@
 //! OwnerReferencesPermissionEnforcement admission plugin only allows with it. Children and
 //! Secrets are watched metadata-only, which needs the same list/watch verbs.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -45,9 +44,9 @@ use crate::desired::{self, Inputs, labels};
 use crate::error::{Error, Result};
 use crate::events;
 use crate::metrics::Metrics;
+use crate::retry::{self, Failures};
 use crate::status::{self, Observation, SecretState};
 
-pub use crate::retry::error_policy;
 pub use crate::supervisor::{run, run_with};
 
 /// Default re-check of a healthy object, in case a watch event was missed
@@ -87,22 +86,22 @@ pub struct Context {
     store: Store<ScalableApi>,
     /// What this process last wrote to each child, so an unchanged child is not written.
     last_applied: LastApplied,
-    /// Consecutive failures per object, for the exponential back-off.
-    failures: Mutex<HashMap<ObjectRef<ScalableApi>, u32>>,
+    failures: Failures,
 }
 
-impl Context {
-    pub(crate) fn record_failure(&self, sapi: &ScalableApi) -> u32 {
-        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = failures.entry(ObjectRef::from_obj(sapi)).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    }
-
-    fn reset_failures(&self, sapi: &ScalableApi) {
-        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        failures.remove(&ObjectRef::from_obj(sapi));
-    }
+/// The requeue after a failed reconcile: exponential back-off with jitter by error class.
+pub fn error_policy(sapi: Arc<ScalableApi>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.failures.record(&sapi);
+    let delay = retry::backoff(error.class(), failures, retry::jitter());
+    tracing::warn!(
+        name = %sapi.name_any(),
+        reason = error.metric_label(),
+        failures,
+        retry_in = ?delay,
+        error = %error,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
 }
 
 /// How a successful reconcile ended; decides the requeue and the metric label.
@@ -220,7 +219,7 @@ pub fn build(
         resync_interval: settings.resync_interval,
         store,
         last_applied: LastApplied::default(),
-        failures: Mutex::new(HashMap::new()),
+        failures: Failures::default(),
     });
     (controller, ctx)
 }
@@ -258,7 +257,7 @@ pub async fn reconcile(sapi: Arc<ScalableApi>, ctx: Arc<Context>) -> Result<Acti
         });
     }
     let outcome = result?;
-    ctx.reset_failures(&sapi);
+    ctx.failures.reset(&sapi);
     tracing::debug!(outcome = outcome.metric_label(), "reconciled");
     Ok(outcome.action(ctx.resync_interval))
 }

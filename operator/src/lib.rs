@@ -1,25 +1,26 @@
 //! The ScalableApi operator: CRD types, pure desired-state builders and the reconcile loop.
+//!
+//! Public: what the binary, the tests, the examples and the benches use. The rest is
+//! internal to the reconcile loop.
 
+pub mod apply;
 pub mod cli;
+pub mod controller;
 pub mod crd;
 mod crd_funcs;
 pub mod desired;
-pub mod render;
-pub mod validate;
-
-#[cfg(test)]
-pub mod fixtures;
-
-pub mod apply;
-pub mod controller;
 pub mod error;
-pub mod events;
-pub mod http;
+mod events;
+#[cfg(test)]
+mod fixtures;
+mod http;
 pub mod leader;
 pub mod metrics;
-pub mod retry;
-pub mod status;
+pub mod render;
+mod retry;
+mod status;
 mod supervisor;
 pub mod telemetry;
+mod validate;
 
 pub use error::{Error, Result};

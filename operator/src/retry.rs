@@ -1,15 +1,15 @@
-//! `error_policy`: exponential back-off with jitter, by error class.
+//! Exponential back-off with jitter, by error class, and the per-object failure count it
+//! grows with. `controller::error_policy` turns them into the requeue.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use kube::ResourceExt;
-use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use rand::Rng;
 
-use crate::controller::Context;
 use crate::crd::ScalableApi;
-use crate::error::{Error, ErrorClass};
+use crate::error::ErrorClass;
 
 /// Exponential back-off per error class: (first delay, cap).
 pub const BACKOFF_CONFLICT: (Duration, Duration) =
@@ -34,19 +34,29 @@ pub fn backoff(class: ErrorClass, failures: u32, jitter: f64) -> Duration {
     delay.mul_f64(1.0 + jitter.clamp(-BACKOFF_JITTER, BACKOFF_JITTER))
 }
 
-pub fn error_policy(sapi: Arc<ScalableApi>, error: &Error, ctx: Arc<Context>) -> Action {
-    let failures = ctx.record_failure(&sapi);
-    let jitter = rand::rng().random_range(-BACKOFF_JITTER..=BACKOFF_JITTER);
-    let delay = backoff(error.class(), failures, jitter);
-    tracing::warn!(
-        name = %sapi.name_any(),
-        reason = error.metric_label(),
-        failures,
-        retry_in = ?delay,
-        error = %error,
-        "reconcile failed"
-    );
-    Action::requeue(delay)
+/// Consecutive failures per object, for the exponential back-off.
+#[derive(Debug, Default)]
+pub struct Failures(Mutex<HashMap<ObjectRef<ScalableApi>, u32>>);
+
+impl Failures {
+    /// Counts one more failure of `sapi`; returns how many in a row.
+    pub fn record(&self, sapi: &ScalableApi) -> u32 {
+        let mut failures = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = failures.entry(ObjectRef::from_obj(sapi)).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    /// A success ends the run of failures.
+    pub fn reset(&self, sapi: &ScalableApi) {
+        let mut failures = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        failures.remove(&ObjectRef::from_obj(sapi));
+    }
+}
+
+/// A random factor in [-BACKOFF_JITTER, BACKOFF_JITTER] for `backoff`.
+pub fn jitter() -> f64 {
+    rand::rng().random_range(-BACKOFF_JITTER..=BACKOFF_JITTER)
 }
 
 #[cfg(test)]
@@ -74,6 +84,17 @@ mod tests {
     fn conflicts_retry_sooner_than_permanent_errors() {
         assert!(backoff(ErrorClass::Conflict, 1, 0.0) < backoff(ErrorClass::Transient, 1, 0.0));
         assert!(backoff(ErrorClass::Transient, 1, 0.0) < backoff(ErrorClass::Permanent, 1, 0.0));
+    }
+
+    #[test]
+    fn failures_count_up_per_object_until_reset() {
+        let failures = Failures::default();
+        let a = ScalableApi::test().named("a");
+        let b = ScalableApi::test().named("b");
+        assert_eq!((failures.record(&a), failures.record(&a)), (1, 2));
+        assert_eq!(failures.record(&b), 1);
+        failures.reset(&a);
+        assert_eq!(failures.record(&a), 1);
     }
 
     #[test]
