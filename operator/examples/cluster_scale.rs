@@ -225,7 +225,8 @@ fn delta(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTree
         .collect()
 }
 
-/// The operator's requests from the API server's audit log, as (verb, received at). A watch
+/// The operator's requests from the API server's audit log, as (verb, received at); leader
+/// election's requests are labelled `<verb> (lease)`, apart from the per-object cost. A watch
 /// counts when it starts; everything else when its response completes. kube-apiserver
 /// rotates the log (audit-<time>.log) past --audit-log-maxsize, so every audit file is read.
 fn audited(dir: &Path, user: &str) -> anyhow::Result<Vec<(String, Timestamp)>> {
@@ -249,11 +250,16 @@ fn audited(dir: &Path, user: &str) -> anyhow::Result<Vec<(String, Timestamp)>> {
             if event["user"]["username"] != user || event["stage"] != counted_stage {
                 continue;
             }
+            let label = if event["objectRef"]["resource"] == "leases" {
+                format!("{verb} {LEASE_LABEL}")
+            } else {
+                verb.to_owned()
+            };
             if let Some(at) = event["requestReceivedTimestamp"]
                 .as_str()
                 .and_then(|t| t.parse::<Timestamp>().ok())
             {
-                requests.push((verb.to_owned(), at));
+                requests.push((label, at));
             }
         }
     }
@@ -272,6 +278,9 @@ fn by_verb(
     }
     counts
 }
+
+/// Suffix of the audit labels of Lease requests (leader election, not per object).
+const LEASE_LABEL: &str = "(lease)";
 
 fn is_write(verb: &str) -> bool {
     matches!(
@@ -453,7 +462,7 @@ async fn main() -> anyhow::Result<()> {
         .sum();
     let idle_reads: u64 = idle_ops
         .iter()
-        .filter(|(v, _)| !is_write(v))
+        .filter(|(v, _)| !is_write(v) && !v.ends_with(LEASE_LABEL))
         .map(|(_, n)| n)
         .sum();
 
