@@ -14,7 +14,8 @@
 # leaves a component that did not become healthy running, for inspection.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-D="${CLUSTER_DIR:-$ROOT/.cluster}"
+# Absolute: the kubeconfigs name files under it, and a relative path would resolve twice.
+D="$(realpath -m "${CLUSTER_DIR:-$ROOT/.cluster}")"
 NODES="${CLUSTER_NODES:-2}"
 # Seconds each component gets to become healthy.
 HEALTH_TIMEOUT="${CLUSTER_HEALTH_TIMEOUT:-120}"

@@ -285,8 +285,12 @@ pub struct Applied {
 /// How a pass over the children ended.
 pub enum Pass {
     Applied(Box<Applied>),
-    /// An object with a child's name is not ours: nothing was written.
-    Conflict(String),
+    /// An object with a child's name is not ours: nothing was written. `leftover` when every
+    /// such object only waits for the garbage collector (an earlier ScalableApi's child).
+    Conflict {
+        message: String,
+        leftover: bool,
+    },
     /// An orphan was up for adoption, but a fresh read shows the ScalableApi deleted or
     /// replaced: this reconcile ran on a stale copy, so nothing was written.
     OwnerGone,
@@ -384,18 +388,25 @@ pub async fn apply_children(
     ];
     // An unwanted child is compared with what it would be, so a foreign one is left alone.
     let reference = children.deployment.meta();
-    let mut conflicts = Vec::new();
+    let (mut conflicts, mut leftover) = (Vec::new(), true);
     let mut orphans = false;
     for (kind, live_meta, want) in checks {
         let wanted = want.is_some();
         match ownership(kind, live_meta, want.unwrap_or(reference)) {
-            Ownership::Foreign(message) if wanted => conflicts.push(message),
+            Ownership::Foreign(message) if wanted => {
+                conflicts.push(message);
+                leftover = false;
+            }
+            Ownership::Leftover(message) if wanted => conflicts.push(message),
             Ownership::Orphan => orphans = true,
             _ => {}
         }
     }
     if !conflicts.is_empty() {
-        return Ok(Pass::Conflict(conflicts.join("; ")));
+        return Ok(Pass::Conflict {
+            message: conflicts.join("; "),
+            leftover,
+        });
     }
     if orphans && !owner_alive(client, ns, sapi).await? {
         return Ok(Pass::OwnerGone);

@@ -57,6 +57,9 @@ pub const SECRET_RECHECK: Duration = Duration::from_secs(5 * 60);
 /// Re-check of an object blocked by a foreign object of a child's name: only our own
 /// children are watched, so its removal brings no event.
 pub const CONFLICT_RECHECK: Duration = Duration::from_secs(20);
+/// Re-check while the garbage collector clears an earlier ScalableApi's children: it takes
+/// moments (the re-created-after-orphaning case).
+pub const COLLECTOR_RECHECK: Duration = Duration::from_secs(1);
 /// Reconciles running at once; bounds memory and API-server load after a restart.
 pub const MAX_CONCURRENT_RECONCILES: u16 = 32;
 /// Triggers for one object closer together than this become one reconcile: the watch
@@ -112,6 +115,9 @@ pub enum Outcome {
     WaitingForSecret,
     InvalidSpec,
     ChildConflict,
+    /// Children of an earlier ScalableApi of this name, which the garbage collector is
+    /// removing or orphaning right now.
+    WaitingForCollector,
     Deleting,
 }
 
@@ -122,6 +128,7 @@ impl Outcome {
             Outcome::Applied => Action::requeue(resync),
             Outcome::WaitingForSecret => Action::requeue(SECRET_RECHECK),
             Outcome::ChildConflict => Action::requeue(CONFLICT_RECHECK),
+            Outcome::WaitingForCollector => Action::requeue(COLLECTOR_RECHECK),
             // Only a spec change can help: the watch brings it.
             Outcome::Suspended | Outcome::InvalidSpec | Outcome::Deleting => Action::await_change(),
         }
@@ -134,6 +141,7 @@ impl Outcome {
             Outcome::WaitingForSecret => "waiting_for_secret",
             Outcome::InvalidSpec => "invalid_spec",
             Outcome::ChildConflict => "child_conflict",
+            Outcome::WaitingForCollector => "waiting_for_collector",
             Outcome::Deleting => "deleting",
         }
     }
@@ -275,6 +283,7 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         spec_error: None,
         apply_error: None,
         conflict: None,
+        collector_pending: false,
         secret: &secret,
         deployment: None,
         hpa: None,
@@ -315,9 +324,15 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         };
     let applied = match pass {
         Pass::Applied(applied) => applied,
-        Pass::Conflict(message) => {
+        Pass::Conflict { message, leftover } => {
             obs.conflict = Some(message);
-            return observe_only(ctx, sapi, &ns, obs, Outcome::ChildConflict).await;
+            obs.collector_pending = leftover;
+            let outcome = if leftover {
+                Outcome::WaitingForCollector
+            } else {
+                Outcome::ChildConflict
+            };
+            return observe_only(ctx, sapi, &ns, obs, outcome).await;
         }
         // Reconciled from a stale copy of a deleted object: the watch brings the deletion.
         Pass::OwnerGone => return Ok(Outcome::Deleting),

@@ -199,7 +199,9 @@ impl Metrics {
 /// `controller::Outcome::action` by a test.
 fn result_of(outcome: &str) -> &'static str {
     match outcome {
-        "applied" | "waiting_for_secret" | "child_conflict" => RESULT_REQUEUE_AFTER,
+        "applied" | "waiting_for_secret" | "child_conflict" | "waiting_for_collector" => {
+            RESULT_REQUEUE_AFTER
+        }
         _ => RESULT_SUCCESS,
     }
 }
@@ -276,6 +278,7 @@ mod tests {
             Outcome::WaitingForSecret,
             Outcome::InvalidSpec,
             Outcome::ChildConflict,
+            Outcome::WaitingForCollector,
             Outcome::Deleting,
         ];
         for o in &all {
@@ -285,6 +288,7 @@ mod tests {
                 | Outcome::WaitingForSecret
                 | Outcome::InvalidSpec
                 | Outcome::ChildConflict
+                | Outcome::WaitingForCollector
                 | Outcome::Deleting => {}
             }
         }

@@ -33,6 +33,8 @@ pub mod reasons {
     pub const APPLY_FAILED: &str = "ApplyFailed";
     /// An object with a child's name is not controlled by this ScalableApi.
     pub const CHILD_CONFLICT: &str = "ChildConflict";
+    /// A child of an earlier ScalableApi of this name is still being collected.
+    pub const WAITING_FOR_COLLECTOR: &str = "WaitingForCollector";
     pub const SECRET_FOUND: &str = "SecretFound";
     pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
     pub const KEY_NOT_FOUND: &str = "KeyNotFound";
@@ -80,6 +82,9 @@ pub struct Observation<'a> {
     pub apply_error: Option<String>,
     /// `Some(message)` when an object with a child's name is not ours (`ChildConflict`).
     pub conflict: Option<String>,
+    /// The conflicting objects are only an earlier ScalableApi's children that the garbage
+    /// collector is clearing: in progress, not stalled.
+    pub collector_pending: bool,
     pub secret: &'a SecretState,
     pub deployment: Option<&'a Deployment>,
     pub hpa: Option<&'a HorizontalPodAutoscaler>,
@@ -240,6 +245,17 @@ fn readiness(obs: &Observation<'_>, db: &(bool, &'static str, String)) -> [State
         ];
     }
     if let Some(c) = &obs.conflict {
+        if obs.collector_pending {
+            return [
+                state(false, reasons::WAITING_FOR_COLLECTOR, truncated(c)),
+                state(
+                    true,
+                    reasons::WAITING_FOR_COLLECTOR,
+                    "waiting for the garbage collector",
+                ),
+                not_stalled(),
+            ];
+        }
         return stalled(reasons::CHILD_CONFLICT, &truncated(c));
     }
     if let Some(e) = &obs.apply_error {

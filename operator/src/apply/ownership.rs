@@ -19,6 +19,9 @@ pub enum Ownership {
     Orphan,
     /// Someone else's: never touched. The message names it and its controller.
     Foreign(String),
+    /// Still controlled by an earlier ScalableApi of this name: the garbage collector is
+    /// about to remove or orphan it, so this passes by itself within moments.
+    Leftover(String),
 }
 
 /// Decides from the live object's metadata and the desired child's (which carries the
@@ -44,7 +47,7 @@ pub fn ownership(kind: &str, live: Option<&ObjectMeta>, desired: &ObjectMeta) ->
         .find(|o| o.controller == Some(true));
     match controller {
         Some(c) if c.uid == ours.uid => Ownership::Ours,
-        Some(c) if c.kind == ours.kind && c.name == ours.name => Ownership::Foreign(format!(
+        Some(c) if c.kind == ours.kind && c.name == ours.name => Ownership::Leftover(format!(
             "{kind} {name:?} is controlled by an earlier ScalableApi {:?} (uid {}) that is being deleted: wait for the garbage collector, or delete the {kind}",
             c.name, c.uid
         )),
@@ -142,7 +145,7 @@ mod tests {
         let older = meta(vec![owner("ScalableApi", "users", "u0")], &[]);
         assert!(matches!(
             ownership("Deployment", Some(&older), &desired()),
-            Ownership::Foreign(m) if m.contains("earlier ScalableApi")
+            Ownership::Leftover(m) if m.contains("earlier ScalableApi")
         ));
     }
 

@@ -35,6 +35,7 @@ fn obs<'a>(secret: &'a SecretState, d: Option<&'a Deployment>) -> Observation<'a
         spec_error: None,
         apply_error: None,
         conflict: None,
+        collector_pending: false,
         secret,
         deployment: d,
         hpa: None,
@@ -247,6 +248,12 @@ fn a_conflicting_object_stalls_with_its_message() {
     }
     assert_eq!(get(&s, types::STALLED).status, "True");
     assert!(get(&s, types::READY).message.contains("a-config"));
+    // An earlier ScalableApi's child the garbage collector is clearing: in progress.
+    o.collector_pending = true;
+    let s = compute(&o, None, Timestamp::now());
+    assert_eq!(get(&s, types::READY).reason, reasons::WAITING_FOR_COLLECTOR);
+    assert_eq!(get(&s, types::RECONCILING).status, "True");
+    assert_eq!(get(&s, types::STALLED).status, "False");
 }
 
 #[test]

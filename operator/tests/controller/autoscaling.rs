@@ -325,8 +325,19 @@ async fn a_pin_from_a_stale_read_is_refused_and_the_newer_count_survives() {
     assert_eq!(refused.class(), ErrorClass::Conflict, "{refused}");
     let live = c.get::<Deployment>("users").await.expect("Deployment");
     assert_eq!(replicas(&live), Some(5), "kubectl's count survives");
-    // The retry reads again and pins what it read.
-    operator::apply::pin_replicas(&api, &live, 5)
-        .await
-        .expect("a pin from a fresh read");
+    // The retry reads again and pins what it read. Status writes of the Deployment
+    // controller also move the resourceVersion, so a retry can meet another 409.
+    let mut pinned = None;
+    for _ in 0..20 {
+        let fresh = c.get::<Deployment>("users").await.expect("Deployment");
+        match operator::apply::pin_replicas(&api, &fresh, 5).await {
+            Ok(d) => {
+                pinned = Some(d);
+                break;
+            }
+            Err(e) => assert_eq!(e.class(), ErrorClass::Conflict, "{e}"),
+        }
+    }
+    let pinned = pinned.expect("a pin from a fresh read succeeds within 20 tries");
+    assert_eq!(replicas(&pinned), Some(5));
 }

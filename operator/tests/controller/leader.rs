@@ -282,8 +282,14 @@ async fn a_leader_whose_renewals_conflict_retries_and_keeps_leading() {
     let (a, _, leases) = candidates(&c);
     assert!(a.try_acquire_or_renew().await.expect("a"));
     // Same identity and Lease, but before each of its first three PUTs another writer
-    // changes the Lease, so the real API server answers 409 Conflict (about 300 ms of
-    // conflicts, within the 700 ms renew deadline).
+    // changes the Lease, so the real API server answers 409 Conflict. Three conflicts with
+    // their re-reads fit the 3 s renew deadline even on a loaded machine (with SHORT's
+    // 700 ms they did not, under 12 tests at once).
+    const PATIENT: Timing = Timing {
+        lease_duration: Duration::from_secs(4),
+        renew_deadline: Duration::from_secs(3),
+        retry_period: Duration::from_millis(100),
+    };
     let conflicts = Arc::new(AtomicUsize::new(0));
     let puts = Arc::new(AtomicUsize::new(0));
     let (inner, counted, put_count) = (c.client.clone(), conflicts.clone(), puts.clone());
@@ -318,11 +324,11 @@ async fn a_leader_whose_renewals_conflict_retries_and_keeps_leading() {
         &c.ns,
         LEASE,
         "pod-a",
-        SHORT,
+        PATIENT,
     );
     let mut renewing = tokio::spawn(async move { racing.keep_renewing().await });
     // A leader that gave up on the first 409 would have returned long before this.
-    let stepped_down = tokio::time::timeout(2 * SHORT.lease_duration, &mut renewing).await;
+    let stepped_down = tokio::time::timeout(2 * PATIENT.lease_duration, &mut renewing).await;
     assert!(
         stepped_down.is_err(),
         "the leader stepped down: {stepped_down:?}"
