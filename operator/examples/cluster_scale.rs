@@ -437,6 +437,7 @@ async fn main() -> anyhow::Result<()> {
     let reconciles_before = operator_metrics(port)
         .await
         .map(|m| sample_sum(&m, "scalable_api_operator_reconciliations_total"));
+    let converge_reconciles = reconciles_before.unwrap_or(f64::NAN);
     let idle = Duration::from_secs(args.resync_seconds * 2 + 5);
     let idle_from = Timestamp::now();
     tokio::time::sleep(idle).await;
@@ -481,6 +482,16 @@ async fn main() -> anyhow::Result<()> {
         rss_end.unwrap_or(f64::NAN)
     );
     println!("operator requests while converging (audit log, by verb): {converge_ops:?}");
+    let converge_total: u64 = converge_ops
+        .iter()
+        .filter(|(v, _)| !v.ends_with(LEASE_LABEL))
+        .map(|(_, n)| n)
+        .sum();
+    println!(
+        "  reconciles while converging: {converge_reconciles} = {:.1} per object, {:.1} requests each",
+        converge_reconciles / args.count as f64,
+        converge_total as f64 / converge_reconciles
+    );
     println!(
         "all API server requests while converging (apiserver_request_total): {:?}",
         delta(&after_converge, &before)
