@@ -191,15 +191,28 @@ struct Ensured<K> {
     written: bool,
 }
 
-/// Applies `desired` unless `live` already holds it. A write of an existing object carries
-/// its resourceVersion: if anyone changed it since we read it (the garbage collector
-/// orphaning it, a `kubectl scale`), the API server answers 409 and the retry decides again.
+/// How `ensure` decides and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Skip when the live object already holds the body; a write carries the
+    /// resourceVersion read, so if anyone changed the object since (the garbage collector
+    /// orphaning it, a `kubectl scale`) the API server answers 409 and the retry decides again.
+    IfChanged,
+    /// Write whatever the live object holds (after a pin our body must go out), still on
+    /// the resourceVersion read.
+    Always,
+    /// Write without a precondition: the object is the one this pass just created, whose
+    /// only other writer so far is the Deployment controller's status.
+    AlwaysOwnNew,
+}
+
+/// Applies `desired` as `mode` says, and records what was applied.
 async fn ensure<K>(
     api: &Api<K>,
     desired: &K,
     live: Option<K>,
     records: &LastApplied,
-    force: bool,
+    mode: Write,
 ) -> Result<Ensured<K>, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
@@ -208,7 +221,7 @@ where
     let desired_json = serde_json::to_value(desired).unwrap_or_default();
     let body = body_hash(&desired_json);
     let previous = records.get(&key);
-    if let (Some(live), false) = (&live, force) {
+    if let (Some(live), Write::IfChanged) = (&live, mode) {
         let live_marker = marker(live.meta());
         let live_json = serde_json::to_value(live).unwrap_or_default();
         if up_to_date(
@@ -236,7 +249,9 @@ where
         }
     }
     let mut obj = desired.clone();
-    obj.meta_mut().resource_version = live.and_then(|l| l.meta().resource_version.clone());
+    obj.meta_mut().resource_version = live
+        .filter(|_| mode != Write::AlwaysOwnNew)
+        .and_then(|l| l.meta().resource_version.clone());
     let name = obj.meta().name.clone().unwrap_or_default();
     let written = api.patch(&name, &params(), &Patch::Apply(&obj)).await?;
     records.put(
@@ -425,7 +440,7 @@ pub async fn apply_children(
             &children.config_map,
             live.config_map,
             records,
-            false,
+            Write::IfChanged,
         )
         .await
         .map_err(Error::ApplyConfigMap)?
@@ -433,10 +448,16 @@ pub async fn apply_children(
     );
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     writes += usize::from(
-        ensure(&services, &children.service, live.service, records, false)
-            .await
-            .map_err(Error::ApplyService)?
-            .written,
+        ensure(
+            &services,
+            &children.service,
+            live.service,
+            records,
+            Write::IfChanged,
+        )
+        .await
+        .map_err(Error::ApplyService)?
+        .written,
     );
 
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
@@ -469,7 +490,7 @@ pub async fn apply_children(
 
     let hpa = match &children.hpa {
         Some(h) => {
-            let e = ensure(&hpas, h, live.hpa, records, false)
+            let e = ensure(&hpas, h, live.hpa, records, Write::IfChanged)
                 .await
                 .map_err(Error::ApplyHpa)?;
             writes += usize::from(e.written);
@@ -480,7 +501,7 @@ pub async fn apply_children(
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
     match (&children.pdb, live.pdb) {
         (Some(p), live_pdb) => {
-            let e = ensure(&pdbs, p, live_pdb, records, false)
+            let e = ensure(&pdbs, p, live_pdb, records, Write::IfChanged)
                 .await
                 .map_err(Error::ApplyPdb)?;
             writes += usize::from(e.written);
@@ -514,13 +535,14 @@ async fn ensure_deployment(
 ) -> Result<(Deployment, usize)> {
     let mut writes = 0;
     let autoscaling = sapi.spec.autoscaling.as_ref();
+    let created_now = live.is_none() && autoscaling.is_some();
     if let (None, Some(a)) = (&live, autoscaling) {
         // Created without spec.replicas it would start at 1 until the HPA acts.
         let mut first = desired.clone();
         if let Some(spec) = first.spec.as_mut() {
             spec.replicas = Some(start_replicas(a.min_replicas, a.max_replicas, hpa_choice));
         }
-        let created = ensure(api, &first, None, records, true)
+        let created = ensure(api, &first, None, records, Write::Always)
             .await
             .map_err(Error::ApplyDeployment)?;
         live = Some(created.live);
@@ -532,12 +554,17 @@ async fn ensure_deployment(
         && let ReplicaHandover::PinLiveValue { replicas } =
             replica_handover(Some(l), desired, floor)
     {
-        live = Some(pin_replicas(api, l, replicas).await?);
+        live = Some(pin(api, l, replicas, !created_now).await?);
         pinned = true;
         writes += 1;
     }
     // After a pin our body must go out, so that our manager lets go of spec.replicas.
-    let e = ensure(api, desired, live, records, pinned)
+    let mode = match (pinned, created_now) {
+        (false, _) => Write::IfChanged,
+        (true, false) => Write::Always,
+        (true, true) => Write::AlwaysOwnNew,
+    };
+    let e = ensure(api, desired, live, records, mode)
         .await
         .map_err(Error::ApplyDeployment)?;
     Ok((e.live, writes + usize::from(e.written)))
@@ -551,12 +578,27 @@ pub async fn pin_replicas(
     live: &Deployment,
     replicas: i32,
 ) -> Result<Deployment> {
+    pin(api, live, replicas, true).await
+}
+
+/// `pin_replicas`; `guarded: false` drops the precondition for a Deployment this pass just
+/// created (nobody but the Deployment controller's status has written it yet).
+async fn pin(
+    api: &Api<Deployment>,
+    live: &Deployment,
+    replicas: i32,
+    guarded: bool,
+) -> Result<Deployment> {
     let name = live.name_any();
     tracing::info!(deployment = %name, replicas, "handing spec.replicas over to the HPA");
+    let mut metadata = json!({"name": name});
+    if guarded {
+        metadata["resourceVersion"] = json!(live.resource_version());
+    }
     let pin = json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": name, "resourceVersion": live.resource_version()},
+        "metadata": metadata,
         "spec": {"replicas": replicas},
     });
     let pp = PatchParams::apply(HANDOVER_MANAGER).force();

@@ -341,3 +341,57 @@ async fn a_pin_from_a_stale_read_is_refused_and_the_newer_count_survives() {
     let pinned = pinned.expect("a pin from a fresh read succeeds within 20 tries");
     assert_eq!(replicas(&pinned), Some(5));
 }
+
+#[tokio::test]
+async fn an_hpa_that_targets_the_scalable_api_itself_scales_the_stack() {
+    // What a KEDA ScaledObject (or a custom-metrics HPA) makes: an HPA whose scaleTargetRef
+    // is the ScalableApi, scaling it through its scale subresource.
+    let c = Cluster::with_operator("external").await;
+    create_db_secret(&c, "users").await;
+    scalable_api("users").replicas(1).create(&c).await;
+    c.wait_for_condition("users", "Ready", "True", "Available")
+        .await;
+    let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
+        "metadata": {"name": "users-external"},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "scalable.dev/v1alpha1", "kind": "ScalableApi", "name": "users"},
+            "minReplicas": 3,
+            "maxReplicas": 5,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu",
+                "target": {"type": "Utilization", "averageUtilization": 80}}}],
+        },
+    }))
+    .expect("hpa");
+    c.api::<HorizontalPodAutoscaler>()
+        .create(&Default::default(), &hpa)
+        .await
+        .expect("create the external HPA");
+
+    // Below its minReplicas, the HPA raises the count through /scale at once.
+    let scaled = c
+        .wait_for::<ScalableApi>("users", "3 ready replicas in status", |s| {
+            s.spec.replicas == Some(3)
+                && s.status.as_ref().and_then(|st| st.ready_replicas) == Some(3)
+        })
+        .await;
+    assert_eq!(
+        condition(&scaled, "Ready").map(|c| c.0).as_deref(),
+        Some("True")
+    );
+    let d = c.get::<Deployment>("users").await.expect("Deployment");
+    assert_eq!(replicas(&d), Some(3));
+    let scale = c.kubectl(&[
+        "get",
+        "scalableapi/users",
+        "--subresource=scale",
+        "-o",
+        "jsonpath={.spec.replicas}/{.status.replicas}",
+    ]);
+    assert_eq!(scale, "3/3");
+    let external = c
+        .wait_for::<HorizontalPodAutoscaler>("users-external", "the HPA to see 3", |h| {
+            h.status.as_ref().and_then(|s| s.current_replicas) == Some(3)
+        })
+        .await;
+    assert_eq!(external.status.map(|s| s.desired_replicas), Some(3));
+}
