@@ -35,6 +35,17 @@ fn replica_owners(d: &Deployment) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// `spec.replicas/status.replicas` of the ScalableApi's scale subresource, as kubectl sees it.
+fn scale_subresource(c: &Cluster, name: &str) -> String {
+    c.kubectl(&[
+        "get",
+        &format!("scalableapi/{name}"),
+        "--subresource=scale",
+        "-o",
+        "jsonpath={.spec.replicas}/{.status.replicas}",
+    ])
+}
+
 #[tokio::test]
 async fn turning_autoscaling_on_hands_replicas_to_the_hpa_without_dropping_below_the_count() {
     let c = Cluster::with_operator("handover").await;
@@ -189,13 +200,7 @@ async fn kubectl_scale_works_through_the_scale_subresource() {
     assert_eq!(sapi.spec.replicas, Some(4));
     let d = c.get::<Deployment>("users").await.expect("Deployment");
     assert_eq!(replicas(&d), Some(4));
-    let scale = c.kubectl(&[
-        "get",
-        "scalableapi/users",
-        "--subresource=scale",
-        "-o",
-        "jsonpath={.spec.replicas}/{.status.replicas}",
-    ]);
+    let scale = scale_subresource(&c, "users");
     assert_eq!(scale, "4/4");
 }
 
@@ -380,13 +385,7 @@ async fn an_hpa_that_targets_the_scalable_api_itself_scales_the_stack() {
     );
     let d = c.get::<Deployment>("users").await.expect("Deployment");
     assert_eq!(replicas(&d), Some(3));
-    let scale = c.kubectl(&[
-        "get",
-        "scalableapi/users",
-        "--subresource=scale",
-        "-o",
-        "jsonpath={.spec.replicas}/{.status.replicas}",
-    ]);
+    let scale = scale_subresource(&c, "users");
     assert_eq!(scale, "3/3");
     let external = c
         .wait_for::<HorizontalPodAutoscaler>("users-external", "the HPA to see 3", |h| {
