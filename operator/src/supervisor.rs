@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 use crate::cli::RunArgs;
 use crate::controller::{self, Settings};
 use crate::error::{Error, Result};
+use crate::hash_key;
 use crate::http::{self, HttpState, Readiness};
 use crate::leader::{LeaseLock, Timing};
 use crate::metrics::Metrics;
@@ -60,6 +61,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
 /// `run` with a given client and Lease timing (the tests use the in-memory API server).
 pub async fn run_with(client: Client, args: RunArgs, timing: Timing) -> Result<()> {
+    let namespaces = args.watch_namespaces()?;
+    // First, and on every replica (standbys too): all of them end up with the one key, so a
+    // hand-over changes no hash and rolls no pod. A failure exits before anything started.
+    let hash_key =
+        hash_key::load_or_create(&client, &args.lease_namespace, hash_key::SECRET_NAME).await?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let readiness = Readiness::default();
@@ -101,18 +107,20 @@ pub async fn run_with(client: Client, args: RunArgs, timing: Timing) -> Result<(
     }
 
     let settings = Settings {
-        namespace: args.watch_namespace().map(str::to_owned),
+        namespaces: namespaces.clone(),
         default_image: args.default_image.clone(),
         instance: identity,
         resync_interval: args.resync_interval(),
+        hash_key,
     };
     let (ctrl, ctx) = controller::build(client, settings, metrics.clone());
     let ctrl = ctrl.shutdown_on_signal();
     metrics.controller_started(controller::MAX_CONCURRENT_RECONCILES);
-    tracing::info!(
-        namespace = args.watch_namespace().unwrap_or("<all>"),
-        "starting the controller"
-    );
+    let watched = match namespaces.as_slice() {
+        [] => "<all>".to_owned(),
+        some => some.join(","),
+    };
+    tracing::info!(namespaces = %watched, "starting the controller");
     let result = match &lease {
         Some(lock) => tokio::select! {
             () = controller::drive(ctrl, ctx) => Ok(()),

@@ -22,6 +22,7 @@ use kube::runtime::wait::await_condition;
 use kube::{Api, Client, Config, Resource, ResourceExt};
 use operator::controller::{self, Settings};
 use operator::crd::ScalableApi;
+use operator::desired::HashKey;
 use operator::metrics::Metrics;
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
@@ -237,10 +238,11 @@ impl Cluster {
     pub fn start_operator(&mut self) {
         let metrics = Metrics::register(&mut Registry::default());
         let settings = Settings {
-            namespace: Some(self.ns.clone()),
+            namespaces: vec![self.ns.clone()],
             default_image: DEFAULT_TEST_IMAGE.to_owned(),
             instance: "test-operator".to_owned(),
             resync_interval: controller::RESYNC_INTERVAL,
+            hash_key: HashKey::generate(),
         };
         let (ctrl, ctx) = controller::build(self.client.clone(), settings, metrics);
         self.controller = Some(tokio::spawn(controller::drive(ctrl, ctx)));
