@@ -124,16 +124,37 @@ def main(path: str, label: str, controller_rs: str = "") -> int:
                        if r["metadata"]["name"].endswith(OWN_NAMESPACE_ROLE_SUFFIXES)]
         main_roles = [r for r in kinds.get("ClusterRole", []) + kinds.get("Role", [])
                       if r not in own_ns_roles]
+        # Each scope (the ClusterRole, or the Role of one watched namespace) must grant the
+        # whole table on its own: a union over namespaces would hide a Role that lacks a verb.
+        scopes = {}
+        for role in main_roles:
+            scope = role["metadata"].get("namespace") if role["kind"] == "Role" else None
+            scopes.setdefault(scope, []).append(role)
+        watched = set()
+        for dep in deployments:
+            for c in dep["spec"]["template"]["spec"]["containers"]:
+                for e in c.get("env", []):
+                    if e["name"] in ("WATCH_NAMESPACE", "WATCH_NAMESPACES"):
+                        watched |= {ns.strip() for ns in e.get("value", "").split(",") if ns.strip()}
+        if watched and set(scopes) != watched:
+            errors.append(f"the operator watches {sorted(watched)}, but the main Roles are in "
+                          f"{sorted(str(s) for s in scopes)} (a Role in each watched namespace, "
+                          "and no ClusterRole)")
+        if not watched and set(scopes) != {None}:
+            errors.append("the operator watches all namespaces: the main rules must be one ClusterRole")
         declared = set()
         for group, resource, verbs, own_ns_only in rows:
             declared.add((group, resource, own_ns_only))
-            have = granted(own_ns_roles if own_ns_only else main_roles, group, resource)
-            if verbs - have:
-                errors.append(f"{group or 'core'}/{resource}: operator needs {sorted(verbs - have)} "
-                              f"(declared in {controller_rs}), chart grants {sorted(have)}")
-            if have - verbs:
-                errors.append(f"{group or 'core'}/{resource}: chart grants {sorted(have - verbs)} "
-                              f"that {controller_rs} does not declare")
+            groups = {"operator namespace": own_ns_roles} if own_ns_only else {
+                scope or "cluster": roles for scope, roles in scopes.items()}
+            for where, roles in groups.items():
+                have = granted(roles, group, resource)
+                if verbs - have:
+                    errors.append(f"{group or 'core'}/{resource} ({where}): operator needs "
+                                  f"{sorted(verbs - have)} (declared in {controller_rs}), chart grants {sorted(have)}")
+                if have - verbs:
+                    errors.append(f"{group or 'core'}/{resource} ({where}): chart grants "
+                                  f"{sorted(have - verbs)} that {controller_rs} does not declare")
         for own_ns_only, roles in ((False, main_roles), (True, own_ns_roles)):
             for role in roles:
                 for rule in role.get("rules", []):
