@@ -55,6 +55,8 @@ fn identity(args: &RunArgs) -> String {
 /// Runs the operator until SIGTERM/Ctrl-C (Ok) or until the leader Lease is lost (Err:
 /// the process should exit so it restarts as a standby).
 pub async fn run(args: RunArgs) -> Result<()> {
+    // A contradictory command line fails before any connection is tried.
+    args.watch_namespaces()?;
     let client = Client::try_default().await.map_err(Error::CreateClient)?;
     run_with(client, args, Timing::default()).await
 }

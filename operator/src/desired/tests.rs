@@ -203,11 +203,11 @@ fn the_secret_hash_is_hmac_sha256_not_the_plain_digest_of_the_password() {
     let keyed = secret_hash(&pw, "password", &KEY).expect("hash");
     let plain = hex(&Sha256::digest(b"pw"));
     assert_ne!(keyed, plain);
-    // RFC 4231 test case 2: HMAC-SHA256(key "Jefe", "what do ya want for nothing?").
+    // RFC 4231 test case 2: HMAC-SHA256(key "Jefe", "what do ya want for nothing?"). HMAC
+    // pads a short key with zeros to the 64-byte block, so "Jefe" and "Jefe" followed by 28
+    // zero bytes are the same key.
     let mut jefe = [0; HashKey::LEN];
     jefe[..4].copy_from_slice(b"Jefe");
-    // A 32-byte key is zero-padded to the 64-byte block either way, so "Jefe" and "Jefe"
-    // followed by 28 zero bytes are the same HMAC key.
     let rfc = secret(&[("k", "what do ya want for nothing?")]);
     assert_eq!(
         secret_hash(&rfc, "k", &HashKey::new(jefe)).as_deref(),
