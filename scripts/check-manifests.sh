@@ -44,6 +44,7 @@ value_sets=(
   "default|"
   "full-values|-f $chart/ci/full-values.yaml"
   "watch-namespace|--set watchNamespace=shop"
+  "watch-namespaces|--set watchNamespaces={shop,billing}"
   "no-crds-two-replicas|--set crds.install=false --set replicaCount=2"
   "network-policy|--set networkPolicy.enabled=true --set networkPolicy.apiServer.cidrs[0]=172.18.0.2/32 --set networkPolicy.metricsFrom[0].podSelector.matchLabels.app=prometheus"
 )
@@ -77,6 +78,8 @@ refuse "a NetworkPolicy without API server CIDRs" --set networkPolicy.enabled=tr
 refuse "runAsNonRoot=false" --set podSecurityContext.runAsNonRoot=false
 refuse "allowPrivilegeEscalation=true" --set securityContext.allowPrivilegeEscalation=true
 refuse "an unknown log format" --set logFormat=xml
+refuse "watchNamespace and watchNamespaces together" --set watchNamespace=shop --set 'watchNamespaces={billing}'
+refuse "a watchNamespaces entry that is no namespace name" --set 'watchNamespaces={Shop_1}'
 
 # --- examples through `scalable-api-operator render` ------------------------------------------
 render_ready=""

@@ -3,7 +3,9 @@ cannot see. Usage: check_chart_policy.py RENDERED.yaml LABEL [CONTROLLER_RS]
 
 With CONTROLLER_RS (operator/src/controller.rs), the rendered roles must grant exactly the
 permissions in its "Required RBAC" table: nothing missing (no `forbidden` at runtime) and
-nothing extra (least privilege)."""
+nothing extra (least privilege). Rows marked "operator namespace only" must be granted by the
+release namespace's own Roles (`*-leader-election`, `*-hash-key`), the others by the main
+(Cluster)Role(s)."""
 
 import re
 import sys
@@ -12,10 +14,13 @@ import yaml
 
 ALLOWED_VERBS = {"get", "list", "watch", "create", "patch", "update", "delete"}
 SECRET_VERBS = {"get", "list", "watch"}
+# The hash-key Role: get by name, and create (which resourceNames cannot limit).
+HASH_KEY_SECRET = "scalable-api-operator-hash-key"
+OWN_NAMESPACE_ROLE_SUFFIXES = ("-leader-election", "-hash-key")
 
 
 def declared_rbac(controller_rs: str):
-    """(group, resource, verbs, lease_namespace_only) rows of the controller's RBAC table."""
+    """(group, resource, verbs, operator_namespace_only) rows of the controller's RBAC table."""
     rows = []
     in_table = False
     with open(controller_rs, encoding="utf-8") as f:
@@ -33,7 +38,7 @@ def declared_rbac(controller_rs: str):
                 continue
             group = "" if cols[0] == '""' else cols[0]
             verbs = set(cols[2].split())
-            namespaced = len(cols) > 3 and "lease namespace" in cols[3]
+            namespaced = len(cols) > 3 and "operator namespace" in cols[3]
             for resource in (r.strip() for r in cols[1].split(",")):
                 rows.append((group, resource, verbs, namespaced))
     return rows
@@ -65,8 +70,14 @@ def main(path: str, label: str, controller_rs: str = "") -> int:
             verbs = set(rule.get("verbs", []))
             if verbs - ALLOWED_VERBS:
                 errors.append(f"{name}: unexpected verbs {sorted(verbs - ALLOWED_VERBS)}")
-            if "secrets" in rule.get("resources", []) and verbs - SECRET_VERBS:
-                errors.append(f"{name}: secrets must be read-only, got {sorted(verbs)}")
+            if "secrets" in rule.get("resources", []):
+                if name.endswith("-hash-key") and role["kind"] == "Role":
+                    if verbs - {"get", "create"}:
+                        errors.append(f"{name}: the hash-key Secret needs only get and create, got {sorted(verbs)}")
+                    if "get" in verbs and rule.get("resourceNames") != [HASH_KEY_SECRET]:
+                        errors.append(f"{name}: get on Secrets must be limited to {HASH_KEY_SECRET}")
+                elif verbs - SECRET_VERBS:
+                    errors.append(f"{name}: secrets must be read-only, got {sorted(verbs)}")
 
     deployments = kinds.get("Deployment", [])
     if len(deployments) != 1:
@@ -109,25 +120,47 @@ def main(path: str, label: str, controller_rs: str = "") -> int:
         rows = declared_rbac(controller_rs)
         if not rows:
             errors.append(f"no RBAC table found in {controller_rs}")
-        lease_roles = [r for r in kinds.get("Role", []) if "leader-election" in r["metadata"]["name"]]
+        own_ns_roles = [r for r in kinds.get("Role", [])
+                       if r["metadata"]["name"].endswith(OWN_NAMESPACE_ROLE_SUFFIXES)]
         main_roles = [r for r in kinds.get("ClusterRole", []) + kinds.get("Role", [])
-                      if r not in lease_roles]
+                      if r not in own_ns_roles]
+        # Each scope (the ClusterRole, or the Role of one watched namespace) must grant the
+        # whole table on its own: a union over namespaces would hide a Role that lacks a verb.
+        scopes = {}
+        for role in main_roles:
+            scope = role["metadata"].get("namespace") if role["kind"] == "Role" else None
+            scopes.setdefault(scope, []).append(role)
+        watched = set()
+        for dep in deployments:
+            for c in dep["spec"]["template"]["spec"]["containers"]:
+                for e in c.get("env", []):
+                    if e["name"] in ("WATCH_NAMESPACE", "WATCH_NAMESPACES"):
+                        watched |= {ns.strip() for ns in e.get("value", "").split(",") if ns.strip()}
+        if watched and set(scopes) != watched:
+            errors.append(f"the operator watches {sorted(watched)}, but the main Roles are in "
+                          f"{sorted(str(s) for s in scopes)} (a Role in each watched namespace, "
+                          "and no ClusterRole)")
+        if not watched and set(scopes) != {None}:
+            errors.append("the operator watches all namespaces: the main rules must be one ClusterRole")
         declared = set()
-        for group, resource, verbs, lease_only in rows:
-            declared.add((group, resource, lease_only))
-            have = granted(lease_roles if lease_only else main_roles, group, resource)
-            if verbs - have:
-                errors.append(f"{group or 'core'}/{resource}: operator needs {sorted(verbs - have)} "
-                              f"(declared in {controller_rs}), chart grants {sorted(have)}")
-            if have - verbs:
-                errors.append(f"{group or 'core'}/{resource}: chart grants {sorted(have - verbs)} "
-                              f"that {controller_rs} does not declare")
-        for lease_only, roles in ((False, main_roles), (True, lease_roles)):
+        for group, resource, verbs, own_ns_only in rows:
+            declared.add((group, resource, own_ns_only))
+            groups = {"operator namespace": own_ns_roles} if own_ns_only else {
+                scope or "cluster": roles for scope, roles in scopes.items()}
+            for where, roles in groups.items():
+                have = granted(roles, group, resource)
+                if verbs - have:
+                    errors.append(f"{group or 'core'}/{resource} ({where}): operator needs "
+                                  f"{sorted(verbs - have)} (declared in {controller_rs}), chart grants {sorted(have)}")
+                if have - verbs:
+                    errors.append(f"{group or 'core'}/{resource} ({where}): chart grants "
+                                  f"{sorted(have - verbs)} that {controller_rs} does not declare")
+        for own_ns_only, roles in ((False, main_roles), (True, own_ns_roles)):
             for role in roles:
                 for rule in role.get("rules", []):
                     for group in rule.get("apiGroups", []):
                         for resource in rule.get("resources", []):
-                            if (group, resource, lease_only) not in declared:
+                            if (group, resource, own_ns_only) not in declared:
                                 errors.append(f"{role['metadata']['name']}: grants "
                                               f"{group or 'core'}/{resource}, not declared in "
                                               f"{controller_rs}")

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::controller::RESYNC_INTERVAL;
 use crate::crd::DEFAULT_IMAGE;
+use crate::error::Error;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,6 +45,10 @@ pub struct RunArgs {
     /// Watch only this namespace (default, or empty: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated (needs only a Role in each; not together
+    /// with --namespace).
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
     /// Image for ScalableApis without spec.image.
     #[arg(long, env = "DEFAULT_API_IMAGE", default_value = DEFAULT_IMAGE)]
     pub default_image: String,
@@ -84,6 +89,24 @@ impl RunArgs {
             .as_deref()
             .map(str::trim)
             .filter(|ns| !ns.is_empty())
+    }
+}
+
+impl RunArgs {
+    /// The namespaces to watch, from `--namespace` or `--namespaces`; empty means all.
+    /// Blank entries are dropped and repeats removed; both flags at once are an error.
+    pub fn watch_namespaces(&self) -> Result<Vec<String>, Error> {
+        let mut many: Vec<String> = Vec::new();
+        for ns in self.namespaces.iter().map(|ns| ns.trim()) {
+            if !ns.is_empty() && !many.iter().any(|seen| seen == ns) {
+                many.push(ns.to_owned());
+            }
+        }
+        match (self.watch_namespace(), many.is_empty()) {
+            (Some(_), false) => Err(Error::NamespaceFlagsConflict),
+            (Some(one), true) => Ok(vec![one.to_owned()]),
+            (None, _) => Ok(many),
+        }
     }
 }
 
@@ -163,6 +186,55 @@ mod tests {
             panic!("expected run");
         };
         assert_eq!(args.watch_namespace(), None);
+    }
+
+    fn namespaces(args: &[&str]) -> Result<Vec<String>, Error> {
+        let Command::Run(args) = parse(args) else {
+            panic!("expected run");
+        };
+        args.watch_namespaces()
+    }
+
+    #[test]
+    fn namespaces_are_a_comma_separated_list_without_blanks_or_repeats() {
+        assert_eq!(
+            namespaces(&["run", "--namespaces", "shop, billing,,shop"]).expect("valid"),
+            ["shop", "billing"]
+        );
+        assert_eq!(
+            namespaces(&["--namespaces", "a", "--namespaces", "b"]).expect("valid"),
+            ["a", "b"]
+        );
+        assert_eq!(
+            namespaces(&["run", "--namespace", "shop"]).expect("valid"),
+            ["shop"]
+        );
+        assert!(
+            namespaces(&["run"]).expect("valid").is_empty(),
+            "all namespaces"
+        );
+        assert!(
+            namespaces(&["run", "--namespaces", ""])
+                .expect("valid")
+                .is_empty(),
+            "an empty WATCH_NAMESPACES means all too"
+        );
+    }
+
+    #[test]
+    fn namespace_and_namespaces_together_are_an_error_that_names_both() {
+        let err = namespaces(&["run", "--namespace", "a", "--namespaces", "b,c"])
+            .expect_err("both flags");
+        let message = err.to_string();
+        assert!(
+            message.contains("--namespace ") && message.contains("--namespaces"),
+            "{message}"
+        );
+        // An empty --namespace is no namespace, so it does not conflict.
+        assert_eq!(
+            namespaces(&["run", "--namespace", "", "--namespaces", "b"]).expect("valid"),
+            ["b"]
+        );
     }
 
     #[test]

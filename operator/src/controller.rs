@@ -14,12 +14,15 @@
 //! policy                  poddisruptionbudgets          get list watch create patch delete
 //! ""                      secrets                       get list watch
 //! events.k8s.io           events                        create patch
-//! coordination.k8s.io     leases                        get create update  (lease namespace only)
+//! coordination.k8s.io     leases                        get create update  (operator namespace only)
+//! ""                      secrets                       get create  (operator namespace only: the hash key)
 //! ```
 //!
 //! `scalableapis/finalizers` update: children carry `blockOwnerDeletion`, which the
 //! OwnerReferencesPermissionEnforcement admission plugin only allows with it. Children and
-//! Secrets are watched metadata-only, which needs the same list/watch verbs.
+//! Secrets are watched metadata-only, which needs the same list/watch verbs. The operator
+//! namespace's Secret `hash_key::SECRET_NAME` is read (`get`, by name) or made (`create`)
+//! once at start; no other Secret is ever written.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,17 +36,18 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::apply::{self, FIELD_MANAGER, LastApplied, Pass};
 use crate::crd::ScalableApi;
-use crate::desired::{self, Inputs, labels};
+use crate::desired::{self, HashKey, Inputs, labels};
 use crate::error::{Error, Result};
 use crate::events;
 use crate::metrics::Metrics;
+use crate::multi_namespace;
 use crate::retry::{self, Failures};
 use crate::status::{self, Observation, SecretState};
 
@@ -71,13 +75,15 @@ pub const CONTROLLER_NAME: &str = "scalable-api-operator";
 /// What the controller needs to know from the command line.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    /// Watch only this namespace; `None` watches all.
-    pub namespace: Option<String>,
+    /// Watch only these namespaces (`--namespace` or `--namespaces`); empty watches all.
+    pub namespaces: Vec<String>,
     pub default_image: String,
     /// This replica's identity in Events (the pod name).
     pub instance: String,
     /// Re-check of a healthy object (`RESYNC_INTERVAL` unless set on the command line).
     pub resync_interval: Duration,
+    /// Key of the Secret hash on the pod template (`hash_key::load_or_create`).
+    pub hash_key: HashKey,
 }
 
 pub struct Context {
@@ -86,6 +92,7 @@ pub struct Context {
     pub metrics: Metrics,
     default_image: String,
     resync_interval: Duration,
+    hash_key: HashKey,
     store: Store<ScalableApi>,
     /// What this process last wrote to each child, so an unchanged child is not written.
     last_applied: LastApplied,
@@ -172,16 +179,56 @@ fn referencing(
         .collect()
 }
 
+/// Metadata-only watch events of `K` in every scope (`None`: all namespaces), merged.
+/// Metadata only: owner references and resourceVersion are all a trigger needs, and neither
+/// whole Deployments nor the data of any Secret ever sit in our memory.
+fn metadata_triggers<K>(
+    client: &Client,
+    scopes: &[Option<&str>],
+    wc: &watcher::Config,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + 'static,
+{
+    futures::stream::select_all(scopes.iter().map(|ns| {
+        // An Api of PartialObjectMeta makes kube send metadata-only list and watch requests.
+        watcher(api::<PartialObjectMeta<K>>(client, *ns), wc.clone())
+            .touched_objects()
+            .boxed()
+    }))
+}
+
 /// The controller and its context; `run` and the tests add shutdown and drive it.
+///
+/// No namespace, or one: kube-runtime's own watch of one `Api`. Several: one watcher per
+/// namespace for each kind, merged (`multi_namespace`), so only per-namespace Roles are needed.
 pub fn build(
     client: Client,
     settings: Settings,
     metrics: Metrics,
 ) -> (Controller<ScalableApi>, Arc<Context>) {
-    let ns = settings.namespace.as_deref();
+    let scopes: Vec<Option<&str>> = match settings.namespaces.as_slice() {
+        [] => vec![None],
+        namespaces => namespaces.iter().map(|ns| Some(ns.as_str())).collect(),
+    };
     let ours =
         watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
-    let controller = Controller::new(api::<ScalableApi>(&client, ns), watcher::Config::default());
+    let controller = match scopes.as_slice() {
+        [scope] => Controller::new(
+            api::<ScalableApi>(&client, *scope),
+            watcher::Config::default(),
+        ),
+        _ => {
+            let (store, writer) = reflector::store();
+            let objects = multi_namespace::watch_namespaces(&client, &settings.namespaces, writer);
+            Controller::for_stream(objects, store)
+        }
+    };
     let store = controller.store();
     let mapper_store = store.clone();
     let controller = controller
@@ -190,29 +237,17 @@ pub fn build(
                 .concurrency(MAX_CONCURRENT_RECONCILES)
                 .debounce(DEBOUNCE),
         )
-        // Children are watched metadata-only: owner references and resourceVersion are all
-        // a trigger needs, and whole Deployments of every namespace never sit in memory.
-        .owns(
-            api::<PartialObjectMeta<ConfigMap>>(&client, ns),
-            ours.clone(),
-        )
-        .owns(
-            api::<PartialObjectMeta<Deployment>>(&client, ns),
-            ours.clone(),
-        )
-        .owns(api::<PartialObjectMeta<Service>>(&client, ns), ours.clone())
-        .owns(
-            api::<PartialObjectMeta<HorizontalPodAutoscaler>>(&client, ns),
-            ours.clone(),
-        )
-        .owns(
-            api::<PartialObjectMeta<PodDisruptionBudget>>(&client, ns),
-            ours,
-        )
-        // Metadata only: the data of every Secret in the cluster never enters our memory.
-        .watches(
-            api::<PartialObjectMeta<Secret>>(&client, ns),
-            watcher::Config::default(),
+        .owns_stream(metadata_triggers::<ConfigMap>(&client, &scopes, &ours))
+        .owns_stream(metadata_triggers::<Deployment>(&client, &scopes, &ours))
+        .owns_stream(metadata_triggers::<Service>(&client, &scopes, &ours))
+        .owns_stream(metadata_triggers::<HorizontalPodAutoscaler>(
+            &client, &scopes, &ours,
+        ))
+        .owns_stream(metadata_triggers::<PodDisruptionBudget>(
+            &client, &scopes, &ours,
+        ))
+        .watches_stream(
+            metadata_triggers::<Secret>(&client, &scopes, &watcher::Config::default()),
             move |secret| referencing(&mapper_store, &secret),
         );
     let reporter = Reporter {
@@ -225,6 +260,7 @@ pub fn build(
         metrics,
         default_image: settings.default_image,
         resync_interval: settings.resync_interval,
+        hash_key: settings.hash_key,
         store,
         last_applied: LastApplied::default(),
         failures: Failures::default(),
@@ -276,7 +312,7 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         // Children carry owner references: the garbage collector removes them.
         return Ok(Outcome::Deleting);
     }
-    let secret = observe_secret(&ctx.client, &ns, sapi).await?;
+    let secret = observe_secret(ctx, &ns, sapi).await?;
     let mut obs = Observation {
         generation: sapi.meta().generation,
         suspended: sapi.spec.suspend,
@@ -397,17 +433,17 @@ async fn write_observed(
     write_status(ctx, sapi, ns, &obs).await
 }
 
-async fn observe_secret(client: &Client, ns: &str, sapi: &ScalableApi) -> Result<SecretState> {
+async fn observe_secret(ctx: &Context, ns: &str, sapi: &ScalableApi) -> Result<SecretState> {
     let Some(r) = sapi.secret_ref() else {
         return Ok(SecretState::Unreferenced);
     };
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let secret = secrets.get_opt(&r.name).await.map_err(Error::GetSecret)?;
     Ok(match secret {
         None => SecretState::SecretNotFound {
             name: r.name.clone(),
         },
-        Some(s) => match desired::secret_hash(&s, &r.key) {
+        Some(s) => match desired::secret_hash(&s, &r.key, &ctx.hash_key) {
             Some(hash) => SecretState::Found { hash },
             None => SecretState::KeyNotFound {
                 name: r.name.clone(),

@@ -46,6 +46,24 @@ pub enum Error {
         "lost the leader Lease (not renewed within {0:?}); exiting so another replica takes over"
     )]
     LeadershipLost(Duration),
+    #[error("reading or creating the hash-key Secret {name:?} failed: {source}")]
+    HashKey {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(
+        "the hash-key Secret {name:?} has no {len}-byte data key {key:?}: delete the Secret to have a new key made (every ScalableApi's pods then roll once)"
+    )]
+    MalformedHashKey {
+        name: String,
+        key: &'static str,
+        len: usize,
+    },
+    #[error(
+        "give either --namespace (WATCH_NAMESPACE) or --namespaces (WATCH_NAMESPACES), not both"
+    )]
+    NamespaceFlagsConflict,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -84,6 +102,9 @@ impl Error {
             Error::ServeHttp(_) => "serve_http",
             Error::Lease(_) => "lease",
             Error::LeadershipLost(_) => "leadership_lost",
+            Error::HashKey { .. } => "hash_key",
+            Error::MalformedHashKey { .. } => "malformed_hash_key",
+            Error::NamespaceFlagsConflict => "namespace_flags_conflict",
         }
     }
 
@@ -103,7 +124,8 @@ impl Error {
             | Error::DeletePdb(e)
             | Error::PatchStatus(e)
             | Error::CreateClient(e)
-            | Error::Lease(e) => Some(e),
+            | Error::Lease(e)
+            | Error::HashKey { source: e, .. } => Some(e),
             _ => None,
         }
     }

@@ -13,9 +13,11 @@ pub mod error;
 mod events;
 #[cfg(test)]
 mod fixtures;
+pub mod hash_key;
 mod http;
 pub mod leader;
 pub mod metrics;
+mod multi_namespace;
 pub mod render;
 mod retry;
 mod status;

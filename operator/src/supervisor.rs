@@ -15,6 +15,7 @@ use prometheus_client::registry::Registry;
 use crate::cli::RunArgs;
 use crate::controller::{self, Settings};
 use crate::error::{Error, Result};
+use crate::hash_key;
 use crate::http::{self, HttpState, Readiness};
 use crate::leader::{LeaseLock, Timing};
 use crate::metrics::Metrics;
@@ -54,12 +55,19 @@ fn identity(args: &RunArgs) -> String {
 /// Runs the operator until SIGTERM/Ctrl-C (Ok) or until the leader Lease is lost (Err:
 /// the process should exit so it restarts as a standby).
 pub async fn run(args: RunArgs) -> Result<()> {
+    // A contradictory command line fails before any connection is tried.
+    args.watch_namespaces()?;
     let client = Client::try_default().await.map_err(Error::CreateClient)?;
     run_with(client, args, Timing::default()).await
 }
 
 /// `run` with a given client and Lease timing (the tests use the in-memory API server).
 pub async fn run_with(client: Client, args: RunArgs, timing: Timing) -> Result<()> {
+    let namespaces = args.watch_namespaces()?;
+    // First, and on every replica (standbys too): all of them end up with the one key, so a
+    // hand-over changes no hash and rolls no pod. A failure exits before anything started.
+    let hash_key =
+        hash_key::load_or_create(&client, &args.lease_namespace, hash_key::SECRET_NAME).await?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let readiness = Readiness::default();
@@ -101,18 +109,20 @@ pub async fn run_with(client: Client, args: RunArgs, timing: Timing) -> Result<(
     }
 
     let settings = Settings {
-        namespace: args.watch_namespace().map(str::to_owned),
+        namespaces: namespaces.clone(),
         default_image: args.default_image.clone(),
         instance: identity,
         resync_interval: args.resync_interval(),
+        hash_key,
     };
     let (ctrl, ctx) = controller::build(client, settings, metrics.clone());
     let ctrl = ctrl.shutdown_on_signal();
     metrics.controller_started(controller::MAX_CONCURRENT_RECONCILES);
-    tracing::info!(
-        namespace = args.watch_namespace().unwrap_or("<all>"),
-        "starting the controller"
-    );
+    let watched = match namespaces.as_slice() {
+        [] => "<all>".to_owned(),
+        some => some.join(","),
+    };
+    tracing::info!(namespaces = %watched, "starting the controller");
     let result = match &lease {
         Some(lock) => tokio::select! {
             () = controller::drive(ctrl, ctx) => Ok(()),

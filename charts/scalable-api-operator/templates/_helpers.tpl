@@ -73,6 +73,9 @@ app.kubernetes.io/component: operator
 
 {{/* Fail early on combinations that would deploy a broken operator. */}}
 {{- define "scalable-api-operator.validate" -}}
+{{- if and .Values.watchNamespace .Values.watchNamespaces }}
+{{- fail "set watchNamespace or watchNamespaces, not both (watchNamespaces: [a, b] covers one namespace too)" }}
+{{- end }}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
 {{- fail "replicaCount > 1 needs leaderElection.enabled=true: two active operators would fight over every object" }}
 {{- end }}
@@ -81,5 +84,18 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- if and .Values.serviceMonitor.enabled (not .Values.metrics.service.enabled) }}
 {{- fail "serviceMonitor.enabled=true needs metrics.service.enabled=true" }}
+{{- end }}
+{{- end }}
+
+{{/*
+The watched namespaces as a JSON list: watchNamespaces, or [watchNamespace], or [] for all.
+*/}}
+{{- define "scalable-api-operator.watchNamespaces" -}}
+{{- if .Values.watchNamespaces }}
+{{- .Values.watchNamespaces | uniq | toJson }}
+{{- else if .Values.watchNamespace }}
+{{- list .Values.watchNamespace | toJson }}
+{{- else }}
+{{- list | toJson }}
 {{- end }}
 {{- end }}

@@ -3,6 +3,7 @@
 //! `desired()` re-checks the cross-field rules that the CRD's CEL rules enforce, so an object
 //! that bypassed them (an older CRD, a hand-made fixture) yields a `SpecError`, never nonsense.
 
+use hmac::{Hmac, Mac};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
@@ -31,7 +32,8 @@ pub const CONFIG_HASH_ANNOTATION: &str = "scalable.dev/config-hash";
 pub struct Inputs {
     /// Image used when `spec.image` is unset (`--default-image`).
     pub default_image: String,
-    /// `secret_hash()` of the referenced Secret key; `None` when unknown (e.g. `render`).
+    /// `secret_hash()` of the referenced Secret key, keyed with the operator's `HashKey`;
+    /// `None` when unknown (e.g. `render`, which reads no Secret).
     pub secret_hash: Option<String>,
 }
 
@@ -156,14 +158,53 @@ pub fn is_dns1035_label(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
-/// Hash of one Secret key's value, so a rotated password rolls the pods.
-/// `None` when the key is missing (in `data` or `stringData`).
-pub fn secret_hash(secret: &Secret, key: &str) -> Option<String> {
+/// The operator's secret key for `secret_hash`: 32 random bytes that only the operator
+/// reads (the Secret `hash_key::SECRET_NAME` in its namespace). `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct HashKey([u8; HashKey::LEN]);
+
+impl HashKey {
+    /// Bytes of a key: HMAC-SHA256's block is 64, and 32 random bytes are its full strength.
+    pub const LEN: usize = 32;
+
+    pub const fn new(bytes: [u8; Self::LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// A fresh random key (from the OS-seeded thread RNG).
+    pub fn generate() -> Self {
+        Self(rand::random())
+    }
+
+    /// `None` unless `bytes` is exactly `LEN` long.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for HashKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HashKey(<redacted>)")
+    }
+}
+
+/// Keyed hash (HMAC-SHA256 under `hash_key`) of one Secret key's value, so a rotated password
+/// rolls the pods while the pod-template annotation, which anyone who may read Deployments
+/// sees, cannot be used to test password guesses. `None` when the key is missing (in `data`
+/// or `stringData`).
+pub fn secret_hash(secret: &Secret, key: &str, hash_key: &HashKey) -> Option<String> {
     let bytes: &[u8] = match secret.data.as_ref().and_then(|d| d.get(key)) {
         Some(v) => &v.0,
         None => secret.string_data.as_ref()?.get(key)?.as_bytes(),
     };
-    Some(hex(&Sha256::digest(bytes)))
+    // Hmac::new_from_slice only fails for fixed-size MACs; HMAC takes a key of any length.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(hash_key.as_bytes()).ok()?;
+    mac.update(bytes);
+    Some(hex(&mac.finalize().into_bytes()))
 }
 
 /// Hash of the rendered ConfigMap data plus the Secret hash: the pod-template annotation.

@@ -116,7 +116,7 @@ fn hash_changes_when_config_changes() {
 fn hash_changes_when_secret_data_changes() {
     let sapi = ScalableApi::test();
     let with = |s: &Secret| Inputs {
-        secret_hash: secret_hash(s, "password"),
+        secret_hash: secret_hash(s, "password", &KEY),
         ..Inputs::default()
     };
     let a = desired(&sapi, &with(&secret(&[("password", "one")]))).expect("valid");
@@ -139,18 +139,29 @@ fn hash_ignores_what_does_not_reach_the_pods_config() {
     }
 }
 
+const KEY: HashKey = HashKey::new([7; HashKey::LEN]);
+
 #[test]
 fn secret_hash_depends_only_on_the_referenced_key() {
     let a = secret(&[("password", "pw"), ("other", "1")]);
     let b = secret(&[("password", "pw"), ("other", "2")]);
-    assert_eq!(secret_hash(&a, "password"), secret_hash(&b, "password"));
-    assert_ne!(secret_hash(&a, "other"), secret_hash(&b, "other"));
+    assert_eq!(
+        secret_hash(&a, "password", &KEY),
+        secret_hash(&b, "password", &KEY)
+    );
+    assert_ne!(
+        secret_hash(&a, "other", &KEY),
+        secret_hash(&b, "other", &KEY)
+    );
 }
 
 #[test]
 fn secret_hash_is_none_when_the_key_is_missing() {
-    assert_eq!(secret_hash(&secret(&[("user", "app")]), "password"), None);
-    assert_eq!(secret_hash(&Secret::default(), "password"), None);
+    assert_eq!(
+        secret_hash(&secret(&[("user", "app")]), "password", &KEY),
+        None
+    );
+    assert_eq!(secret_hash(&Secret::default(), "password", &KEY), None);
 }
 
 #[test]
@@ -160,9 +171,53 @@ fn secret_hash_reads_string_data_too() {
         ..Secret::default()
     };
     assert_eq!(
-        secret_hash(&s, "password"),
-        secret_hash(&secret(&[("password", "pw")]), "password")
+        secret_hash(&s, "password", &KEY),
+        secret_hash(&secret(&[("password", "pw")]), "password", &KEY)
     );
+}
+
+#[test]
+fn the_same_key_and_value_give_the_same_secret_hash() {
+    let pw = secret(&[("password", "pw")]);
+    let again = HashKey::new([7; HashKey::LEN]);
+    assert_eq!(
+        secret_hash(&pw, "password", &KEY),
+        secret_hash(&pw, "password", &again)
+    );
+}
+
+#[test]
+fn two_keys_give_different_secret_hashes() {
+    let pw = secret(&[("password", "pw")]);
+    let other = HashKey::new([8; HashKey::LEN]);
+    assert_ne!(
+        secret_hash(&pw, "password", &KEY),
+        secret_hash(&pw, "password", &other)
+    );
+}
+
+#[test]
+fn the_secret_hash_is_hmac_sha256_not_the_plain_digest_of_the_password() {
+    use sha2::{Digest, Sha256};
+    let pw = secret(&[("password", "pw")]);
+    let keyed = secret_hash(&pw, "password", &KEY).expect("hash");
+    let plain = hex(&Sha256::digest(b"pw"));
+    assert_ne!(keyed, plain);
+    // RFC 4231 test case 2: HMAC-SHA256(key "Jefe", "what do ya want for nothing?"). HMAC
+    // pads a short key with zeros to the 64-byte block, so "Jefe" and "Jefe" followed by 28
+    // zero bytes are the same key.
+    let mut jefe = [0; HashKey::LEN];
+    jefe[..4].copy_from_slice(b"Jefe");
+    let rfc = secret(&[("k", "what do ya want for nothing?")]);
+    assert_eq!(
+        secret_hash(&rfc, "k", &HashKey::new(jefe)).as_deref(),
+        Some("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843")
+    );
+}
+
+#[test]
+fn the_hash_key_never_shows_in_debug_output() {
+    assert_eq!(format!("{KEY:?}"), "HashKey(<redacted>)");
 }
 
 #[test]

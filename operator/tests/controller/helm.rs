@@ -7,15 +7,17 @@ use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
+use operator::hash_key;
 use serde_json::json;
 
 use crate::cluster::*;
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace root")
@@ -23,7 +25,7 @@ fn repo_root() -> PathBuf {
 }
 
 /// `helm ARGS` against the test cluster; panics with its output if it fails.
-fn helm(args: &[&str]) -> String {
+pub fn helm(args: &[&str]) -> String {
     let root = repo_root();
     let helm = std::env::var_os("HELM")
         .map(PathBuf::from)
@@ -121,6 +123,13 @@ async fn helm_install_then_the_operator_under_the_charts_rbac_then_upgrade_and_u
         "the chart's RBAC refused a request:\n{log}"
     );
 
+    // The operator made its hash key under the chart's hash-key Role; the chart does not
+    // manage that Secret, so neither the upgrade nor the uninstall below touches it.
+    let key = c
+        .get::<Secret>(hash_key::SECRET_NAME)
+        .await
+        .expect("the operator's hash-key Secret");
+
     helm(&[
         "upgrade",
         &release,
@@ -152,5 +161,11 @@ async fn helm_install_then_the_operator_under_the_charts_rbac_then_upgrade_and_u
     );
     // The ScalableApi and its stack are left alone by the uninstall.
     assert!(c.get::<Deployment>("users").await.is_some());
+    let kept_key = c.get::<Secret>(hash_key::SECRET_NAME).await;
+    assert_eq!(
+        kept_key.map(|k| k.metadata.uid),
+        Some(key.metadata.uid),
+        "upgrade and uninstall leave the hash key as it was"
+    );
     drop(operator);
 }

@@ -20,6 +20,7 @@ mod helm;
 mod idle;
 mod leader;
 mod lifecycle;
+mod namespaces;
 mod ownership;
 mod secrets;
 mod status;

@@ -1,10 +1,16 @@
-//! The referenced Secret: missing, created later, rotated; and Pod Security at admission.
+//! The referenced Secret: missing, created later, rotated; the keyed config hash and the
+//! operator's hash key; and Pod Security at admission.
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::ResourceExt;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use operator::crd::ScalableApi;
+use operator::desired::{self, HashKey, configmap};
+use operator::hash_key;
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use crate::cluster::*;
 
@@ -188,5 +194,107 @@ async fn a_restricted_namespace_admits_the_pods_and_refuses_a_privileged_one() {
         err.to_string()
             .contains("violates PodSecurity \"restricted:latest\""),
         "{err}"
+    );
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The key the operator keeps in its namespace, read as admin.
+async fn operator_hash_key(c: &Cluster) -> HashKey {
+    let secret = c
+        .wait_for::<Secret>(hash_key::SECRET_NAME, "the hash-key Secret", |_| true)
+        .await;
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(hash_key::DATA_KEY))
+        .expect("the key's data");
+    HashKey::from_slice(&bytes.0).expect("32 bytes")
+}
+
+/// The Lease holder of the operator processes in `c.ns`.
+async fn leader(c: &Cluster) -> String {
+    let lease = c
+        .wait_for::<Lease>("scalable-api-operator", "a Lease holder", |l| {
+            l.spec
+                .as_ref()
+                .and_then(|s| s.holder_identity.as_ref())
+                .is_some()
+        })
+        .await;
+    lease
+        .spec
+        .and_then(|s| s.holder_identity)
+        .expect("a holder")
+}
+
+#[tokio::test]
+async fn the_config_hash_is_keyed_by_one_key_that_two_operator_processes_share() {
+    let c = Cluster::new("hashkey").await;
+    // Two operator processes start at once, before any key exists: both read, both try to
+    // create, one gets 409 and reads the other's key.
+    let kubeconfig = TestEnv::get().kubeconfig();
+    let mut processes = [
+        OperatorProcess::start(&kubeconfig, &c.ns, "op-a"),
+        OperatorProcess::start(&kubeconfig, &c.ns, "op-b"),
+    ];
+    create_db_secret(&c, "users").await;
+    scalable_api("users").create(&c).await;
+    c.wait_for_condition("users", "Ready", "True", "Available")
+        .await;
+    let key = operator_hash_key(&c).await;
+    let keys = c
+        .api::<Secret>()
+        .list(&ListParams::default().labels("app.kubernetes.io/managed-by=scalable-api-operator"))
+        .await
+        .expect("list Secrets")
+        .items;
+    assert_eq!(names(&keys), [hash_key::SECRET_NAME], "one key Secret");
+
+    // The annotation is the config hash over HMAC-SHA256(key, password), and not over the
+    // plain SHA-256 of the password that anyone who reads Deployments could test guesses on.
+    let sapi = c.get::<ScalableApi>("users").await.expect("ScalableApi");
+    let config_map = configmap::config_map(&sapi);
+    let password = secret_in(&c.ns, "users-db", "password", "s3cret");
+    let keyed = desired::secret_hash(&password, "password", &key).expect("hash");
+    let unkeyed = hex(&Sha256::digest(b"s3cret"));
+    let deployment = c.get::<Deployment>("users").await.expect("Deployment");
+    let annotation = config_hash(&deployment).expect("config-hash annotation");
+    assert_eq!(
+        annotation,
+        desired::config_hash(&config_map, Some(&keyed)),
+        "the config hash is made with the key in the operator's Secret"
+    );
+    assert_ne!(
+        annotation,
+        desired::config_hash(&config_map, Some(&unkeyed)),
+        "the config hash must not be derived from the unkeyed SHA-256 of the password"
+    );
+    assert!(!annotation.contains(&unkeyed[..16]));
+
+    // The standby loaded the key at its own start: when it takes over and reconciles, the
+    // hash stays, so a hand-over rolls no pod.
+    let (first, survivor) = match leader(&c).await.as_str() {
+        "op-a" => (0, "op-b"),
+        "op-b" => (1, "op-a"),
+        other => panic!("unexpected Lease holder {other}"),
+    };
+    processes[first].kill();
+    c.wait_for::<Lease>("scalable-api-operator", "the standby to take over", |l| {
+        l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(survivor)
+    })
+    .await;
+    patch_spec(&c, "users", json!({"replicas": 3})).await;
+    let after = c
+        .wait_for::<Deployment>("users", "the new leader to reconcile", |d| {
+            d.spec.as_ref().and_then(|s| s.replicas) == Some(3)
+        })
+        .await;
+    assert_eq!(
+        config_hash(&after).as_deref(),
+        Some(annotation.as_str()),
+        "the new leader hashes with the same key"
     );
 }

@@ -26,6 +26,7 @@ fn free_addr() -> SocketAddr {
 fn args(ns: &str, pod: &str, http_addr: SocketAddr) -> RunArgs {
     RunArgs {
         namespace: Some(ns.into()),
+        namespaces: Vec::new(),
         default_image: DEFAULT_TEST_IMAGE.into(),
         http_addr,
         leader_election: true,

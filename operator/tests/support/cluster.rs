@@ -22,6 +22,7 @@ use kube::runtime::wait::await_condition;
 use kube::{Api, Client, Config, Resource, ResourceExt};
 use operator::controller::{self, Settings};
 use operator::crd::ScalableApi;
+use operator::desired::HashKey;
 use operator::metrics::Metrics;
 use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
@@ -237,10 +238,11 @@ impl Cluster {
     pub fn start_operator(&mut self) {
         let metrics = Metrics::register(&mut Registry::default());
         let settings = Settings {
-            namespace: Some(self.ns.clone()),
+            namespaces: vec![self.ns.clone()],
             default_image: DEFAULT_TEST_IMAGE.to_owned(),
             instance: "test-operator".to_owned(),
             resync_interval: controller::RESYNC_INTERVAL,
+            hash_key: HashKey::generate(),
         };
         let (ctrl, ctx) = controller::build(self.client.clone(), settings, metrics);
         self.controller = Some(tokio::spawn(controller::drive(ctrl, ctx)));
@@ -469,20 +471,28 @@ impl OperatorProcess {
 
     /// As `start`, with `extra` arguments for `run`.
     pub fn start_with(kubeconfig: &Path, ns: &str, pod_name: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["--namespace", ns];
+        args.extend_from_slice(extra);
+        Self::start_in(kubeconfig, ns, pod_name, &args)
+    }
+
+    /// `scalable-api-operator run` with its Lease and hash key in `operator_ns`, watching
+    /// what `args` say (all namespaces without `--namespace` or `--namespaces`).
+    pub fn start_in(kubeconfig: &Path, operator_ns: &str, pod_name: &str, args: &[&str]) -> Self {
         let http_addr = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port");
         let log = TestEnv::get()
             .dir
             .join("logs")
-            .join(format!("operator-{ns}-{pod_name}.log"));
+            .join(format!("operator-{operator_ns}-{pod_name}.log"));
         let log_file = std::fs::File::create(&log).expect("operator log");
         let child = Command::new(env!("CARGO_BIN_EXE_scalable-api-operator"))
-            .args(["run", "--namespace", ns, "--lease-namespace", ns])
+            .args(["run", "--lease-namespace", operator_ns])
             .args(["--pod-name", pod_name, "--log-format", "text"])
             .args(["--default-image", DEFAULT_TEST_IMAGE])
             .arg(format!("--http-addr={http_addr}"))
-            .args(extra)
+            .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")
             .stdout(log_file.try_clone().expect("log"))

@@ -10,6 +10,7 @@ use std::time::Duration;
 use k8s_openapi::NamespaceResourceScope;
 use kube::{Api, Client, Resource};
 use operator::controller::{self, Settings};
+use operator::desired::HashKey;
 use operator::metrics::Metrics;
 use prometheus_client::registry::Registry;
 use serde_json::Value;
@@ -68,10 +69,11 @@ impl Harness {
         let mut registry = Registry::default();
         let metrics = Metrics::register(&mut registry);
         let settings = Settings {
-            namespace: namespace.map(str::to_owned),
+            namespaces: namespace.map(str::to_owned).into_iter().collect(),
             default_image: DEFAULT_TEST_IMAGE.to_owned(),
             instance: "test-operator".to_owned(),
             resync_interval: controller::RESYNC_INTERVAL,
+            hash_key: HashKey::generate(),
         };
         let (ctrl, ctx) = controller::build(client.clone(), settings, metrics);
         let task = tokio::spawn(controller::drive(ctrl, ctx));
