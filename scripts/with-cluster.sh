@@ -6,7 +6,8 @@
 # of `make cluster-up`, so a developer's cluster and a test run do not meet).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export CLUSTER_DIR="$(realpath -m "${CLUSTER_DIR:-$ROOT/.cluster-test}")"
+CLUSTER_DIR="$(realpath -m "${CLUSTER_DIR:-$ROOT/.cluster-test}")"
+export CLUSTER_DIR
 [[ $# -gt 0 ]] || { echo "usage: $0 COMMAND [ARGS...]" >&2; exit 2; }
 
 "$ROOT/scripts/cluster.sh" down >/dev/null
