@@ -37,7 +37,7 @@ use kube::api::{PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
@@ -203,6 +203,21 @@ where
     }))
 }
 
+/// Only changes a reconcile can act on trigger one: the spec (generation), labels and
+/// annotations. Our own status writes change none of them, and without this filter each of
+/// them came back as one more read-only reconcile. The store behind the stream still sees
+/// every version.
+fn spec_changes(
+    objects: impl futures::Stream<Item = Result<ScalableApi, watcher::Error>> + Send + 'static,
+) -> impl futures::Stream<Item = Result<ScalableApi, watcher::Error>> + Send + 'static {
+    objects.predicate_filter(
+        predicates::generation
+            .combine(predicates::labels)
+            .combine(predicates::annotations),
+        Default::default(),
+    )
+}
+
 /// The controller and its context; `run` and the tests add shutdown and drive it.
 ///
 /// No namespace, or one: kube-runtime's own watch of one `Api`. Several: one watcher per
@@ -218,15 +233,20 @@ pub fn build(
     };
     let ours =
         watcher::Config::default().labels(&format!("{}={}", labels::MANAGED_BY, labels::MANAGER));
+    let (store, writer) = reflector::store();
     let controller = match scopes.as_slice() {
-        [scope] => Controller::new(
-            api::<ScalableApi>(&client, *scope),
-            watcher::Config::default(),
-        ),
+        [scope] => {
+            let objects = watcher::watcher(
+                api::<ScalableApi>(&client, *scope),
+                watcher::Config::default(),
+            )
+            .reflect(writer)
+            .applied_objects();
+            Controller::for_stream(spec_changes(objects), store)
+        }
         _ => {
-            let (store, writer) = reflector::store();
             let objects = multi_namespace::watch_namespaces(&client, &settings.namespaces, writer);
-            Controller::for_stream(objects, store)
+            Controller::for_stream(spec_changes(objects), store)
         }
     };
     let store = controller.store();
