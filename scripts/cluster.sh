@@ -160,8 +160,12 @@ start() { # component command...: in the background, log + pid. No setsid: it fo
 wait_healthy() { # component check-command...: until it succeeds, the process dies, or time runs out
   local c="$1"; shift
   local deadline=$((SECONDS + HEALTH_TIMEOUT))
+  # kill -0, not pid_alive: until the forked shell has exec'd, /proc/PID/cmdline is still
+  # this script's, and a loaded machine can check in that moment.
+  local pid
+  pid="$(cat "$D/pids/$c")"
   until "$@" >/dev/null 2>&1; do
-    pid_alive "$c" || fail "$c" "exited before becoming healthy"
+    kill -0 "$pid" 2>/dev/null || fail "$c" "exited before becoming healthy"
     ((SECONDS < deadline)) || fail "$c" "not healthy after ${HEALTH_TIMEOUT} s (check: $*)"
     sleep 0.2
   done
