@@ -17,6 +17,16 @@ SECRET_VERBS = {"get", "list", "watch"}
 # The hash-key Role: get by name, and create (which resourceNames cannot limit).
 HASH_KEY_SECRET = "scalable-api-operator-hash-key"
 OWN_NAMESPACE_ROLE_SUFFIXES = ("-leader-election", "-hash-key")
+# ClusterRoles for people, aggregated into the default view/edit/admin roles: only
+# ScalableApis, never anything of the operator's.
+AGGREGATE_LABEL_PREFIX = "rbac.authorization.k8s.io/aggregate-to-"
+USER_RESOURCES = {"scalableapis", "scalableapis/status", "scalableapis/scale"}
+USER_VERBS = {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
+
+
+def aggregated(role: dict) -> bool:
+    labels = role["metadata"].get("labels") or {}
+    return any(k.startswith(AGGREGATE_LABEL_PREFIX) for k in labels)
 
 
 def declared_rbac(controller_rs: str):
@@ -58,8 +68,20 @@ def main(path: str, label: str, controller_rs: str = "") -> int:
         docs = [d for d in yaml.safe_load_all(f) if d]
     errors = []
     kinds = {}
+    user_roles = [d for d in docs if d["kind"] == "ClusterRole" and aggregated(d)]
     for d in docs:
+        if d in user_roles:
+            continue
         kinds.setdefault(d["kind"], []).append(d)
+    for role in user_roles:
+        name = role["metadata"]["name"]
+        for rule in role.get("rules", []):
+            if rule.get("apiGroups") != ["scalable.dev"]:
+                errors.append(f"{name}: an aggregated role may only grant scalable.dev, got {rule.get('apiGroups')}")
+            if set(rule.get("resources", [])) - USER_RESOURCES:
+                errors.append(f"{name}: an aggregated role may only grant {sorted(USER_RESOURCES)}")
+            if set(rule.get("verbs", [])) - USER_VERBS:
+                errors.append(f"{name}: unexpected verbs {sorted(set(rule.get('verbs', [])) - USER_VERBS)}")
 
     for role in kinds.get("ClusterRole", []) + kinds.get("Role", []):
         name = role["metadata"]["name"]

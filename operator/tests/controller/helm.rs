@@ -51,6 +51,66 @@ pub fn helm(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// True when `role` grants `verb` on scalableapis.
+fn grants(role: Option<&ClusterRole>, verb: &str) -> bool {
+    role.and_then(|r| r.rules.as_ref()).is_some_and(|rules| {
+        rules.iter().any(|rule| {
+            rule.api_groups
+                .iter()
+                .flatten()
+                .any(|g| g == "scalable.dev")
+                && rule.resources.iter().flatten().any(|r| r == "scalableapis")
+                && rule.verbs.iter().any(|v| v == verb)
+        })
+    })
+}
+
+/// `kubectl auth can-i VERB scalableapis` in the test namespace, as ServiceAccount `sa`.
+fn can_i(c: &Cluster, sa: &str, verb: &str) -> bool {
+    let out = TestEnv::get().kubectl(&[
+        "auth",
+        "can-i",
+        verb,
+        "scalableapis.scalable.dev",
+        "-n",
+        &c.ns,
+        &format!("--as=system:serviceaccount:{}:{sa}", c.ns),
+    ]);
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+/// People who hold the default `view` / `edit` roles in a namespace can read / also write
+/// ScalableApis there, through the chart's aggregated ClusterRoles.
+async fn default_roles_cover_scalable_apis(c: &Cluster) {
+    let roles: Api<ClusterRole> = Api::all(c.client.clone());
+    for (role, verb) in [("view", "list"), ("edit", "create"), ("admin", "delete")] {
+        let aggregated = kube::runtime::wait::await_condition(
+            roles.clone(),
+            role,
+            move |r: Option<&ClusterRole>| grants(r, verb),
+        );
+        within(
+            &format!("the default {role} role to aggregate ScalableApis"),
+            aggregated,
+        )
+        .await
+        .expect("watch ClusterRoles");
+    }
+    for (sa, role) in [("viewer", "view"), ("editor", "edit")] {
+        c.kubectl(&["create", "serviceaccount", sa]);
+        c.kubectl(&[
+            "create",
+            "rolebinding",
+            sa,
+            &format!("--clusterrole={role}"),
+            &format!("--serviceaccount={}:{sa}", c.ns),
+        ]);
+    }
+    assert!(can_i(c, "viewer", "list") && can_i(c, "viewer", "watch"));
+    assert!(!can_i(c, "viewer", "create"), "view does not write");
+    assert!(can_i(c, "editor", "create") && can_i(c, "editor", "delete"));
+}
+
 #[tokio::test]
 async fn helm_install_then_the_operator_under_the_charts_rbac_then_upgrade_and_uninstall() {
     let c = Cluster::new("helm").await;
@@ -70,6 +130,7 @@ async fn helm_install_then_the_operator_under_the_charts_rbac_then_upgrade_and_u
         "--wait",
         "--timeout=2m",
     ]);
+    default_roles_cover_scalable_apis(&c).await;
     let crds: Api<CustomResourceDefinition> = Api::all(c.client.clone());
     let crd = crds
         .get("scalableapis.scalable.dev")
@@ -150,10 +211,16 @@ async fn helm_install_then_the_operator_under_the_charts_rbac_then_upgrade_and_u
     helm(&["uninstall", &release, "-n", &c.ns, "--wait", "--timeout=2m"]);
     c.wait_gone::<Deployment>(&fullname).await;
     let roles: Api<ClusterRole> = Api::all(c.client.clone());
-    assert!(
-        roles.get_opt(&fullname).await.expect("GET").is_none(),
-        "the chart's ClusterRole is removed"
-    );
+    for name in [
+        fullname.clone(),
+        format!("{fullname}-view"),
+        format!("{fullname}-edit"),
+    ] {
+        assert!(
+            roles.get_opt(&name).await.expect("GET").is_none(),
+            "the chart's ClusterRole {name} is removed"
+        );
+    }
     let kept = crds.get("scalableapis.scalable.dev").await;
     assert!(
         kept.is_ok(),
