@@ -66,6 +66,37 @@ for entry in "${value_sets[@]}"; do
   else fail "chart policy ($name)"; fi
 done
 
+# As a subchart: a parent passes `global` and its dependency condition's `enabled`, which the
+# strict values schema must allow; the condition must switch the whole chart off.
+umbrella="$work/umbrella"
+mkdir -p "$umbrella"
+chart_version="$(sed -n 's/^version: "\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$chart/Chart.yaml")"
+cat >"$umbrella/Chart.yaml" <<EOF
+apiVersion: v2
+name: platform
+version: 0.0.1
+dependencies:
+  - name: scalable-api-operator
+    version: "$chart_version"
+    repository: "file://$root/$chart"
+    condition: scalable-api-operator.enabled
+EOF
+cat >"$umbrella/values.yaml" <<'EOF'
+global:
+  imageRegistry: registry.example.test
+scalable-api-operator:
+  enabled: true
+EOF
+if helm dependency build "$umbrella" >"$work/umbrella-dep.log" 2>&1 \
+    && helm template platform "$umbrella" --namespace scalable-system --kube-version "$K8S_VERSION" \
+      >"$work/umbrella.yaml" 2>"$work/umbrella.log" \
+    && grep -q '^kind: Deployment' "$work/umbrella.yaml"; then
+  ok "as a subchart of an umbrella chart (global values, enabled condition)"
+else cat "$work/umbrella-dep.log" "$work/umbrella.log" >&2; fail "the chart as a subchart"; fi
+if helm template platform "$umbrella" --set scalable-api-operator.enabled=false 2>"$work/umbrella-off.log" \
+    | grep -q '^kind: Deployment'; then fail "the subchart condition enabled=false still renders the operator"
+else ok "the subchart condition enabled=false renders nothing of it"; fi
+
 # Values the schema or the templates must refuse.
 refuse() { # description, helm args...
   local what="$1"; shift
