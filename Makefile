@@ -70,11 +70,14 @@ bench-limits: ## Ceilings of the backing services on this machine (redis-benchma
 	scripts/bench-limits.sh
 
 ##@ Packaging
-.PHONY: generate check-manifests lint-helm docker-build kind-load e2e
+.PHONY: generate chart-docs check-manifests lint-helm docker-build kind-load e2e
 generate: ## Regenerate crds/ from the CRD types and copy the CRD into the Helm chart
 	$(CARGO) run --quiet --locked -p scalable-api-operator -- crd > crds/scalableapis.scalable.dev.yaml.tmp
 	mv crds/scalableapis.scalable.dev.yaml.tmp crds/scalableapis.scalable.dev.yaml
 	scripts/generate-chart-crd.sh
+
+chart-docs: ## Regenerate the chart README's values table from values.yaml (helm-docs, built when missing)
+	scripts/helm-docs.sh
 
 check-manifests: ## helm lint/template + Kubernetes schema validation, render every example, CRD drift, shellcheck, hadolint
 	scripts/check-manifests.sh

@@ -34,6 +34,12 @@ app_version="$(sed -n 's/^appVersion: "\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$chart/C
 if [ "$crate_version" = "$app_version" ]; then ok "Chart appVersion $app_version = workspace version"
 else fail "Chart.yaml appVersion '$app_version' != workspace version '$crate_version'"; fi
 
+# --- the chart README's values table is generated from values.yaml (helm-docs) -------------------
+if scripts/helm-docs.sh --dry-run >"$work/chart-readme.md" 2>"$work/helm-docs.log" \
+    && diff -u "$chart/README.md" "$work/chart-readme.md" >"$work/chart-readme.diff"; then
+  ok "chart README values table matches values.yaml (helm-docs)"
+else cat "$work/helm-docs.log" "$work/chart-readme.diff" >&2; fail "chart README drift (run: make chart-docs)"; fi
+
 # --- CRD in the chart is generated from crds/ ------------------------------------------------
 if scripts/generate-chart-crd.sh --check; then ok "chart CRD template matches crds/"
 else fail "chart CRD drift (run: make generate)"; fi
