@@ -314,11 +314,12 @@ pub async fn reconcile(sapi: Arc<ScalableApi>, ctx: Arc<Context>) -> Result<Acti
     ctx.metrics.set_managed_objects(managed.len());
     // Five records per object at most: forget the children of deleted objects.
     if ctx.last_applied.len() > 5 * managed.len() + 100 {
-        ctx.last_applied.retain(|ns, name| {
-            managed
-                .iter()
-                .any(|s| s.namespace().as_deref() == Some(ns) && s.name_any() == name)
-        });
+        let alive: std::collections::HashSet<(String, String)> = managed
+            .iter()
+            .map(|s| (s.namespace().unwrap_or_default(), s.name_any()))
+            .collect();
+        ctx.last_applied
+            .retain(|ns, name| alive.contains(&(ns.to_owned(), name.to_owned())));
     }
     let outcome = result?;
     ctx.failures.reset(&sapi);
