@@ -62,8 +62,10 @@ fn valid_object_renders_the_five_children() {
             "users"
         );
     }
-    // Autoscaling on: the HPA owns the count, the Deployment leaves it out.
-    assert!(docs[1]["spec"].get("replicas").is_none());
+    // Autoscaling on: the Deployment runs spec.replicas (default 1) within the bounds, and
+    // the HPA scales the ScalableApi.
+    assert_eq!(docs[1]["spec"]["replicas"], 3);
+    assert_eq!(docs[3]["spec"]["scaleTargetRef"]["kind"], "ScalableApi");
 }
 
 #[test]
