@@ -4,6 +4,8 @@
 #     helm template for several value sets, every object valid against the official Kubernetes
 #     schemas (kubernetes-validate --strict), and chart policies (no RBAC wildcards, probes,
 #     restricted security context);
+#   - install docs (README, docs/operations.md, chart README, NOTES.txt): no published source
+#     outside an after-a-release block, quick-start names as in examples/;
 #   - examples: every valid one rendered by `scalable-api-operator render` and validated, every
 #     invalid-*.yaml rejected with its `# expect-error:` substring(s);
 #   - shellcheck on every shell script, hadolint on the Dockerfile.
@@ -117,6 +119,25 @@ refuse "allowPrivilegeEscalation=true" --set securityContext.allowPrivilegeEscal
 refuse "an unknown log format" --set logFormat=xml
 refuse "watchNamespace and watchNamespaces together" --set watchNamespace=shop --set 'watchNamespaces={billing}'
 refuse "a watchNamespaces entry that is no namespace name" --set 'watchNamespaces={Shop_1}'
+
+# --- install instructions: only sources that exist, names that match examples/ ---------------
+# README.md, docs/operations.md, the chart README and NOTES.txt as `helm install` prints it (for
+# every value set above) name no published chart, image or raw URL outside an
+# <!-- after-a-release --> block, and their quick starts use examples/' names (the dev
+# Postgres applied before the ScalableApi that needs it). See scripts/check_install_docs.py.
+notes=()
+for entry in "${value_sets[@]}"; do
+  name="${entry%%|*}"
+  read -r -a args <<<"${entry#*|}"
+  if helm install scalable-api-operator "$chart" --namespace scalable-system --dry-run=client \
+      "${args[@]}" 2>"$work/notes-$name.log" | sed -n '/^NOTES:/,$p' >"$work/NOTES-$name.txt" \
+      && [ -s "$work/NOTES-$name.txt" ]; then notes+=("$work/NOTES-$name.txt")
+  else cat "$work/notes-$name.log" >&2; fail "NOTES.txt ($name) not rendered"; fi
+done
+if "$py" scripts/check_install_docs.py examples README.md docs/operations.md "$chart/README.md" \
+    "${notes[@]}" >"$work/install-docs.log" 2>&1; then
+  ok "install docs and NOTES.txt (${#notes[@]} value sets): no unpublished source, quick-start names match examples/"
+else cat "$work/install-docs.log" >&2; fail "install docs: unpublished source or names that do not match examples/"; fi
 
 # --- examples through `scalable-api-operator render` ------------------------------------------
 render_ready=""
