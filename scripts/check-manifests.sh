@@ -2,7 +2,7 @@
 # Proves the manifests without a cluster (run by `make check-manifests`, part of `make test`):
 #   - chart: version/appVersion match the workspace, CRD template not stale, helm lint --strict,
 #     helm template for several value sets, every object valid against the official Kubernetes
-#     schemas (kubernetes-validate --strict), and chart policies (no RBAC wildcards, probes,
+#     schemas (kubernetes-validate --strict; 1.33 and the kind workflow's 1.35 to 1.37), and chart policies (no RBAC wildcards, probes,
 #     restricted security context);
 #   - install docs (README, docs/operations.md, chart README, NOTES.txt): no published source
 #     outside an after-a-release block, quick-start names as in examples/;
@@ -186,6 +186,19 @@ if [ -n "$render_ready" ]; then
     esac
   done
 fi
+
+# --- the same objects against the schemas of the Kubernetes minors the kind workflow runs ---------
+# (.github/workflows/e2e.yml: 1.35, 1.36, 1.37), so the supported versions' APIs accept them too.
+rendered=(examples/postgres-dev.yaml)
+for f in "$work"/chart-*.yaml "$work"/*.yaml.out; do
+  case "$(basename "$f")" in invalid-*) ;; *) [ -f "$f" ] && rendered+=("$f") ;; esac
+done
+for minor in 1.35.0 1.36.0 1.37.0; do
+  if "$root/.tools/venv/bin/kubernetes-validate" --strict -k "$minor" --quiet "${rendered[@]}" \
+      >"$work/validate-$minor.log" 2>&1; then
+    ok "kubernetes-validate $minor: ${#rendered[@]} files (every chart value set, every rendered example, postgres-dev)"
+  else cat "$work/validate-$minor.log" >&2; fail "kubernetes-validate $minor"; fi
+done
 
 # --- shellcheck -------------------------------------------------------------------------------
 mapfile -t shell_scripts < <(git ls-files -co --exclude-standard -- '*.sh' .ci/run | sort -u)
