@@ -154,7 +154,7 @@ mod tests {
             password: "p".into(),
         };
         let api = scalable_api("users", &db, json!({"replicas": 2})).expect("valid");
-        assert_eq!(api.spec.replicas, Some(2));
+        assert_eq!(api.spec.replicas, 2);
         assert_eq!(api.spec.database.host.as_deref(), Some(db.host.as_str()));
     }
 }

@@ -1,5 +1,5 @@
 //! Server-side apply of the children, removal of children that left the desired set, and
-//! the explicit hand-over of `spec.replicas` to the HPA (see docs/architecture.md).
+//! keeping `spec.replicas` within the autoscaling bounds (see docs/architecture.md).
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -11,6 +11,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -28,73 +29,34 @@ use ownership::{Ownership, ownership};
 
 /// The one field manager of every apply (children and status).
 pub const FIELD_MANAGER: &str = "scalable-api-operator";
-/// Manager that briefly co-owns `spec.replicas` while the HPA takes the count over.
-pub const HANDOVER_MANAGER: &str = "scalable-api-operator-handover";
-
-/// What must happen to `spec.replicas` before applying a Deployment body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReplicaHandover {
-    /// Apply as is.
-    NotNeeded,
-    /// Our manager still owns `spec.replicas` but the body omits it: pin the live value
-    /// under `HANDOVER_MANAGER` first, or the API server drops the field and the
-    /// Deployment falls back to 1 replica.
-    PinLiveValue { replicas: i32 },
-}
-
-/// Pure decision for the hand-over, from the live Deployment, the one we will apply and the
-/// floor (`minReplicas`) the pinned count must not leave at 0.
-pub fn replica_handover(
-    live: Option<&Deployment>,
-    desired: &Deployment,
-    floor: i32,
-) -> ReplicaHandover {
-    let desired_sets_replicas = desired.spec.as_ref().and_then(|s| s.replicas).is_some();
-    let Some(live) = live else {
-        return ReplicaHandover::NotNeeded;
+/// What `spec.replicas` must become before the children are applied: `None` when it is
+/// right. Pure.
+///
+/// Under autoscaling our HPA scales the ScalableApi, which only works while `spec.replicas`
+/// is within the bounds (an HPA reads 0 as "scaling disabled"): outside them (the schema
+/// default 1 under minReplicas 2, a `replicas: 0` from before) it becomes the nearest bound.
+/// Until our HPA scales the ScalableApi (autoscaling just turned on, an HPA of an older
+/// operator that targets the Deployment, a resume from suspend), the Deployment's running
+/// count is what counts: it is carried into `spec.replicas` (within the bounds), so handing
+/// the count to the HPA starts or stops no pod.
+pub fn scale_correction(
+    sapi: &ScalableApi,
+    live_deployment: Option<&Deployment>,
+    live_hpa: Option<&HorizontalPodAutoscaler>,
+) -> Option<i32> {
+    let a = sapi.spec.autoscaling.as_ref()?;
+    let hpa_scales_us = live_hpa
+        .and_then(|h| h.spec.as_ref())
+        .is_some_and(|s| s.scale_target_ref.kind == ScalableApi::kind(&()));
+    let running = live_deployment
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .filter(|n| *n > 0 && !hpa_scales_us);
+    let target = match running {
+        Some(n) => n.clamp(a.min_replicas, a.max_replicas.max(a.min_replicas)),
+        None => sapi.deployment_replicas(),
     };
-    if desired_sets_replicas {
-        return ReplicaHandover::NotNeeded;
-    }
-    match live.spec.as_ref().and_then(|s| s.replicas) {
-        // Ours: pin it, or dropping the field drops the Deployment to 1.
-        Some(replicas) if applies_replicas(live, FIELD_MANAGER) => ReplicaHandover::PinLiveValue {
-            replicas: pin_value(replicas, floor),
-        },
-        // Someone's 0 (replicas: 0 before, kubectl scale --replicas=0): the HPA would never act.
-        Some(0) => ReplicaHandover::PinLiveValue {
-            replicas: pin_value(0, floor),
-        },
-        _ => ReplicaHandover::NotNeeded,
-    }
-}
-
-/// True when `manager` owns `spec.replicas` through an Apply entry of `managedFields`.
-pub fn applies_replicas(d: &Deployment, manager: &str) -> bool {
-    d.managed_fields().iter().any(|e| {
-        e.manager.as_deref() == Some(manager)
-            && e.operation.as_deref() == Some("Apply")
-            && e.subresource.as_deref().is_none_or(str::is_empty)
-            && e.fields_v1
-                .as_ref()
-                .and_then(|f| f.0.get("f:spec"))
-                .and_then(|s| s.get("f:replicas"))
-                .is_some()
-    })
-}
-
-/// The live replica count to pin while handing over: a count of 0 is raised to the floor,
-/// because an HPA reads 0 as "scaling disabled" and would never act.
-fn pin_value(live: i32, floor: i32) -> i32 {
-    if live == 0 { floor.max(1) } else { live }
-}
-
-/// The count a new Deployment starts with under autoscaling: what the HPA last chose when
-/// it still exists (the Deployment was deleted under it), else `minReplicas`.
-pub fn start_replicas(min: i32, max: i32, hpa_choice: Option<i32>) -> i32 {
-    hpa_choice
-        .filter(|n| *n > 0)
-        .map_or(min, |n| n.clamp(min, max.max(min)))
+    (target != sapi.spec.replicas).then_some(target)
 }
 
 fn params() -> PatchParams {
@@ -166,6 +128,15 @@ fn marker(meta: &ObjectMeta) -> String {
     }
 }
 
+/// The Deployment generation whose rollout counts when the template did not change: our
+/// record's, unless the record is newer than the object (someone re-created it).
+fn template_generation(record: Option<&Record>, live_generation: Option<i64>) -> Option<i64> {
+    record
+        .and_then(|r| r.template_generation)
+        .filter(|g| live_generation.is_none_or(|live| *g <= live))
+        .or(live_generation)
+}
+
 fn body_hash(body: &Value) -> u64 {
     let mut h = DefaultHasher::new();
     body.to_string().hash(&mut h);
@@ -191,28 +162,15 @@ struct Ensured<K> {
     written: bool,
 }
 
-/// How `ensure` decides and writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Write {
-    /// Skip when the live object already holds the body; a write carries the
-    /// resourceVersion read, so if anyone changed the object since (the garbage collector
-    /// orphaning it, a `kubectl scale`) the API server answers 409 and the retry decides again.
-    IfChanged,
-    /// Write whatever the live object holds (after a pin our body must go out), still on
-    /// the resourceVersion read.
-    Always,
-    /// Write without a precondition: the object is the one this pass just created, whose
-    /// only other writer so far is the Deployment controller's status.
-    AlwaysOwnNew,
-}
-
-/// Applies `desired` as `mode` says, and records what was applied.
+/// Applies `desired` unless the live object already holds it, and records what was applied.
+/// A write carries the resourceVersion read, so if anyone changed the object since (the
+/// garbage collector orphaning it, an edit) the API server answers 409 and the retry
+/// decides again.
 async fn ensure<K>(
     api: &Api<K>,
     desired: &K,
     live: Option<K>,
     records: &LastApplied,
-    mode: Write,
 ) -> Result<Ensured<K>, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
@@ -221,19 +179,25 @@ where
     let desired_json = serde_json::to_value(desired).unwrap_or_default();
     let body = body_hash(&desired_json);
     let previous = records.get(&key);
-    if let (Some(live), Write::IfChanged) = (&live, mode) {
+    let live_json = live
+        .as_ref()
+        .map(|l| serde_json::to_value(l).unwrap_or_default());
+    // A write that leaves the pod template as it is (a scale) is no rollout.
+    let kept_template = live.as_ref().zip(live_json.as_ref()).and_then(|(l, j)| {
+        covers(&j["spec"]["template"], &desired_json["spec"]["template"])
+            .then(|| template_generation(previous.as_ref(), l.meta().generation))
+    });
+    if let (Some(live), Some(live_json)) = (&live, &live_json) {
         let live_marker = marker(live.meta());
-        let live_json = serde_json::to_value(live).unwrap_or_default();
         if up_to_date(
             previous.as_ref(),
             body,
             &live_marker,
-            &live_json,
+            live_json,
             &desired_json,
         ) {
-            let template_generation = previous
-                .and_then(|r| r.template_generation)
-                .or(live.meta().generation);
+            let template_generation =
+                template_generation(previous.as_ref(), live.meta().generation);
             records.put(
                 key,
                 Record {
@@ -249,9 +213,7 @@ where
         }
     }
     let mut obj = desired.clone();
-    obj.meta_mut().resource_version = live
-        .filter(|_| mode != Write::AlwaysOwnNew)
-        .and_then(|l| l.meta().resource_version.clone());
+    obj.meta_mut().resource_version = live.and_then(|l| l.meta().resource_version.clone());
     let name = obj.meta().name.clone().unwrap_or_default();
     let written = api.patch(&name, &params(), &Patch::Apply(&obj)).await?;
     records.put(
@@ -259,7 +221,7 @@ where
         Record {
             body,
             marker: marker(written.meta()),
-            template_generation: written.meta().generation,
+            template_generation: kept_template.flatten().or(written.meta().generation),
         },
     );
     Ok(Ensured {
@@ -290,8 +252,7 @@ where
 /// The live children after the pass, for status.
 pub struct Applied {
     pub deployment: Deployment,
-    pub hpa: Option<HorizontalPodAutoscaler>,
-    /// Deployment generation of our last write of its spec (later bumps are scales).
+    /// Deployment generation of our last write of its pod template (later bumps are scales).
     pub template_generation: Option<i64>,
     /// Objects this pass wrote or deleted (0 when everything was up to date).
     pub writes: usize,
@@ -362,9 +323,9 @@ async fn owner_alive(client: &Client, ns: &str, sapi: &ScalableApi) -> Result<bo
     Ok(fresh.is_some_and(|f| f.uid() == sapi.uid() && f.meta().deletion_timestamp.is_none()))
 }
 
-/// One pass over the children of `sapi`: read them, refuse any that is not ours, write only
-/// what differs, hand `spec.replicas` to the HPA, delete the optional ones that are not
-/// wanted (an unwanted HPA before the Deployment, see docs/architecture.md).
+/// One pass over the children of `sapi`: read them, refuse any that is not ours, bring
+/// `spec.replicas` within the autoscaling bounds, write only what differs, delete the
+/// optional ones that are not wanted (an unwanted HPA first, see docs/architecture.md).
 pub async fn apply_children(
     client: &Client,
     ns: &str,
@@ -435,73 +396,59 @@ pub async fn apply_children(
     let mut writes = 0;
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     writes += usize::from(
-        ensure(
-            &config_maps,
-            &children.config_map,
-            live.config_map,
-            records,
-            Write::IfChanged,
-        )
-        .await
-        .map_err(Error::ApplyConfigMap)?
-        .written,
+        ensure(&config_maps, &children.config_map, live.config_map, records)
+            .await
+            .map_err(Error::ApplyConfigMap)?
+            .written,
     );
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     writes += usize::from(
-        ensure(
-            &services,
-            &children.service,
-            live.service,
-            records,
-            Write::IfChanged,
-        )
-        .await
-        .map_err(Error::ApplyService)?
-        .written,
+        ensure(&services, &children.service, live.service, records)
+            .await
+            .map_err(Error::ApplyService)?
+            .written,
     );
 
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
-    let hpa_choice = live
-        .hpa
-        .as_ref()
-        .and_then(|h| h.status.as_ref())
-        .map(|s| s.desired_replicas);
     if children.hpa.is_none()
         && let Some(h) = &live.hpa
         && mine("HorizontalPodAutoscaler", Some(h.meta()))
     {
-        // Autoscaling off: the HPA goes before we take spec.replicas back. Applied the other
-        // way round, a failed DELETE or an HPA sync in between rescales the Deployment.
+        // Autoscaling off: the HPA goes first, so it cannot change spec.replicas (the count
+        // that now stays) after this pass.
         delete_ours(&hpas, h).await.map_err(Error::DeleteHpa)?;
         writes += 1;
     }
 
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let (deployment, deployment_writes) = ensure_deployment(
-        &deployments,
-        sapi,
-        &children.deployment,
-        live.deployment,
-        hpa_choice,
-        records,
-    )
-    .await?;
-    writes += deployment_writes;
-
-    let hpa = match &children.hpa {
-        Some(h) => {
-            let e = ensure(&hpas, h, live.hpa, records, Write::IfChanged)
-                .await
-                .map_err(Error::ApplyHpa)?;
-            writes += usize::from(e.written);
-            Some(e.live)
+    let ours_hpa = live
+        .hpa
+        .as_ref()
+        .filter(|h| mine("HorizontalPodAutoscaler", Some(h.meta())));
+    let mut deployment_body = Cow::Borrowed(&children.deployment);
+    if let Some(replicas) = scale_correction(sapi, live.deployment.as_ref(), ours_hpa) {
+        set_scale(client, ns, sapi, replicas).await?;
+        writes += 1;
+        if let Some(spec) = deployment_body.to_mut().spec.as_mut() {
+            spec.replicas = Some(replicas);
         }
-        None => None,
-    };
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let deployment = ensure(&deployments, &*deployment_body, live.deployment, records)
+        .await
+        .map_err(Error::ApplyDeployment)?;
+    writes += usize::from(deployment.written);
+    let deployment = deployment.live;
+
+    if let Some(h) = &children.hpa {
+        let e = ensure(&hpas, h, live.hpa, records)
+            .await
+            .map_err(Error::ApplyHpa)?;
+        writes += usize::from(e.written);
+    }
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
     match (&children.pdb, live.pdb) {
         (Some(p), live_pdb) => {
-            let e = ensure(&pdbs, p, live_pdb, records, Write::IfChanged)
+            let e = ensure(&pdbs, p, live_pdb, records)
                 .await
                 .map_err(Error::ApplyPdb)?;
             writes += usize::from(e.written);
@@ -517,94 +464,30 @@ pub async fn apply_children(
         .and_then(|r| r.template_generation);
     Ok(Pass::Applied(Box::new(Applied {
         deployment,
-        hpa,
         template_generation,
         writes,
     })))
 }
 
-/// The Deployment: created at the start count under autoscaling, `spec.replicas` handed over
-/// to the HPA when our body stops setting it, then applied when it differs.
-async fn ensure_deployment(
-    api: &Api<Deployment>,
-    sapi: &ScalableApi,
-    desired: &Deployment,
-    mut live: Option<Deployment>,
-    hpa_choice: Option<i32>,
-    records: &LastApplied,
-) -> Result<(Deployment, usize)> {
-    let mut writes = 0;
-    let autoscaling = sapi.spec.autoscaling.as_ref();
-    let created_now = live.is_none() && autoscaling.is_some();
-    if let (None, Some(a)) = (&live, autoscaling) {
-        // Created without spec.replicas it would start at 1 until the HPA acts.
-        let mut first = desired.clone();
-        if let Some(spec) = first.spec.as_mut() {
-            spec.replicas = Some(start_replicas(a.min_replicas, a.max_replicas, hpa_choice));
-        }
-        let created = ensure(api, &first, None, records, Write::Always)
-            .await
-            .map_err(Error::ApplyDeployment)?;
-        live = Some(created.live);
-        writes += 1;
-    }
-    let floor = autoscaling.map_or(1, |a| a.min_replicas);
-    let mut pinned = false;
-    if let Some(l) = &live
-        && let ReplicaHandover::PinLiveValue { replicas } =
-            replica_handover(Some(l), desired, floor)
-    {
-        live = Some(pin(api, l, replicas, !created_now).await?);
-        pinned = true;
-        writes += 1;
-    }
-    // After a pin our body must go out, so that our manager lets go of spec.replicas.
-    let mode = match (pinned, created_now) {
-        (false, _) => Write::IfChanged,
-        (true, false) => Write::Always,
-        (true, true) => Write::AlwaysOwnNew,
-    };
-    let e = ensure(api, desired, live, records, mode)
-        .await
-        .map_err(Error::ApplyDeployment)?;
-    Ok((e.live, writes + usize::from(e.written)))
-}
-
-/// Pins `replicas` on `live` under `HANDOVER_MANAGER`, on the condition that nobody wrote
-/// the Deployment since `live` was read: a `kubectl scale` in between makes this a 409,
-/// and the retry pins the new count instead of overwriting it.
-pub async fn pin_replicas(
-    api: &Api<Deployment>,
-    live: &Deployment,
-    replicas: i32,
-) -> Result<Deployment> {
-    pin(api, live, replicas, true).await
-}
-
-/// `pin_replicas`; `guarded: false` drops the precondition for a Deployment this pass just
-/// created (nobody but the Deployment controller's status has written it yet).
-async fn pin(
-    api: &Api<Deployment>,
-    live: &Deployment,
-    replicas: i32,
-    guarded: bool,
-) -> Result<Deployment> {
-    let name = live.name_any();
-    tracing::info!(deployment = %name, replicas, "handing spec.replicas over to the HPA");
-    let mut metadata = json!({"name": name});
-    if guarded {
-        metadata["resourceVersion"] = json!(live.resource_version());
-    }
-    let pin = json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": metadata,
+/// Sets `spec.replicas` through the scale subresource, as an HPA or `kubectl scale` would,
+/// on the condition that the ScalableApi is still the version reconciled: a newer count
+/// (the HPA's, a `kubectl scale`) makes this a 409 and the retry decides again.
+pub async fn set_scale(client: &Client, ns: &str, sapi: &ScalableApi, replicas: i32) -> Result<()> {
+    let name = sapi.name_any();
+    tracing::info!(%name, replicas, "setting spec.replicas within the autoscaling bounds");
+    let api: Api<ScalableApi> = Api::namespaced(client.clone(), ns);
+    let patch = json!({
+        "metadata": {"resourceVersion": sapi.resource_version()},
         "spec": {"replicas": replicas},
     });
-    let pp = PatchParams::apply(HANDOVER_MANAGER).force();
-    api.patch(&name, &pp, &Patch::Apply(&pin))
+    let pp = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    api.patch_scale(&name, &pp, &Patch::Merge(&patch))
         .await
-        .map_err(Error::HandOverReplicas)
+        .map_err(Error::SetScale)?;
+    Ok(())
 }
 
 /// While suspended nothing is applied, but our HPA goes so the replica count stays put.

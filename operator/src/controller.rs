@@ -7,6 +7,7 @@
 //! ```text
 //! scalable.dev            scalableapis                  get list watch
 //! scalable.dev            scalableapis/status           get patch
+//! scalable.dev            scalableapis/scale            patch
 //! scalable.dev            scalableapis/finalizers       update
 //! ""                      configmaps, services          get list watch create patch delete
 //! apps                    deployments                   get list watch create patch delete
@@ -18,7 +19,9 @@
 //! ""                      secrets                       get create  (operator namespace only: the hash key)
 //! ```
 //!
-//! `scalableapis/finalizers` update: children carry `blockOwnerDeletion`, which the
+//! `scalableapis/scale` patch: under autoscaling `spec.replicas` is brought within
+//! minReplicas..maxReplicas (`apply::scale_correction`), the one write to a ScalableApi
+//! besides status. `scalableapis/finalizers` update: children carry `blockOwnerDeletion`, which the
 //! OwnerReferencesPermissionEnforcement admission plugin only allows with it. Children and
 //! Secrets are watched metadata-only, which needs the same list/watch verbs. The operator
 //! namespace's Secret `hash_key::SECRET_NAME` is read (`get`, by name) or made (`create`)
@@ -343,9 +346,8 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         collector_pending: false,
         secret: &secret,
         deployment: None,
-        hpa: None,
         template_generation: None,
-        fixed_replicas: (!sapi.autoscaling_enabled()).then(|| sapi.fixed_replicas()),
+        replicas: sapi.deployment_replicas(),
         floor: sapi.replica_floor(),
         selector: sapi.selector_string(),
         url: sapi.url(),
@@ -396,7 +398,6 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
     };
     tracing::debug!(writes = applied.writes, "children reconciled");
     obs.deployment = Some(&applied.deployment);
-    obs.hpa = applied.hpa.as_ref();
     obs.template_generation = applied.template_generation;
     write_status(ctx, sapi, &ns, &obs).await?;
     Ok(Outcome::Applied)

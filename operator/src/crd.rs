@@ -21,8 +21,6 @@ pub const DEFAULT_IMAGE: &str = concat!(
 /// Exact CEL messages, shared by the schema, the tests and the README rule table.
 pub mod messages {
     pub const NAME_DNS_LABEL: &str = "metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter and ending with a letter or digit, at most 63 characters) because it names the Service and is the app.kubernetes.io/instance label value";
-    pub const REPLICAS_WITH_AUTOSCALING: &str = "spec.replicas and spec.autoscaling are mutually exclusive: remove spec.replicas (the HorizontalPodAutoscaler owns the replica count between minReplicas and maxReplicas) or remove spec.autoscaling to run a fixed number of replicas";
-    pub const AUTOSCALING_REMOVAL: &str = "removing spec.autoscaling needs spec.replicas: set it to the count to keep (status.desiredReplicas is what the HPA runs now), or the Deployment would drop to 1 replica at once";
     pub const MIN_ABOVE_MAX: &str =
         "spec.autoscaling.minReplicas must be less than or equal to spec.autoscaling.maxReplicas";
     pub const DATABASE_ONE_FORM: &str = "set exactly one of spec.database.passwordSecretRef (together with host, name and user) or spec.database.uriSecretRef (a Secret key holding a full postgres:// URI)";
@@ -31,11 +29,6 @@ pub mod messages {
     pub const POOL_MIN_ABOVE_MAX: &str = "spec.database.pool.minConnections must be less than or equal to spec.database.pool.maxConnections";
     pub const MAX_MEMORY_QUANTITY: &str = "spec.cache.maxMemory must be a positive Kubernetes quantity of at most 64Gi, such as 64Mi or 1Gi (it is a per-pod Redis sidecar: the pod requests maxMemory + 32Mi of memory)";
 }
-
-/// Transition rule on `spec`: turning autoscaling off must say how many replicas to keep;
-/// without `spec.replicas` the Deployment would drop to 1 at once, whatever the HPA had.
-pub const AUTOSCALING_REMOVAL_RULE: &str =
-    "!has(oldSelf.autoscaling) || has(self.autoscaling) || has(self.replicas)";
 
 /// Root CEL rule: the name is used as is for the Service (an RFC 1035 label) and as the
 /// `app.kubernetes.io/instance` label value (at most 63 characters).
@@ -79,7 +72,7 @@ pub const NAME_RULE: &str =
         name = "Replicas",
         type_ = "string",
         json_path = ".status.replicaSummary",
-        description = "Ready replicas / replicas wanted now (spec.replicas or the HPA's choice)"
+        description = "Ready replicas / replicas wanted now (spec.replicas, which the HPA sets under autoscaling)"
     ),
     printcolumn(
         name = "Min",
@@ -105,22 +98,21 @@ pub const NAME_RULE: &str =
         json_path = ".metadata.creationTimestamp"
     )
 )]
-#[x_kube(
-    validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))").message(messages::REPLICAS_WITH_AUTOSCALING),
-    validation = Rule::new(AUTOSCALING_REMOVAL_RULE).message(messages::AUTOSCALING_REMOVAL)
-)]
 #[serde(rename_all = "camelCase")]
 pub struct ScalableApiSpec {
     /// Container image of the API. Default: the api-server released with the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub image: Option<String>,
-    /// Fixed replica count, used only without autoscaling (also the scale subresource).
-    /// Unset means 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Replica count, the scale subresource's `spec.replicas`. With `autoscaling` the HPA
+    /// (which targets this ScalableApi) writes it, and the Deployment runs it clamped to
+    /// minReplicas..maxReplicas; leave it out of manifests you re-apply, as for a Deployment
+    /// under an HPA. Default 1.
+    #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 1000))]
-    pub replicas: Option<i32>,
-    /// HorizontalPodAutoscaler settings; when set, the HPA owns the replica count.
+    pub replicas: i32,
+    /// HorizontalPodAutoscaler settings: the operator runs an HPA that scales this
+    /// ScalableApi through its scale subresource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<Autoscaling>,
     /// Resources of the `api` container. Default: requests cpu 100m, memory 64Mi.
@@ -350,7 +342,8 @@ pub struct ScalableApiStatus {
     /// Ready pods of the Deployment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
-    /// Replicas wanted now: spec.replicas, or the HPA's desired count.
+    /// Replicas the Deployment is set to: spec.replicas (written by the HPA under
+    /// autoscaling), within minReplicas..maxReplicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired_replicas: Option<i32>,
     /// `<readyReplicas>/<desiredReplicas>`, e.g. `3/5`: the Replicas printer column (a
@@ -381,6 +374,9 @@ fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Sch
     schema
 }
 
+fn default_replicas() -> i32 {
+    crate::crd_funcs::DEFAULT_REPLICAS
+}
 fn default_min_replicas() -> i32 {
     1
 }

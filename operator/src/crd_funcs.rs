@@ -6,7 +6,7 @@ use kube::core::Selector;
 use crate::crd::{DatabaseSpec, ScalableApi, SecretKeyRef, ServiceType, SslMode};
 use crate::desired::labels;
 
-/// Replica count when neither `replicas` nor `autoscaling` is set.
+/// `spec.replicas` when unset (the CRD schema default).
 pub const DEFAULT_REPLICAS: i32 = 1;
 
 /// Which of the two database forms a ScalableApi uses.
@@ -49,9 +49,17 @@ impl ScalableApi {
         self.spec.autoscaling.is_some()
     }
 
-    /// Fixed replica count without autoscaling (`spec.replicas`, default 1).
-    pub fn fixed_replicas(&self) -> i32 {
-        self.spec.replicas.unwrap_or(DEFAULT_REPLICAS)
+    /// The count the Deployment runs: `spec.replicas`, clamped to minReplicas..maxReplicas
+    /// under autoscaling (the HPA never writes outside them, but a user, a `replicas: 0`
+    /// from before, or the schema default can).
+    pub fn deployment_replicas(&self) -> i32 {
+        match &self.spec.autoscaling {
+            Some(a) => self
+                .spec
+                .replicas
+                .clamp(a.min_replicas, a.max_replicas.max(a.min_replicas)),
+            None => self.spec.replicas,
+        }
     }
 
     /// Fewest available pods that count as Ready: minReplicas with autoscaling, else the
@@ -59,7 +67,7 @@ impl ScalableApi {
     pub fn replica_floor(&self) -> i32 {
         match &self.spec.autoscaling {
             Some(a) => a.min_replicas,
-            None => self.fixed_replicas(),
+            None => self.spec.replicas,
         }
     }
 
@@ -67,7 +75,7 @@ impl ScalableApi {
     pub fn max_possible_replicas(&self) -> i32 {
         match &self.spec.autoscaling {
             Some(a) => a.max_replicas,
-            None => self.fixed_replicas(),
+            None => self.spec.replicas,
         }
     }
 
@@ -146,6 +154,25 @@ mod tests {
         assert_eq!(scaled.max_possible_replicas(), 9);
         assert!(scaled.autoscaling_enabled());
         assert!(!ScalableApi::test().autoscaling_enabled());
+    }
+
+    #[test]
+    fn the_deployment_runs_spec_replicas_clamped_to_the_autoscaling_bounds() {
+        assert_eq!(ScalableApi::test().deployment_replicas(), 1);
+        assert_eq!(
+            ScalableApi::test().with_replicas(0).deployment_replicas(),
+            0
+        );
+        let scaled = |replicas| {
+            ScalableApi::test()
+                .with_autoscaling(2, 6)
+                .with_replicas(replicas)
+                .deployment_replicas()
+        };
+        assert_eq!(scaled(4), 4, "the HPA's choice");
+        assert_eq!(scaled(1), 2, "the schema default under minReplicas 2");
+        assert_eq!(scaled(0), 2, "0 would disable the HPA");
+        assert_eq!(scaled(9), 6);
     }
 
     #[test]

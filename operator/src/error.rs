@@ -18,8 +18,8 @@ pub enum Error {
     GetOwner(#[source] kube::Error),
     #[error("applying the ConfigMap failed: {0}")]
     ApplyConfigMap(#[source] kube::Error),
-    #[error("handing spec.replicas over to the HPA failed: {0}")]
-    HandOverReplicas(#[source] kube::Error),
+    #[error("setting spec.replicas through the ScalableApi's scale subresource failed: {0}")]
+    SetScale(#[source] kube::Error),
     #[error("applying the Deployment failed: {0}")]
     ApplyDeployment(#[source] kube::Error),
     #[error("applying the Service failed: {0}")]
@@ -89,7 +89,7 @@ impl Error {
             Error::GetChild(..) => "get_child",
             Error::GetOwner(_) => "get_owner",
             Error::ApplyConfigMap(_) => "apply_configmap",
-            Error::HandOverReplicas(_) => "handover_replicas",
+            Error::SetScale(_) => "set_scale",
             Error::ApplyDeployment(_) => "apply_deployment",
             Error::ApplyService(_) => "apply_service",
             Error::ApplyHpa(_) => "apply_hpa",
@@ -115,7 +115,7 @@ impl Error {
             | Error::GetChild(_, e)
             | Error::GetOwner(e)
             | Error::ApplyConfigMap(e)
-            | Error::HandOverReplicas(e)
+            | Error::SetScale(e)
             | Error::ApplyDeployment(e)
             | Error::ApplyService(e)
             | Error::ApplyHpa(e)
@@ -135,9 +135,8 @@ impl Error {
         match self {
             Error::ApplyConfigMap(_) => Some("ConfigMap"),
             Error::GetChild(kind, _) => Some(kind),
-            Error::GetDeployment(_) | Error::HandOverReplicas(_) | Error::ApplyDeployment(_) => {
-                Some("Deployment")
-            }
+            Error::GetDeployment(_) | Error::ApplyDeployment(_) => Some("Deployment"),
+            Error::SetScale(_) => Some("ScalableApi scale subresource"),
             Error::ApplyService(_) => Some("Service"),
             Error::ApplyHpa(_) | Error::DeleteHpa(_) => Some("HorizontalPodAutoscaler"),
             Error::ApplyPdb(_) | Error::DeletePdb(_) => Some("PodDisruptionBudget"),

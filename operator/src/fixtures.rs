@@ -13,13 +13,13 @@ use crate::crd::{
 
 impl ScalableApi {
     /// `users` in `shop`, as read from the API server (with a uid): password form, cache on,
-    /// no replicas and no autoscaling.
+    /// 1 replica (the schema default) and no autoscaling.
     pub fn test() -> Self {
         let mut sapi = ScalableApi::new(
             "users",
             ScalableApiSpec {
                 image: None,
-                replicas: None,
+                replicas: crate::crd::DEFAULT_REPLICAS,
                 autoscaling: None,
                 resources: None,
                 service: ServiceSpec::default(),
@@ -56,7 +56,7 @@ impl ScalableApi {
     }
 
     pub fn with_replicas(mut self, replicas: i32) -> Self {
-        self.spec.replicas = Some(replicas);
+        self.spec.replicas = replicas;
         self
     }
 

@@ -2,7 +2,6 @@
 //! `lastTransitionTime` kept unless the condition's status flips.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::{Timestamp, Unit};
 
@@ -87,11 +86,10 @@ pub struct Observation<'a> {
     pub collector_pending: bool,
     pub secret: &'a SecretState,
     pub deployment: Option<&'a Deployment>,
-    pub hpa: Option<&'a HorizontalPodAutoscaler>,
-    /// Deployment generation of our last write of its spec; a later generation is a scale.
+    /// Deployment generation of our last write of its pod template; a later one is a scale.
     pub template_generation: Option<i64>,
-    /// `spec.replicas` (default 1) without autoscaling; `None` when an HPA owns the count.
-    pub fixed_replicas: Option<i32>,
+    /// The count the Deployment is meant to run (`ScalableApi::deployment_replicas`).
+    pub replicas: i32,
     /// Fewest available pods that still count as Ready: `autoscaling.minReplicas`, or the
     /// fixed count.
     pub floor: i32,
@@ -162,24 +160,18 @@ fn database_configured(obs: &Observation<'_>) -> (bool, &'static str, String) {
     }
 }
 
-/// The replica count wanted now: spec.replicas, or what the HPA decided.
-fn desired_replicas(obs: &Observation<'_>) -> Option<i32> {
-    obs.fixed_replicas.or_else(|| {
-        obs.hpa
-            .and_then(|h| h.status.as_ref())
-            .map(|s| s.desired_replicas)
-            .filter(|n| *n > 0)
-            .or_else(|| {
-                obs.deployment
-                    .and_then(|d| d.spec.as_ref())
-                    .and_then(|s| s.replicas)
-            })
-    })
+/// The replica count wanted now: what the Deployment is set to (spec.replicas, which the
+/// HPA writes under autoscaling, within its bounds).
+fn desired_replicas(obs: &Observation<'_>) -> i32 {
+    obs.deployment
+        .and_then(|d| d.spec.as_ref())
+        .and_then(|s| s.replicas)
+        .unwrap_or(obs.replicas)
 }
 
-/// The Deployment controller has seen the spec we wrote (`template_generation`; unknown
-/// means the live generation), and every pod runs that template. A scale by the HPA bumps
-/// the generation but changes no template, so it never counts as a rollout.
+/// The Deployment controller has seen the template we wrote (`template_generation`; unknown
+/// means the live generation), and every pod runs it. A scale bumps the generation but
+/// changes no template, so it never counts as a rollout.
 pub fn rolled_out(d: &Deployment, template_generation: Option<i64>) -> bool {
     let Some(st) = d.status.as_ref() else {
         return false;
@@ -278,7 +270,7 @@ fn readiness(obs: &Observation<'_>, db: &(bool, &'static str, String)) -> [State
     }
     let st = d.status.clone().unwrap_or_default();
     let available = st.available_replicas.unwrap_or(0);
-    let want = desired_replicas(obs).unwrap_or(0);
+    let want = desired_replicas(obs);
     let (floor, done) = (obs.floor, rolled_out(d, obs.template_generation));
     let reconciling = if obs.suspended {
         state(false, reasons::SUSPENDED, "spec.suspend is true")
@@ -372,8 +364,8 @@ pub fn compute(
             .and_then(|d| d.status.as_ref())
             .and_then(|s| s.replicas),
         ready_replicas,
-        desired_replicas: want,
-        replica_summary: want.map(|w| format!("{}/{w}", ready_replicas.unwrap_or(0))),
+        desired_replicas: Some(want),
+        replica_summary: Some(format!("{}/{want}", ready_replicas.unwrap_or(0))),
         selector: Some(obs.selector.clone()),
         url: Some(obs.url.clone()),
         conditions,

@@ -118,7 +118,9 @@ async fn enabling_autoscaling_keeps_the_pods_and_the_hpa_owns_the_count() -> any
 
     let recorder = ReplicaRecorder::start(deployments.clone(), "search").await?;
 
-    // Hand-over: spec.replicas goes away, the HPA (floor 2, slow scale-down) takes the count.
+    // Hand-over: spec.replicas goes away (the schema default 1 under the running 3); the
+    // operator keeps 3 in spec.replicas and the HPA (floor 2, slow scale-down) scales the
+    // ScalableApi from there.
     let generation = patch_spec(
         &sapis,
         "search",
@@ -151,8 +153,13 @@ async fn enabling_autoscaling_keeps_the_pods_and_the_hpa_owns_the_count() -> any
         Some(3),
         "the hand-over kept 3 pods"
     );
+    assert_eq!(
+        sapis.get("search").await?.spec.replicas,
+        3,
+        "the running count went into spec.replicas, which the HPA now scales"
+    );
 
-    // The HPA scales: raising its floor makes it scale the Deployment to 4.
+    // Raising the floor above the count lifts spec.replicas, and with it the Deployment, to 4.
     let generation =
         patch_spec(&sapis, "search", json!({"autoscaling": {"minReplicas": 4}})).await?;
     ready_at(&sapis, "search", generation).await?;

@@ -1,135 +1,134 @@
 use k8s_openapi::api::apps::v1::DeploymentSpec;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, ObjectMeta};
-use serde_json::json;
+use k8s_openapi::api::autoscaling::v2::{CrossVersionObjectReference, HorizontalPodAutoscalerSpec};
 
 use super::*;
 
-fn entry(manager: &str, operation: &str, fields: serde_json::Value) -> ManagedFieldsEntry {
-    ManagedFieldsEntry {
-        manager: Some(manager.into()),
-        operation: Some(operation.into()),
-        fields_type: Some("FieldsV1".into()),
-        fields_v1: Some(FieldsV1(fields)),
-        ..ManagedFieldsEntry::default()
-    }
-}
-
-fn live(replicas: i32, managed: Vec<ManagedFieldsEntry>) -> Deployment {
+fn deployment(replicas: i32) -> Deployment {
     Deployment {
-        metadata: ObjectMeta {
-            name: Some("a".into()),
-            managed_fields: Some(managed),
-            ..ObjectMeta::default()
-        },
         spec: Some(DeploymentSpec {
             replicas: Some(replicas),
-            ..DeploymentSpec::default()
-        }),
-        status: None,
-    }
-}
-
-fn desired(replicas: Option<i32>) -> Deployment {
-    Deployment {
-        spec: Some(DeploymentSpec {
-            replicas,
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
     }
 }
 
-fn owns_replicas() -> serde_json::Value {
-    json!({"f:spec": {"f:replicas": {}, "f:template": {}}})
+/// An HPA whose scaleTargetRef is `kind` (an older operator's targets the Deployment).
+fn hpa_targeting(kind: &str) -> HorizontalPodAutoscaler {
+    HorizontalPodAutoscaler {
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                kind: kind.into(),
+                name: "users".into(),
+                api_version: None,
+            },
+            max_replicas: 8,
+            ..HorizontalPodAutoscalerSpec::default()
+        }),
+        ..HorizontalPodAutoscaler::default()
+    }
 }
 
 #[test]
-fn turning_autoscaling_on_pins_the_live_replica_count() {
-    let live = live(5, vec![entry(FIELD_MANAGER, "Apply", owns_replicas())]);
+fn spec_replicas_within_the_bounds_is_left_alone() {
+    let sapi = ScalableApi::test().with_autoscaling(2, 8).with_replicas(5);
+    let ours = hpa_targeting("ScalableApi");
     assert_eq!(
-        replica_handover(Some(&live), &desired(None), 2),
-        ReplicaHandover::PinLiveValue { replicas: 5 }
-    );
-}
-
-#[test]
-fn no_hand_over_when_we_still_set_replicas() {
-    let live = live(5, vec![entry(FIELD_MANAGER, "Apply", owns_replicas())]);
-    assert_eq!(
-        replica_handover(Some(&live), &desired(Some(3)), 2),
-        ReplicaHandover::NotNeeded
-    );
-}
-
-#[test]
-fn no_hand_over_once_we_no_longer_own_replicas() {
-    // After the hand-over the HPA (an Update) and the hand-over manager own the field.
-    let live = live(
-        7,
-        vec![
-            entry(
-                FIELD_MANAGER,
-                "Apply",
-                json!({"f:spec": {"f:template": {}}}),
-            ),
-            entry(
-                HANDOVER_MANAGER,
-                "Apply",
-                json!({"f:spec": {"f:replicas": {}}}),
-            ),
-            entry(
-                "kube-controller-manager",
-                "Update",
-                json!({"f:spec": {"f:replicas": {}}}),
-            ),
-        ],
+        scale_correction(&sapi, Some(&deployment(5)), Some(&ours)),
+        None
     );
     assert_eq!(
-        replica_handover(Some(&live), &desired(None), 2),
-        ReplicaHandover::NotNeeded
+        scale_correction(&sapi, Some(&deployment(3)), Some(&ours)),
+        None,
+        "the Deployment follows spec.replicas, not the other way round"
+    );
+    assert_eq!(
+        scale_correction(&ScalableApi::test().with_replicas(0), None, None),
+        None,
+        "without autoscaling 0 is a count like any other"
     );
 }
 
 #[test]
-fn no_hand_over_for_a_new_deployment() {
+fn spec_replicas_outside_the_bounds_is_brought_within() {
+    let scaled = |replicas| {
+        ScalableApi::test()
+            .with_autoscaling(2, 8)
+            .with_replicas(replicas)
+    };
+    // A new object carries the schema default 1; an HPA would read 0 as "scaling disabled".
+    assert_eq!(scale_correction(&scaled(1), None, None), Some(2));
     assert_eq!(
-        replica_handover(None, &desired(None), 2),
-        ReplicaHandover::NotNeeded
+        scale_correction(&scaled(0), Some(&deployment(0)), None),
+        Some(2)
+    );
+    assert_eq!(scale_correction(&scaled(12), None, None), Some(8));
+}
+
+#[test]
+fn turning_autoscaling_on_keeps_the_running_count() {
+    // `replicas: 3` removed from the manifest reads as the default 1.
+    let sapi = ScalableApi::test().with_autoscaling(2, 8);
+    assert_eq!(scale_correction(&sapi, Some(&deployment(3)), None), Some(3));
+    assert_eq!(
+        scale_correction(&sapi, Some(&deployment(1)), None),
+        Some(2),
+        "but within the bounds"
+    );
+    assert_eq!(
+        scale_correction(
+            &sapi.clone().with_replicas(3),
+            Some(&deployment(7)),
+            Some(&hpa_targeting("ScalableApi"))
+        ),
+        None,
+        "once our HPA scales the ScalableApi, spec.replicas leads"
     );
 }
 
 #[test]
-fn an_update_by_our_manager_is_not_an_applied_ownership() {
-    let live = live(5, vec![entry(FIELD_MANAGER, "Update", owns_replicas())]);
-    assert!(!applies_replicas(&live, FIELD_MANAGER));
+fn an_older_operators_hpa_on_the_deployment_hands_its_count_to_spec_replicas() {
+    let sapi = ScalableApi::test().with_autoscaling(2, 8);
+    let old = hpa_targeting("Deployment");
+    assert_eq!(
+        scale_correction(&sapi, Some(&deployment(6)), Some(&old)),
+        Some(6),
+        "the count the HPA chose survives retargeting it"
+    );
+    assert_eq!(
+        scale_correction(&sapi, Some(&deployment(20)), Some(&old)),
+        Some(8)
+    );
+    assert_eq!(
+        scale_correction(
+            &sapi.clone().with_replicas(6),
+            Some(&deployment(6)),
+            Some(&old)
+        ),
+        None,
+        "carried over already"
+    );
+    assert_eq!(
+        scale_correction(&sapi, Some(&deployment(0)), Some(&old)),
+        Some(2),
+        "a 0 is no count to keep"
+    );
 }
 
 #[test]
-fn zero_replicas_are_handed_over_as_the_floor_whoever_set_them() {
-    // An HPA reads 0 as "scaling disabled": it would never act.
-    let ours = live(0, vec![entry(FIELD_MANAGER, "Apply", owns_replicas())]);
+fn a_scale_keeps_the_template_generation_unless_the_object_was_recreated() {
+    let r = |g| Record {
+        body: 1,
+        marker: String::new(),
+        template_generation: Some(g),
+    };
+    assert_eq!(template_generation(Some(&r(3)), Some(7)), Some(3));
     assert_eq!(
-        replica_handover(Some(&ours), &desired(None), 3),
-        ReplicaHandover::PinLiveValue { replicas: 3 }
+        template_generation(Some(&r(9)), Some(2)),
+        Some(2),
+        "a record newer than the object is of an earlier object"
     );
-    let kubectl = live(0, vec![entry("kubectl", "Update", owns_replicas())]);
-    assert_eq!(
-        replica_handover(Some(&kubectl), &desired(None), 3),
-        ReplicaHandover::PinLiveValue { replicas: 3 }
-    );
-}
-
-#[test]
-fn a_new_deployment_starts_at_min_or_at_what_the_hpa_chose() {
-    assert_eq!(start_replicas(2, 8, None), 2);
-    assert_eq!(start_replicas(2, 8, Some(0)), 2, "no choice yet");
-    assert_eq!(start_replicas(2, 8, Some(5)), 5);
-    assert_eq!(
-        start_replicas(2, 8, Some(12)),
-        8,
-        "clamped to the new bounds"
-    );
-    assert_eq!(start_replicas(4, 8, Some(3)), 4);
+    assert_eq!(template_generation(None, Some(4)), Some(4));
 }
 
 fn record(body: u64, marker: &str) -> Record {

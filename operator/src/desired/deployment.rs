@@ -69,9 +69,9 @@ pub fn deployment(
     Ok(Deployment {
         metadata: child_meta(sapi, sapi.name_any()),
         spec: Some(DeploymentSpec {
-            // While an HPA owns the count the field is left out of the applied body entirely,
-            // so this field manager never fights the HPA (see docs/architecture.md).
-            replicas: (!sapi.autoscaling_enabled()).then(|| sapi.fixed_replicas()),
+            // Always ours: the HPA scales the ScalableApi, not the Deployment, so nobody else
+            // writes this field (see docs/architecture.md, "Replicas").
+            replicas: Some(sapi.deployment_replicas()),
             selector: LabelSelector {
                 match_labels: Some(selector),
                 ..LabelSelector::default()

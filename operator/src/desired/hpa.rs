@@ -1,10 +1,14 @@
 //! HorizontalPodAutoscaler `<name>` (autoscaling/v2), only when `spec.autoscaling` is set.
+//!
+//! It scales the ScalableApi through its scale subresource (as Argo Rollouts' HPAs scale a
+//! Rollout), so `spec.replicas` always holds the live count and the operator alone writes
+//! the Deployment's.
 
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
     MetricTarget, ResourceMetricSource,
 };
-use kube::ResourceExt;
+use kube::{Resource, ResourceExt};
 
 use super::child_meta;
 use crate::crd::ScalableApi;
@@ -19,8 +23,8 @@ pub fn hpa(sapi: &ScalableApi) -> Option<HorizontalPodAutoscaler> {
         metadata: child_meta(sapi, sapi.name_any()),
         spec: Some(HorizontalPodAutoscalerSpec {
             scale_target_ref: CrossVersionObjectReference {
-                api_version: Some("apps/v1".into()),
-                kind: "Deployment".into(),
+                api_version: Some(ScalableApi::api_version(&()).into_owned()),
+                kind: ScalableApi::kind(&()).into_owned(),
                 name: sapi.name_any(),
             },
             min_replicas: Some(a.min_replicas),
@@ -66,15 +70,18 @@ mod tests {
     }
 
     #[test]
-    fn targets_the_deployment_within_min_and_max() {
+    fn targets_the_scalable_api_within_min_and_max() {
         let h = hpa(&ScalableApi::test().with_autoscaling(3, 20)).expect("hpa");
         assert_eq!(h.metadata.name.as_deref(), Some("users"));
         let s = h.spec.expect("spec");
         assert_eq!(s.min_replicas, Some(3));
         assert_eq!(s.max_replicas, 20);
-        assert_eq!(s.scale_target_ref.kind, "Deployment");
+        assert_eq!(s.scale_target_ref.kind, "ScalableApi");
         assert_eq!(s.scale_target_ref.name, "users");
-        assert_eq!(s.scale_target_ref.api_version.as_deref(), Some("apps/v1"));
+        assert_eq!(
+            s.scale_target_ref.api_version.as_deref(),
+            Some("scalable.dev/v1alpha1")
+        );
     }
 
     #[test]

@@ -67,8 +67,6 @@ pub enum SpecError {
     DatabaseForm,
     #[error("{}", crate::crd::messages::DATABASE_PASSWORD_FORM)]
     DatabasePasswordForm,
-    #[error("{}", crate::crd::messages::REPLICAS_WITH_AUTOSCALING)]
-    ReplicasWithAutoscaling,
     #[error(
         "{} (got minReplicas {min}, maxReplicas {max})",
         crate::crd::messages::MIN_ABOVE_MAX
@@ -133,16 +131,13 @@ fn check(sapi: &ScalableApi) -> Result<(), SpecError> {
             max: db.pool.max_connections,
         });
     }
-    if let Some(a) = &spec.autoscaling {
-        if spec.replicas.is_some() {
-            return Err(SpecError::ReplicasWithAutoscaling);
-        }
-        if a.min_replicas > a.max_replicas {
-            return Err(SpecError::MinAboveMax {
-                min: a.min_replicas,
-                max: a.max_replicas,
-            });
-        }
+    if let Some(a) = &spec.autoscaling
+        && a.min_replicas > a.max_replicas
+    {
+        return Err(SpecError::MinAboveMax {
+            min: a.min_replicas,
+            max: a.max_replicas,
+        });
     }
     Ok(())
 }

@@ -234,10 +234,6 @@ fn invalid_specs_are_spec_errors_that_say_what_to_fix() {
         (both, SpecError::DatabaseForm),
         (no_host, SpecError::DatabasePasswordForm),
         (
-            ScalableApi::test().with_replicas(2).with_autoscaling(1, 3),
-            SpecError::ReplicasWithAutoscaling,
-        ),
-        (
             ScalableApi::test().with_autoscaling(5, 3),
             SpecError::MinAboveMax { min: 5, max: 3 },
         ),

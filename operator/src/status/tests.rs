@@ -1,5 +1,4 @@
 use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerStatus;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::SignedDuration;
 
@@ -38,9 +37,8 @@ fn obs<'a>(secret: &'a SecretState, d: Option<&'a Deployment>) -> Observation<'a
         collector_pending: false,
         secret,
         deployment: d,
-        hpa: None,
         template_generation: None,
-        fixed_replicas: Some(3),
+        replicas: 3,
         floor: 3,
         selector: "app.kubernetes.io/instance=a".into(),
         url: "http://a.ns.svc:80".into(),
@@ -129,22 +127,15 @@ fn fewer_available_than_the_floor_is_not_ready() {
 
 #[test]
 fn an_hpa_scale_up_above_the_floor_stays_ready() {
-    // The HPA raised the Deployment from 3 to 5 (generation 2 -> 3); the Deployment
-    // controller has not even seen it yet.
+    // The HPA set spec.replicas from 3 to 5 and the operator wrote 5 to the Deployment
+    // (generation 2 -> 3, template unchanged); the Deployment controller has not even seen it.
     let mut d = deployment(5, 3);
     d.metadata.generation = Some(3);
     let st = d.status.as_mut().unwrap();
     (st.replicas, st.updated_replicas) = (Some(3), Some(3));
-    let hpa = HorizontalPodAutoscaler {
-        status: Some(HorizontalPodAutoscalerStatus {
-            desired_replicas: 5,
-            ..HorizontalPodAutoscalerStatus::default()
-        }),
-        ..HorizontalPodAutoscaler::default()
-    };
     let secret = found();
     let mut o = obs(&secret, Some(&d));
-    (o.fixed_replicas, o.floor, o.hpa, o.template_generation) = (None, 2, Some(&hpa), Some(2));
+    (o.replicas, o.floor, o.template_generation) = (5, 2, Some(2));
     let s = compute(&o, None, Timestamp::now());
     let ready = get(&s, types::READY);
     assert_eq!(
@@ -184,7 +175,7 @@ fn zero_replicas_wanted_and_none_running_is_ready() {
     let d = deployment(0, 0);
     let secret = found();
     let mut o = obs(&secret, Some(&d));
-    (o.fixed_replicas, o.floor) = (Some(0), 0);
+    (o.replicas, o.floor) = (0, 0);
     let s = compute(&o, None, Timestamp::now());
     let ready = get(&s, types::READY);
     assert_eq!(
@@ -281,19 +272,12 @@ fn invalid_spec_says_what_to_fix() {
 }
 
 #[test]
-fn with_autoscaling_the_hpa_decides_the_desired_count() {
-    let d = deployment(4, 4);
-    let hpa = HorizontalPodAutoscaler {
-        status: Some(HorizontalPodAutoscalerStatus {
-            desired_replicas: 6,
-            ..HorizontalPodAutoscalerStatus::default()
-        }),
-        ..HorizontalPodAutoscaler::default()
-    };
+fn the_desired_count_is_what_the_deployment_is_set_to() {
+    let mut d = deployment(6, 4);
+    d.status.as_mut().unwrap().replicas = Some(4);
     let secret = found();
     let mut o = obs(&secret, Some(&d));
-    o.fixed_replicas = None;
-    o.hpa = Some(&hpa);
+    (o.replicas, o.floor) = (6, 2);
     let s = compute(&o, None, Timestamp::now());
     assert_eq!(s.desired_replicas, Some(6));
     assert_eq!(
@@ -398,12 +382,11 @@ fn a_long_refusal_is_cut_to_fit_an_event_note() {
 }
 
 #[test]
-fn the_replica_summary_waits_for_a_desired_count() {
+fn without_a_deployment_the_desired_count_is_the_spec() {
     let secret = found();
-    // Autoscaling on, and neither an HPA count nor a Deployment exists yet.
     let mut o = obs(&secret, None);
-    o.fixed_replicas = None;
+    o.replicas = 2;
     let s = compute(&o, None, Timestamp::now());
-    assert_eq!(s.desired_replicas, None);
-    assert_eq!(s.replica_summary, None);
+    assert_eq!(s.desired_replicas, Some(2));
+    assert_eq!(s.replica_summary.as_deref(), Some("0/2"));
 }

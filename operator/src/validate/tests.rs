@@ -56,6 +56,10 @@ fn assert_rejected_with(obj: &Value, message: &str) {
 #[test]
 fn minimal_object_is_valid_and_gets_the_defaults() {
     let sapi = validate(&minimal()).expect("valid");
+    assert_eq!(
+        sapi.spec.replicas, 1,
+        "the schema default the scale subresource reads"
+    );
     assert_eq!(sapi.spec.service.port, 80);
     assert_eq!(sapi.spec.database.port, 5432);
     assert!(sapi.spec.cache.enabled);
@@ -90,10 +94,11 @@ fn uri_form_is_valid() {
 }
 
 #[test]
-fn replicas_and_autoscaling_together_are_rejected() {
+fn replicas_and_autoscaling_together_are_valid() {
+    // The HPA writes spec.replicas of an autoscaled object: both are set in every one.
     let mut obj = with("/spec/replicas", Some(json!(2)));
     obj["spec"]["autoscaling"] = json!({"minReplicas": 1, "maxReplicas": 3});
-    assert_rejected_with(&obj, messages::REPLICAS_WITH_AUTOSCALING);
+    validate(&obj).expect("valid");
 }
 
 #[test]
@@ -279,14 +284,9 @@ fn generated_validate_cel_agrees_on_typed_objects() {
         .validate_cel()
         .expect_err("min > max");
     assert!(errors.iter().any(|e| e.message == messages::MIN_ABOVE_MAX));
-    let errors = ScalableApi::test()
+    ScalableApi::test()
         .with_replicas(2)
         .with_autoscaling(1, 2)
         .validate_cel()
-        .expect_err("both");
-    assert!(
-        errors
-            .iter()
-            .any(|e| e.message == messages::REPLICAS_WITH_AUTOSCALING)
-    );
+        .expect("replicas with autoscaling");
 }

@@ -1,10 +1,11 @@
 //! Autoscaling with the real HPA controller and metrics-server (reading kwok's simulated
-//! usage), the replica hand-over, the scale subresource and suspend.
+//! usage): our HPA scales the ScalableApi through its scale subresource, the operator writes
+//! the Deployment's count; the hand-over from an older operator's HPA, and suspend.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use kube::ResourceExt;
-use operator::apply::{FIELD_MANAGER, HANDOVER_MANAGER};
+use kube::Resource;
+use operator::apply::FIELD_MANAGER;
 use operator::crd::ScalableApi;
 use serde_json::json;
 
@@ -15,10 +16,12 @@ fn replicas(d: &Deployment) -> Option<i32> {
     d.spec.as_ref()?.replicas
 }
 
-/// Managers owning `spec.replicas`, each as (manager, operation, subresource).
-fn replica_owners(d: &Deployment) -> Vec<(String, String, String)> {
-    d.managed_fields()
+/// Managers owning `spec.replicas` of `obj`, each as (manager, operation, subresource).
+fn replica_owners<K: Resource>(obj: &K) -> Vec<(String, String, String)> {
+    obj.meta()
+        .managed_fields
         .iter()
+        .flatten()
         .filter(|e| {
             e.fields_v1
                 .as_ref()
@@ -35,6 +38,12 @@ fn replica_owners(d: &Deployment) -> Vec<(String, String, String)> {
         .collect()
 }
 
+/// True when only the operator's own manager owns the Deployment's `spec.replicas`.
+fn only_the_operator_owns_replicas(d: &Deployment) -> bool {
+    let owners = replica_owners(d);
+    !owners.is_empty() && owners.iter().all(|(m, _, _)| m == FIELD_MANAGER)
+}
+
 /// `spec.replicas/status.replicas` of the ScalableApi's scale subresource, as kubectl sees it.
 fn scale_subresource(c: &Cluster, name: &str) -> String {
     c.kubectl(&[
@@ -46,60 +55,67 @@ fn scale_subresource(c: &Cluster, name: &str) -> String {
     ])
 }
 
+/// Waits until our HPA scales the ScalableApi and the HPA controller acts on it.
+async fn wait_for_hpa_on_the_scalable_api(c: &Cluster, name: &str) -> HorizontalPodAutoscaler {
+    c.wait_for::<HorizontalPodAutoscaler>(name, "the HPA to scale the ScalableApi", |h| {
+        h.spec
+            .as_ref()
+            .is_some_and(|s| s.scale_target_ref.kind == "ScalableApi")
+            && h.status
+                .iter()
+                .flat_map(|s| s.conditions.iter().flatten())
+                .any(|c| c.type_ == "ScalingActive" && c.status == "True")
+    })
+    .await
+}
+
 #[tokio::test]
-async fn turning_autoscaling_on_hands_replicas_to_the_hpa_without_dropping_below_the_count() {
+async fn turning_autoscaling_on_keeps_the_running_count_and_hands_it_to_the_hpa() {
     let c = Cluster::with_operator("handover").await;
     create_db_secret(&c, "users").await;
     scalable_api("users").replicas(3).create(&c).await;
     c.wait_for_condition("users", "Ready", "True", "Available")
         .await;
     let history = History::start(c.api::<Deployment>(), "users");
-    c.wait_for::<Deployment>("users", "3 replicas owned by the operator", |d| {
-        replicas(d) == Some(3)
-    })
-    .await;
+    c.wait_for::<Deployment>("users", "3 replicas", |d| replicas(d) == Some(3))
+        .await;
 
-    // minReplicas above the current count: the HPA controller must scale up through the
-    // Deployment's /scale subresource, which is the write that takes the field over.
+    // `replicas` removed from the manifest reads as the schema default 1, under the
+    // running 3: the operator keeps 3 and the HPA decides from there. (Scale-down is off:
+    // a new HPA over idle pods would otherwise scale down to 2 at once, as it may.)
     patch_spec(
         &c,
         "users",
-        json!({"replicas": null, "autoscaling": {"minReplicas": 4, "maxReplicas": 8}}),
+        json!({"replicas": null, "autoscaling": {"minReplicas": 2, "maxReplicas": 8,
+            "behavior": {"scaleDown": {"selectPolicy": "Disabled"}}}}),
     )
     .await;
-    let d = c
-        .wait_for::<Deployment>("users", "the HPA controller to scale to 4", |d| {
-            replicas(d) == Some(4)
-        })
-        .await;
-    let owners = replica_owners(&d);
+    let hpa = wait_for_hpa_on_the_scalable_api(&c, "users").await;
+    assert_eq!(hpa.status.map(|s| s.current_replicas), Some(Some(3)));
+    let sapi = c.get::<ScalableApi>("users").await.expect("ScalableApi");
     assert_eq!(
-        owners,
-        vec![(
-            "kube-controller-manager".to_owned(),
-            "Update".to_owned(),
-            "scale".to_owned()
-        )],
-        "only the HPA controller's /scale write owns spec.replicas; the hand-over manager is gone"
+        sapi.spec.replicas, 3,
+        "the running count went into spec.replicas"
     );
-    assert!(
-        d.managed_fields()
-            .iter()
-            .all(|e| e.manager.as_deref() != Some(HANDOVER_MANAGER))
-    );
+    assert_eq!(scale_subresource(&c, "users"), "3/3");
     c.wait_for_condition("users", "Ready", "True", "Available")
         .await;
 
-    let counts: Vec<Option<i32>> = history.versions().iter().map(replicas).collect();
+    let versions = history.versions();
+    let counts: Vec<Option<i32>> = versions.iter().map(replicas).collect();
     assert!(!counts.is_empty());
     assert!(
-        counts.iter().all(|r| r.is_some_and(|r| r >= 3)),
-        "spec.replicas dropped below 3 during the hand-over: {counts:?}"
+        counts.iter().all(|r| *r == Some(3)),
+        "the Deployment kept 3 throughout: {counts:?}"
+    );
+    assert!(
+        versions.iter().all(only_the_operator_owns_replicas),
+        "nobody but the operator wrote the Deployment's count"
     );
 }
 
 #[tokio::test]
-async fn the_hpa_scales_up_under_cpu_load_and_the_operator_never_writes_replicas() {
+async fn the_hpa_scales_the_scalable_api_up_under_cpu_load_and_ready_never_flaps() {
     let c = Cluster::with_operator("cpuload").await;
     create_db_secret(&c, "users").await;
     scalable_api("users")
@@ -110,8 +126,7 @@ async fn the_hpa_scales_up_under_cpu_load_and_the_operator_never_writes_replicas
         )
         .create(&c)
         .await;
-    c.wait_for::<HorizontalPodAutoscaler>("users", "the HPA", |_| true)
-        .await;
+    wait_for_hpa_on_the_scalable_api(&c, "users").await;
     c.wait_for_condition("users", "Ready", "True", "Available")
         .await;
 
@@ -127,23 +142,26 @@ async fn the_hpa_scales_up_under_cpu_load_and_the_operator_never_writes_replicas
         r#"{"spec":{"template":{"metadata":{"annotations":{"kwok.x-k8s.io/usage-cpu":"200m"}}}}}"#,
     ]);
     let scaled = c
-        .wait_for::<Deployment>("users", "the HPA to scale up to 6", |d| {
-            replicas(d) == Some(6)
+        .wait_for::<ScalableApi>("users", "the HPA to scale the ScalableApi to 6", |s| {
+            s.spec.replicas == 6
         })
         .await;
-    c.wait_for::<HorizontalPodAutoscaler>("users", "the HPA to report 6", |h| {
-        h.status.as_ref().map(|s| s.desired_replicas) == Some(6)
-    })
-    .await;
-    c.wait_for::<ScalableApi>("users", "status.desiredReplicas 6", |s| {
-        s.status.as_ref().and_then(|st| st.desired_replicas) == Some(6)
-    })
-    .await;
-
+    assert!(
+        replica_owners(&scaled)
+            .iter()
+            .any(|(m, op, sub)| m == "kube-controller-manager" && op == "Update" && sub == "scale"),
+        "the HPA controller wrote spec.replicas through /scale: {:?}",
+        replica_owners(&scaled)
+    );
     c.wait_for::<ScalableApi>("users", "6 ready replicas in status", |s| {
         s.status.as_ref().and_then(|st| st.ready_replicas) == Some(6)
+            && s.status.as_ref().and_then(|st| st.desired_replicas) == Some(6)
     })
     .await;
+    assert_eq!(scale_subresource(&c, "users"), "6/6");
+    let d = c.get::<Deployment>("users").await.expect("Deployment");
+    assert_eq!(replicas(&d), Some(6));
+
     // The annotation rolled the pods out first (Ready=False, RollingOut: right); from the
     // HPA's first scale on, Ready stays True and no Warning is sent.
     let scaling: Vec<(String, String)> = statuses
@@ -165,22 +183,13 @@ async fn the_hpa_scales_up_under_cpu_load_and_the_operator_never_writes_replicas
         counts.windows(2).all(|w| w[0] <= w[1]),
         "the count only grew while the HPA scaled up: {counts:?}"
     );
-    // The new Deployment started at minReplicas under the hand-over manager; from the HPA's
-    // first scale on, only the HPA controller owns the count.
-    for d in versions.iter().chain([&scaled]) {
-        let owners = replica_owners(d);
-        assert!(
-            owners.iter().all(|(m, _, _)| m != FIELD_MANAGER),
-            "the operator's own manager owned spec.replicas at resourceVersion {:?}: {owners:?}",
-            d.resource_version(),
-        );
-        if replicas(d) > Some(2) {
-            assert!(
-                owners.iter().all(|(m, _, _)| m != HANDOVER_MANAGER),
-                "the hand-over manager still owned spec.replicas after the HPA scaled: {owners:?}"
-            );
-        }
-    }
+    assert!(
+        versions
+            .iter()
+            .chain([&d])
+            .all(only_the_operator_owns_replicas),
+        "only the operator wrote the Deployment's count"
+    );
 }
 
 #[tokio::test]
@@ -197,7 +206,7 @@ async fn kubectl_scale_works_through_the_scale_subresource() {
             s.status.as_ref().and_then(|st| st.ready_replicas) == Some(4)
         })
         .await;
-    assert_eq!(sapi.spec.replicas, Some(4));
+    assert_eq!(sapi.spec.replicas, 4);
     let d = c.get::<Deployment>("users").await.expect("Deployment");
     assert_eq!(replicas(&d), Some(4));
     let scale = scale_subresource(&c, "users");
@@ -209,8 +218,7 @@ async fn suspend_removes_the_hpa_and_leaves_the_deployment_alone_until_resumed()
     let c = Cluster::with_operator("suspend").await;
     create_db_secret(&c, "users").await;
     scalable_api("users").autoscaling(2, 5).create(&c).await;
-    // The HPA raises the new Deployment from 1 to minReplicas; let it settle first, so any
-    // change to the Deployment below would be the operator's.
+    // Let the HPA settle first, so any change to the Deployment below would be the operator's.
     c.wait_for::<HorizontalPodAutoscaler>("users", "the HPA to settle at 2", |h| {
         h.status
             .as_ref()
@@ -263,14 +271,11 @@ async fn a_new_object_with_autoscaling_never_runs_below_min_replicas() {
         counts.iter().all(|r| *r == Some(3)),
         "the Deployment was created at minReplicas and stayed there: {counts:?}"
     );
-    let d = c.get::<Deployment>("users").await.expect("Deployment");
-    assert!(
-        replica_owners(&d)
-            .iter()
-            .all(|(m, _, _)| m != FIELD_MANAGER),
-        "our own manager let go of spec.replicas: {:?}",
-        replica_owners(&d)
-    );
+    // The schema default 1 was brought within the bounds, so /scale tells the truth.
+    let sapi = c.get::<ScalableApi>("users").await.expect("ScalableApi");
+    assert_eq!(sapi.spec.replicas, 3);
+    assert_eq!(scale_subresource(&c, "users"), "3/3");
+    wait_for_hpa_on_the_scalable_api(&c, "users").await;
 }
 
 #[tokio::test]
@@ -289,62 +294,98 @@ async fn zero_replicas_then_autoscaling_hands_the_hpa_min_replicas() {
     c.wait_for::<Deployment>("users", "2 replicas", |d| replicas(d) == Some(2))
         .await;
     // An HPA that found 0 would say ScalingActive=False (ScalingDisabled) and never act.
-    let hpa = c
-        .wait_for::<HorizontalPodAutoscaler>("users", "the HPA to be active", |h| {
-            h.status
-                .iter()
-                .flat_map(|s| s.conditions.iter().flatten())
-                .any(|c| c.type_ == "ScalingActive" && c.status == "True")
-        })
-        .await;
+    let hpa = wait_for_hpa_on_the_scalable_api(&c, "users").await;
     assert_eq!(hpa.status.map(|s| s.desired_replicas), Some(2));
+    assert_eq!(scale_subresource(&c, "users"), "2/2");
     c.wait_for_condition("users", "Ready", "True", "Available")
         .await;
 }
 
 #[tokio::test]
-async fn a_pin_from_a_stale_read_is_refused_and_the_newer_count_survives() {
+async fn a_scale_correction_from_a_stale_read_is_refused_and_the_newer_count_survives() {
     use operator::error::ErrorClass;
-    // No operator here: the pin itself against the real API server.
-    let c = Cluster::new("pin").await;
-    let d: Deployment = serde_json::from_value(json!({
-        "metadata": {"name": "users"},
-        "spec": {
-            "replicas": 3,
-            "selector": {"matchLabels": {"app": "users"}},
-            "template": {"metadata": {"labels": {"app": "users"}},
-                "spec": {"containers": [{"name": "api", "image": DEFAULT_TEST_IMAGE}]}},
-        },
-    }))
-    .expect("deployment");
-    let api = c.api::<Deployment>();
-    let stale = api
-        .create(&Default::default(), &d)
-        .await
-        .expect("create the Deployment");
-    c.kubectl(&["scale", "deployment/users", "--replicas=5"]);
+    // No operator here: the correction itself against the real API server.
+    let c = Cluster::new("stalescale").await;
+    let stale = scalable_api("users").autoscaling(2, 8).create(&c).await;
+    c.kubectl(&["scale", "scalableapi/users", "--replicas=5"]);
 
-    let refused = operator::apply::pin_replicas(&api, &stale, 3)
+    let refused = operator::apply::set_scale(&c.client, &c.ns, &stale, 2)
         .await
-        .expect_err("the resourceVersion precondition refuses a pin from a stale read");
+        .expect_err("the resourceVersion precondition refuses a write from a stale read");
     assert_eq!(refused.class(), ErrorClass::Conflict, "{refused}");
-    let live = c.get::<Deployment>("users").await.expect("Deployment");
-    assert_eq!(replicas(&live), Some(5), "kubectl's count survives");
-    // The retry reads again and pins what it read. Status writes of the Deployment
-    // controller also move the resourceVersion, so a retry can meet another 409.
-    let mut pinned = None;
-    for _ in 0..20 {
-        let fresh = c.get::<Deployment>("users").await.expect("Deployment");
-        match operator::apply::pin_replicas(&api, &fresh, 5).await {
-            Ok(d) => {
-                pinned = Some(d);
-                break;
-            }
-            Err(e) => assert_eq!(e.class(), ErrorClass::Conflict, "{e}"),
-        }
-    }
-    let pinned = pinned.expect("a pin from a fresh read succeeds within 20 tries");
-    assert_eq!(replicas(&pinned), Some(5));
+    let live = c.get::<ScalableApi>("users").await.expect("ScalableApi");
+    assert_eq!(live.spec.replicas, 5, "kubectl's count survives");
+
+    operator::apply::set_scale(&c.client, &c.ns, &live, 6)
+        .await
+        .expect("a write from a fresh read succeeds");
+    let written = c.get::<ScalableApi>("users").await.expect("ScalableApi");
+    assert_eq!(written.spec.replicas, 6);
+    assert!(
+        replica_owners(&written)
+            .iter()
+            .any(|(m, op, sub)| m == FIELD_MANAGER && op == "Update" && sub == "scale"),
+        "{:?}",
+        replica_owners(&written)
+    );
+}
+
+#[tokio::test]
+async fn an_older_operators_hpa_on_the_deployment_is_retargeted_without_changing_the_count() {
+    let mut c = Cluster::with_operator("migrate").await;
+    create_db_secret(&c, "users").await;
+    scalable_api("users")
+        .autoscaling(2, 8)
+        .with(
+            "/spec/autoscaling/behavior",
+            json!({"scaleDown": {"selectPolicy": "Disabled"}}),
+        )
+        .create(&c)
+        .await;
+    wait_for_hpa_on_the_scalable_api(&c, "users").await;
+    c.wait_for_condition("users", "Ready", "True", "Available")
+        .await;
+
+    // What an operator from before this design leaves: its HPA scales the Deployment, which
+    // runs the HPA's count (5; scale-down is off, so the HPA keeps it there).
+    c.stop_operator().await;
+    c.kubectl(&[
+        "patch",
+        "hpa/users",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"scaleTargetRef":{"apiVersion":"apps/v1","kind":"Deployment","name":"users"}}}"#,
+    ]);
+    c.kubectl(&["scale", "deployment/users", "--replicas=5"]);
+    c.wait_for::<Deployment>("users", "5 replicas", |d| replicas(d) == Some(5))
+        .await;
+    let history = History::start(c.api::<Deployment>(), "users");
+
+    c.start_operator();
+    wait_for_hpa_on_the_scalable_api(&c, "users").await;
+    let sapi = c
+        .wait_for::<ScalableApi>("users", "spec.replicas 5", |s| s.spec.replicas == 5)
+        .await;
+    assert_eq!(scale_subresource(&c, "users"), "5/5");
+    assert_eq!(
+        condition(&sapi, "Ready").map(|c| c.0).as_deref(),
+        Some("True")
+    );
+
+    // Autoscaling off: the count the HPA left stays (no CEL rule needed any more).
+    patch_spec(&c, "users", json!({"autoscaling": null})).await;
+    c.wait_gone::<HorizontalPodAutoscaler>("users").await;
+    c.wait_for::<ScalableApi>("users", "the spec without autoscaling reconciled", |s| {
+        s.status.as_ref().and_then(|st| st.observed_generation) == s.metadata.generation
+    })
+    .await;
+    let counts: Vec<Option<i32>> = history.versions().iter().map(replicas).collect();
+    assert!(
+        counts.iter().all(|r| *r == Some(5)),
+        "the Deployment kept 5 through the retargeting and the removal: {counts:?}"
+    );
+    let d = c.get::<Deployment>("users").await.expect("Deployment");
+    assert_eq!(replicas(&d), Some(5));
 }
 
 #[tokio::test]
@@ -353,9 +394,11 @@ async fn an_hpa_that_targets_the_scalable_api_itself_scales_the_stack() {
     // is the ScalableApi, scaling it through its scale subresource.
     let c = Cluster::with_operator("external").await;
     create_db_secret(&c, "users").await;
-    scalable_api("users").replicas(1).create(&c).await;
+    // No spec.replicas in the manifest: the schema default 1 is what /scale reads.
+    scalable_api("users").without_replicas().create(&c).await;
     c.wait_for_condition("users", "Ready", "True", "Available")
         .await;
+    assert_eq!(scale_subresource(&c, "users"), "1/1");
     let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
         "metadata": {"name": "users-external"},
         "spec": {
@@ -375,8 +418,7 @@ async fn an_hpa_that_targets_the_scalable_api_itself_scales_the_stack() {
     // Below its minReplicas, the HPA raises the count through /scale at once.
     let scaled = c
         .wait_for::<ScalableApi>("users", "3 ready replicas in status", |s| {
-            s.spec.replicas == Some(3)
-                && s.status.as_ref().and_then(|st| st.ready_replicas) == Some(3)
+            s.spec.replicas == 3 && s.status.as_ref().and_then(|st| st.ready_replicas) == Some(3)
         })
         .await;
     assert_eq!(

@@ -131,39 +131,41 @@ async fn every_valid_example_is_accepted() {
 }
 
 #[tokio::test]
-async fn removing_autoscaling_without_replicas_is_refused_at_apply_time() {
+async fn an_object_without_replicas_reads_the_default_through_the_scale_subresource() {
     use kube::api::{Patch, PatchParams};
-    use operator::crd::{ScalableApi, messages};
-    let c = Cluster::new("transition").await;
-    scalable_api("users").autoscaling(2, 5).create(&c).await;
-    let api = c.api::<ScalableApi>();
-    let merge = |spec: Value| Patch::Merge(serde_json::json!({"spec": spec}));
-    let refused = api
+    use operator::crd::ScalableApi;
+    // No operator: the schema default alone. An HPA or KEDA scaling through /scale must
+    // find a count, never an absent field read as 0 ("scaling disabled").
+    let c = Cluster::new("scaledefault").await;
+    let created = scalable_api("users").autoscaling(2, 5).create(&c).await;
+    assert_eq!(created.spec.replicas, 1);
+    let scale = c.kubectl(&[
+        "get",
+        "scalableapi/users",
+        "--subresource=scale",
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ]);
+    assert_eq!(scale, "1");
+    // `replicas: null` (kubectl apply of a manifest that dropped it) is defaulted again.
+    let patched = c
+        .api::<ScalableApi>()
         .patch(
             "users",
             &PatchParams::default(),
-            &merge(serde_json::json!({"autoscaling": null})),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 4}})),
         )
         .await
-        .expect_err("the transition rule refuses it");
-    match refused {
-        kube::Error::Api(s) => {
-            assert_eq!(s.code, 422, "{s:?}");
-            assert!(
-                s.message.contains(messages::AUTOSCALING_REMOVAL),
-                "{}",
-                s.message
-            );
-        }
-        other => panic!("not an API refusal: {other}"),
-    }
-    let kept = api
+        .expect("set replicas");
+    assert_eq!(patched.spec.replicas, 4);
+    let dropped = c
+        .api::<ScalableApi>()
         .patch(
             "users",
             &PatchParams::default(),
-            &merge(serde_json::json!({"autoscaling": null, "replicas": 3})),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": null, "autoscaling": null}})),
         )
         .await
-        .expect("with spec.replicas the removal is accepted");
-    assert_eq!(kept.spec.replicas, Some(3));
+        .expect("removing replicas and autoscaling is accepted");
+    assert_eq!(dropped.spec.replicas, 1);
 }

@@ -248,6 +248,15 @@ impl Cluster {
         self.controller = Some(tokio::spawn(controller::drive(ctrl, ctx)));
     }
 
+    /// Stops the in-process controller; a later `start_operator` begins with empty caches
+    /// and records, as a restarted operator pod does.
+    pub async fn stop_operator(&mut self) {
+        if let Some(handle) = self.controller.take() {
+            handle.abort();
+            let _ = handle.await;
+        }
+    }
+
     pub fn api<K>(&self) -> Api<K>
     where
         K: Resource<Scope = NamespaceResourceScope>,

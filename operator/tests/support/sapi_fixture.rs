@@ -40,10 +40,16 @@ impl SapiFixture {
         self
     }
 
-    pub fn autoscaling(mut self, min: i32, max: i32) -> Self {
+    /// No `spec.replicas`, as in a manifest that leaves the count to the schema default.
+    pub fn without_replicas(mut self) -> Self {
         if let Some(spec) = self.obj["spec"].as_object_mut() {
             spec.remove("replicas");
         }
+        self
+    }
+
+    pub fn autoscaling(mut self, min: i32, max: i32) -> Self {
+        self = self.without_replicas();
         self.obj["spec"]["autoscaling"] = json!({"minReplicas": min, "maxReplicas": max});
         self
     }
@@ -53,6 +59,8 @@ impl SapiFixture {
         self
     }
 
+    // This module is compiled into both test binaries; only the controller tests use it.
+    #[allow(dead_code)]
     pub fn with(mut self, pointer: &str, value: Value) -> Self {
         if let Some(slot) = self.obj.pointer_mut(pointer) {
             *slot = value;

@@ -72,11 +72,16 @@ fn replicas_default_to_one() {
 }
 
 #[test]
-fn replicas_are_omitted_while_autoscaling_owns_them() {
-    assert_eq!(replicas(&ScalableApi::test().with_autoscaling(3, 20)), None);
-    let json = serde_json::to_value(deployment_of(&ScalableApi::test().with_autoscaling(3, 20)))
-        .expect("json");
-    assert!(json.pointer("/spec/replicas").is_none());
+fn under_autoscaling_replicas_are_spec_replicas_within_the_bounds() {
+    // The HPA scales the ScalableApi, so the Deployment's count is always ours to write.
+    let scaled = ScalableApi::test().with_autoscaling(3, 20);
+    assert_eq!(
+        replicas(&scaled),
+        Some(3),
+        "the default 1 under minReplicas 3"
+    );
+    assert_eq!(replicas(&scaled.clone().with_replicas(7)), Some(7));
+    assert_eq!(replicas(&scaled.with_replicas(40)), Some(20));
 }
 
 #[test]

@@ -4,11 +4,12 @@
 //! `tower::service_fn`, so the real `Controller`, watchers, reflectors and `Recorder` run
 //! unchanged. Supported: list, watch (replay + follow, 410 on compacted history), get,
 //! create, replace (optimistic concurrency), server-side apply (with a managedFields model,
-//! see `ssa.rs`), merge patch, the status subresource, delete with ownerReference cascade,
+//! see `ssa.rs`), merge patch, the status subresource, a merge patch of the scale
+//! subresource (`spec.replicas` only), delete with ownerReference cascade,
 //! label/field selectors and metadata-only (PartialObjectMetadata) requests.
 //!
 //! Not modelled (the real control plane of tests/controller/ covers these): admission
-//! (defaulting, Pod Security, RBAC), CEL and schema validation, the scale subresource,
+//! (defaulting, Pod Security, RBAC), CEL and schema validation, the rest of the scale subresource,
 //! server-side apply's merge of list entries by key, and every controller of
 //! kube-controller-manager (the garbage collector deletes owned objects at once here). Use
 //! it only for injected faults and exact request sequences.

@@ -161,6 +161,12 @@ pub fn dispatch(server: &FakeApiServer, req: Request) -> http::Response<Response
                 .store()
                 .apply(req.key(&name), scope, &body, &req.manager(), force)
         }
+        ("PATCH", Some(name))
+            if req.subresource.as_deref() == Some("scale")
+                && req.content_type.contains("merge-patch") =>
+        {
+            return patch_scale(server, &req, &name, &body);
+        }
         ("PATCH", Some(name)) if req.content_type.contains("merge-patch") => server
             .store()
             .merge_patch(req.key(&name), scope, &body, &req.manager()),
@@ -177,6 +183,43 @@ pub fn dispatch(server: &FakeApiServer, req: Request) -> http::Response<Response
     match result {
         Ok(obj) => json_response(if created { 201 } else { 200 }, &obj),
         Err(e) => store_error(e, &req),
+    }
+}
+
+/// A merge patch of the scale subresource: only `spec.replicas`, with the patch's
+/// resourceVersion as a precondition; answers an autoscaling/v1 Scale.
+fn patch_scale(
+    server: &FakeApiServer,
+    req: &Request,
+    name: &str,
+    body: &Value,
+) -> http::Response<ResponseBody> {
+    let mut store = server.store();
+    let key = req.key(name);
+    let Some(old) = store.get(&key) else {
+        return store_error(StoreError::NotFound, req);
+    };
+    let wanted_rv = body.pointer("/metadata/resourceVersion");
+    if wanted_rv.is_some_and(|rv| Some(rv) != old.pointer("/metadata/resourceVersion")) {
+        return store_error(
+            StoreError::Conflict("the object has been modified".into()),
+            req,
+        );
+    }
+    let patch = json!({"spec": {"replicas": body.pointer("/spec/replicas").cloned().unwrap_or(Value::Null)}});
+    match store.merge_patch(key, Scope::Main, &patch, &req.manager()) {
+        Ok(obj) => json_response(
+            200,
+            &json!({
+                "apiVersion": "autoscaling/v1",
+                "kind": "Scale",
+                "metadata": {"name": name, "namespace": obj["metadata"]["namespace"],
+                    "resourceVersion": obj["metadata"]["resourceVersion"]},
+                "spec": {"replicas": obj["spec"]["replicas"]},
+                "status": {"replicas": obj["status"]["replicas"].as_i64().unwrap_or(0)},
+            }),
+        ),
+        Err(e) => store_error(e, req),
     }
 }
 
