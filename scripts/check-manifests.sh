@@ -2,8 +2,10 @@
 # Proves the manifests without a cluster (run by `make check-manifests`, part of `make test`):
 #   - chart: version/appVersion match the workspace, CRD template not stale, helm lint --strict,
 #     helm template for several value sets, every object valid against the official Kubernetes
-#     schemas (kubernetes-validate --strict), and chart policies (no RBAC wildcards, probes,
+#     schemas (kubernetes-validate --strict; 1.33 and the kind workflow's 1.35 to 1.37), and chart policies (no RBAC wildcards, probes,
 #     restricted security context);
+#   - install docs (README, docs/operations.md, chart README, NOTES.txt): no published source
+#     outside an after-a-release block, quick-start names as in examples/;
 #   - examples: every valid one rendered by `scalable-api-operator render` and validated, every
 #     invalid-*.yaml rejected with its `# expect-error:` substring(s);
 #   - shellcheck on every shell script, hadolint on the Dockerfile.
@@ -118,6 +120,25 @@ refuse "an unknown log format" --set logFormat=xml
 refuse "watchNamespace and watchNamespaces together" --set watchNamespace=shop --set 'watchNamespaces={billing}'
 refuse "a watchNamespaces entry that is no namespace name" --set 'watchNamespaces={Shop_1}'
 
+# --- install instructions: only sources that exist, names that match examples/ ---------------
+# README.md, docs/operations.md, the chart README and NOTES.txt as `helm install` prints it (for
+# every value set above) name no published chart, image or raw URL outside an
+# <!-- after-a-release --> block, and their quick starts use examples/' names (the dev
+# Postgres applied before the ScalableApi that needs it). See scripts/check_install_docs.py.
+notes=()
+for entry in "${value_sets[@]}"; do
+  name="${entry%%|*}"
+  read -r -a args <<<"${entry#*|}"
+  if helm install scalable-api-operator "$chart" --namespace scalable-system --dry-run=client \
+      "${args[@]}" 2>"$work/notes-$name.log" | sed -n '/^NOTES:/,$p' >"$work/NOTES-$name.txt" \
+      && [ -s "$work/NOTES-$name.txt" ]; then notes+=("$work/NOTES-$name.txt")
+  else cat "$work/notes-$name.log" >&2; fail "NOTES.txt ($name) not rendered"; fi
+done
+if "$py" scripts/check_install_docs.py examples README.md docs/operations.md "$chart/README.md" \
+    "${notes[@]}" >"$work/install-docs.log" 2>&1; then
+  ok "install docs and NOTES.txt (${#notes[@]} value sets): no unpublished source, quick-start names match examples/"
+else cat "$work/install-docs.log" >&2; fail "install docs: unpublished source or names that do not match examples/"; fi
+
 # --- examples through `scalable-api-operator render` ------------------------------------------
 render_ready=""
 if cargo build --locked -q -p scalable-api-operator --bin scalable-api-operator 2>"$work/build.log" \
@@ -165,6 +186,19 @@ if [ -n "$render_ready" ]; then
     esac
   done
 fi
+
+# --- the same objects against the schemas of the Kubernetes minors the kind workflow runs ---------
+# (.github/workflows/e2e.yml: 1.35, 1.36, 1.37), so the supported versions' APIs accept them too.
+rendered=(examples/postgres-dev.yaml)
+for f in "$work"/chart-*.yaml "$work"/*.yaml.out; do
+  case "$(basename "$f")" in invalid-*) ;; *) [ -f "$f" ] && rendered+=("$f") ;; esac
+done
+for minor in 1.35.0 1.36.0 1.37.0; do
+  if "$root/.tools/venv/bin/kubernetes-validate" --strict -k "$minor" --quiet "${rendered[@]}" \
+      >"$work/validate-$minor.log" 2>&1; then
+    ok "kubernetes-validate $minor: ${#rendered[@]} files (every chart value set, every rendered example, postgres-dev)"
+  else cat "$work/validate-$minor.log" >&2; fail "kubernetes-validate $minor"; fi
+done
 
 # --- shellcheck -------------------------------------------------------------------------------
 mapfile -t shell_scripts < <(git ls-files -co --exclude-standard -- '*.sh' .ci/run | sort -u)

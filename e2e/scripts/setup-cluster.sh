@@ -6,7 +6,7 @@
 #   e2e/scripts/setup-cluster.sh teardown      delete the cluster, unless PRESERVE_CLUSTER=true
 # Environment:
 #   KIND_CLUSTER_NAME  cluster name                   (default scalable-e2e)
-#   K8S_VERSION        kindest/node tag               (default v1.33.1)
+#   K8S_VERSION        kindest/node tag               (default v1.37.0, kind v0.33.0's default)
 #   KIND_NODE_IMAGE    full node image, e.g. pinned by digest (default kindest/node:$K8S_VERSION)
 #   E2E_KUBECONFIG     kubeconfig written by create    (default target/e2e/kubeconfig)
 #   E2E_ARTIFACTS      where export-logs writes        (default target/e2e/logs)
@@ -16,7 +16,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 KIND_CLUSTER_NAME="${KIND_CLUSTER_NAME:-scalable-e2e}"
-K8S_VERSION="${K8S_VERSION:-v1.33.1}"
+K8S_VERSION="${K8S_VERSION:-v1.37.0}"
 KIND_NODE_IMAGE="${KIND_NODE_IMAGE:-kindest/node:$K8S_VERSION}"
 E2E_KUBECONFIG="${E2E_KUBECONFIG:-$root/target/e2e/kubeconfig}"
 E2E_ARTIFACTS="${E2E_ARTIFACTS:-$root/target/e2e/logs}"
