@@ -120,6 +120,22 @@ refuse "an unknown log format" --set logFormat=xml
 refuse "watchNamespace and watchNamespaces together" --set watchNamespace=shop --set 'watchNamespaces={billing}'
 refuse "a watchNamespaces entry that is no namespace name" --set 'watchNamespaces={Shop_1}'
 
+# uidAssignment: fixed ids by default, none where the platform assigns them (OpenShift's
+# restricted-v2), for the operator's pod and, through POD_UID, every ScalableApi's pods.
+uids() { # description, wanted POD_UID, wanted count of runAsUser lines, helm args...
+  local what="$1" want_env="$2" want_ids="$3" out env ids; shift 3
+  if ! out="$(helm template sapi "$chart" "$@" 2>&1)"; then fail "uids ($what): $out"; return; fi
+  env="$(grep -A1 'name: POD_UID' <<<"$out" | sed -n 's/.*value: "\(.*\)"/\1/p')"
+  ids="$(grep -c 'runAsUser:' <<<"$out" || true)"
+  if [[ "$env" == "$want_env" && "$ids" == "$want_ids" ]]; then
+    ok "uids ($what): POD_UID=$env, $ids runAsUser"
+  else fail "uids ($what): POD_UID=$env, $ids runAsUser (wanted $want_env, $want_ids)"; fi
+}
+uids "default" 65532 1
+uids "auto on OpenShift" platform 0 --api-versions security.openshift.io/v1
+uids "platform" platform 0 --set uidAssignment=platform
+uids "fixed on OpenShift" 65532 1 --set uidAssignment=fixed --api-versions security.openshift.io/v1
+
 # --- install instructions: only sources that exist, names that match examples/ ---------------
 # README.md, docs/operations.md, the chart README and NOTES.txt as `helm install` prints it (for
 # every value set above) name no published chart, image or raw URL outside an

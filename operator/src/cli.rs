@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::controller::RESYNC_INTERVAL;
 use crate::crd::DEFAULT_IMAGE;
+use crate::desired::{PodDefaults, redis};
 use crate::error::Error;
 
 #[derive(Debug, Parser)]
@@ -49,9 +50,8 @@ pub struct RunArgs {
     /// with --namespace).
     #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
     pub namespaces: Vec<String>,
-    /// Image for ScalableApis without spec.image.
-    #[arg(long, env = "DEFAULT_API_IMAGE", default_value = DEFAULT_IMAGE)]
-    pub default_image: String,
+    #[command(flatten)]
+    pub pod: PodArgs,
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
@@ -121,9 +121,55 @@ pub struct RenderArgs {
     /// ScalableApi YAML file; `-` reads standard input.
     #[arg(short = 'f', long = "filename")]
     pub file: PathBuf,
-    /// Image for a ScalableApi without spec.image.
+    #[command(flatten)]
+    pub pod: PodArgs,
+}
+
+/// Operator-wide choices for the pods of every ScalableApi (`run` and `render`).
+#[derive(Debug, Clone, Args)]
+pub struct PodArgs {
+    /// Image for ScalableApis without spec.image.
     #[arg(long, env = "DEFAULT_API_IMAGE", default_value = DEFAULT_IMAGE)]
     pub default_image: String,
+    /// Cache sidecar image for ScalableApis without spec.cache.image.
+    #[arg(long, env = "DEFAULT_CACHE_IMAGE", default_value = redis::DEFAULT_IMAGE)]
+    pub default_cache_image: String,
+    /// runAsUser, runAsGroup and fsGroup of every pod; `platform` sets none of them, for
+    /// platforms that assign them (OpenShift's restricted-v2 SCC).
+    #[arg(long, env = "POD_UID", default_value = "65532", value_parser = parse_pod_uid)]
+    pub pod_uid: PodUid,
+}
+
+/// `--pod-uid`: a fixed numeric id, or the platform's choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodUid {
+    Fixed(i64),
+    Platform,
+}
+
+fn parse_pod_uid(value: &str) -> Result<PodUid, String> {
+    match value {
+        "platform" => Ok(PodUid::Platform),
+        n => match n.parse::<i64>() {
+            Ok(uid) if uid > 0 => Ok(PodUid::Fixed(uid)),
+            _ => Err(format!(
+                "{n:?} is neither a non-root uid (a number above 0) nor `platform`"
+            )),
+        },
+    }
+}
+
+impl PodArgs {
+    pub fn pod_defaults(&self) -> PodDefaults {
+        PodDefaults {
+            api_image: self.default_image.clone(),
+            cache_image: self.default_cache_image.clone(),
+            uid: match self.pod_uid {
+                PodUid::Fixed(uid) => Some(uid),
+                PodUid::Platform => None,
+            },
+        }
+    }
 }
 
 #[cfg(test)]

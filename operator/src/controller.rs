@@ -46,7 +46,7 @@ use serde_json::json;
 
 use crate::apply::{self, FIELD_MANAGER, LastApplied, Pass};
 use crate::crd::ScalableApi;
-use crate::desired::{self, HashKey, Inputs, labels};
+use crate::desired::{self, HashKey, Inputs, PodDefaults, labels};
 use crate::error::{Error, Result};
 use crate::events;
 use crate::metrics::Metrics;
@@ -80,7 +80,8 @@ pub const CONTROLLER_NAME: &str = "scalable-api-operator";
 pub struct Settings {
     /// Watch only these namespaces (`--namespace` or `--namespaces`); empty watches all.
     pub namespaces: Vec<String>,
-    pub default_image: String,
+    /// Images and ids of the pods (`--default-image`, `--default-cache-image`, `--pod-uid`).
+    pub pod_defaults: PodDefaults,
     /// This replica's identity in Events (the pod name).
     pub instance: String,
     /// Re-check of a healthy object (`RESYNC_INTERVAL` unless set on the command line).
@@ -93,7 +94,7 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     pub metrics: Metrics,
-    default_image: String,
+    pod_defaults: PodDefaults,
     resync_interval: Duration,
     hash_key: HashKey,
     store: Store<ScalableApi>,
@@ -281,7 +282,7 @@ pub fn build(
         recorder: Recorder::new(client.clone(), reporter),
         client,
         metrics,
-        default_image: settings.default_image,
+        pod_defaults: settings.pod_defaults,
         resync_interval: settings.resync_interval,
         hash_key: settings.hash_key,
         store,
@@ -361,7 +362,7 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         _ => None,
     };
     let inputs = Inputs {
-        default_image: ctx.default_image.clone(),
+        pod: ctx.pod_defaults.clone(),
         secret_hash,
     };
     let children = match desired::desired(sapi, &inputs) {

@@ -304,6 +304,12 @@ pub struct CacheSpec {
     #[serde(default = "default_max_memory")]
     #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0')) && quantity(self).compareTo(quantity('64Gi')) <= 0").message(messages::MAX_MEMORY_QUANTITY))]
     pub max_memory: String,
+    /// Image of the cache sidecar. Default: the operator's `--default-cache-image`
+    /// (docker.io/valkey/valkey:8.1-alpine). It must carry `redis-server` and `redis-cli`,
+    /// or `valkey-server` and `valkey-cli` when the repository's name starts with `valkey`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub image: Option<String>,
 }
 
 impl Default for CacheSpec {
@@ -312,6 +318,7 @@ impl Default for CacheSpec {
             enabled: true,
             ttl_seconds: default_ttl_seconds(),
             max_memory: default_max_memory(),
+            image: None,
         }
     }
 }

@@ -61,7 +61,7 @@ pub fn render_file(args: &RenderArgs) -> Result<String, RenderError> {
         std::fs::read_to_string(&args.file).map_err(read_err)?
     };
     let inputs = Inputs {
-        default_image: args.default_image.clone(),
+        pod: args.pod.pod_defaults(),
         secret_hash: None,
     };
     render(&input, &path, &inputs)

@@ -110,7 +110,7 @@ pub async fn run_with(client: Client, args: RunArgs, timing: Timing) -> Result<(
 
     let settings = Settings {
         namespaces: namespaces.clone(),
-        default_image: args.default_image.clone(),
+        pod_defaults: args.pod.pod_defaults(),
         instance: identity,
         resync_interval: args.resync_interval(),
         hash_key,

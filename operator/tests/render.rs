@@ -193,3 +193,50 @@ fn name_that_cannot_name_the_service_is_rejected() {
         );
     }
 }
+
+#[test]
+fn pod_uid_platform_sets_no_ids_and_the_cache_image_flag_picks_the_sidecar() {
+    let fixed = documents(&render_file(VALID, &[]).stdout);
+    let pod = &fixed[1]["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert_eq!(
+        pod["initContainers"][0]["image"],
+        "docker.io/valkey/valkey:8.1-alpine"
+    );
+    let out = render_file(
+        VALID,
+        &[
+            "--pod-uid",
+            "platform",
+            "--default-cache-image",
+            "registry.local/redis:7.2",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = documents(&out.stdout);
+    let pod = &docs[1]["spec"]["template"]["spec"];
+    let text = serde_json::to_string(pod).expect("json");
+    for id in ["runAsUser", "runAsGroup", "fsGroup"] {
+        assert!(
+            !text.contains(id),
+            "{id} set with --pod-uid platform: {text}"
+        );
+    }
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["initContainers"][0]["image"],
+        "registry.local/redis:7.2"
+    );
+    assert_eq!(pod["initContainers"][0]["command"][0], "redis-server");
+    let refused = render_file(VALID, &["--pod-uid", "0"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("neither a non-root uid"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

@@ -63,6 +63,17 @@ app.kubernetes.io/component: operator
 {{- include "scalable-api-operator.imageRef" (list .Values.image .Chart.AppVersion) }}
 {{- end }}
 
+{{/*
+"true" when the platform assigns uids (uidAssignment platform, or auto on a cluster that
+serves OpenShift's security.openshift.io/v1), else "".
+*/}}
+{{- define "scalable-api-operator.platformUids" -}}
+{{- $mode := .Values.uidAssignment | default "auto" -}}
+{{- if or (eq $mode "platform") (and (eq $mode "auto") (.Capabilities.APIVersions.Has "security.openshift.io/v1")) -}}
+true
+{{- end -}}
+{{- end }}
+
 {{- define "scalable-api-operator.defaultApiImage" -}}
 {{- include "scalable-api-operator.imageRef" (list .Values.defaultApiImage .Chart.AppVersion) }}
 {{- end }}

@@ -38,14 +38,14 @@ pub fn deployment(
     let mut init_containers = Vec::new();
     let mut volumes = vec![empty_dir("tmp")];
     if spec.cache.enabled {
-        init_containers.push(redis::sidecar(&spec.cache)?);
+        init_containers.push(redis::sidecar(&spec.cache, &inputs.pod)?);
         volumes.push(empty_dir(redis::DATA_VOLUME));
     }
     let pod = PodSpec {
         containers: vec![api_container(sapi, inputs)?],
         init_containers: (!init_containers.is_empty()).then_some(init_containers),
         volumes: Some(volumes),
-        security_context: Some(security::pod()),
+        security_context: Some(security::pod(inputs.pod.uid)),
         // The API never talks to the Kubernetes API, and service links would add env
         // variables outside the api-server's interface.
         automount_service_account_token: Some(false),
@@ -112,7 +112,7 @@ fn api_container(sapi: &ScalableApi, inputs: &Inputs) -> Result<Container, SpecE
         image: Some(
             spec.image
                 .clone()
-                .unwrap_or_else(|| inputs.default_image.clone()),
+                .unwrap_or_else(|| inputs.pod.api_image.clone()),
         ),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),
@@ -153,7 +153,7 @@ fn api_container(sapi: &ScalableApi, inputs: &Inputs) -> Result<Container, SpecE
             }),
             ..Lifecycle::default()
         }),
-        security_context: Some(security::container()),
+        security_context: Some(security::container(inputs.pod.uid)),
         volume_mounts: Some(vec![VolumeMount {
             name: "tmp".into(),
             mount_path: "/tmp".into(),

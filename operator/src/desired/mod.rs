@@ -27,23 +27,36 @@ pub mod service;
 /// Pod-template annotation whose change rolls the pods when config or Secret data change.
 pub const CONFIG_HASH_ANNOTATION: &str = "scalable.dev/config-hash";
 
-/// What reconcile fetched before building: the only non-spec inputs of `desired()`.
+/// Operator-wide choices for every pod, from the command line (`--default-image`,
+/// `--default-cache-image`, `--pod-uid`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodDefaults {
+    /// Image of the `api` container when `spec.image` is unset.
+    pub api_image: String,
+    /// Image of the cache sidecar when `spec.cache.image` is unset.
+    pub cache_image: String,
+    /// uid, gid and fsGroup of every container; `None` leaves them to the platform
+    /// (OpenShift's `restricted-v2` assigns them from the namespace's range).
+    pub uid: Option<i64>,
+}
+
+impl Default for PodDefaults {
+    fn default() -> Self {
+        Self {
+            api_image: DEFAULT_IMAGE.to_owned(),
+            cache_image: redis::DEFAULT_IMAGE.to_owned(),
+            uid: Some(security::RUN_AS_USER),
+        }
+    }
+}
+
+/// What reconcile fetched before building: the only non-spec inputs of `desired()`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Inputs {
-    /// Image used when `spec.image` is unset (`--default-image`).
-    pub default_image: String,
+    pub pod: PodDefaults,
     /// `secret_hash()` of the referenced Secret key, keyed with the operator's `HashKey`;
     /// `None` when unknown (e.g. `render`, which reads no Secret).
     pub secret_hash: Option<String>,
-}
-
-impl Default for Inputs {
-    fn default() -> Self {
-        Self {
-            default_image: DEFAULT_IMAGE.to_owned(),
-            secret_hash: None,
-        }
-    }
 }
 
 /// Every child of one ScalableApi. `hpa`/`pdb` are `None` when they must not exist.

@@ -1,15 +1,19 @@
-//! The Redis cache as a native sidecar: an init container with `restartPolicy: Always`, so it
-//! starts before the API and stops after it.
+//! The cache as a native sidecar: an init container with `restartPolicy: Always`, so it
+//! starts before the API and stops after it. Any Redis-protocol server whose image carries
+//! `redis-server`/`redis-cli`, or `valkey-server`/`valkey-cli` (Valkey's images).
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Container, ExecAction, Probe, ResourceRequirements, VolumeMount};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use super::{SpecError, security};
+use super::{PodDefaults, SpecError, security};
 use crate::crd::CacheSpec;
 
-pub const IMAGE: &str = "redis:7.4-alpine";
+/// The cache image when neither `spec.cache.image` nor `--default-cache-image` is set:
+/// Valkey (BSD-3-Clause, the Linux Foundation's fork of Redis 7.2), fully qualified so that
+/// platforms refusing short names accept it.
+pub const DEFAULT_IMAGE: &str = "docker.io/valkey/valkey:8.1-alpine";
 pub const CONTAINER: &str = "redis";
 pub const DATA_VOLUME: &str = "redis-data";
 /// Memory Redis needs beyond `maxmemory` (allocator, buffers, the process itself).
@@ -18,7 +22,20 @@ const MIB: u64 = 1024 * 1024;
 /// Largest `maxMemory` accepted (the CEL rule's bound): a per-pod cache, not a data store.
 pub const MAX_MEMORY_BYTES: u64 = 64 * 1024 * MIB;
 
-pub fn sidecar(cache: &CacheSpec) -> Result<Container, SpecError> {
+/// Server and client binaries of a cache image: `valkey-*` for an image whose repository is
+/// named `valkey...`, else `redis-*`.
+pub fn binaries(image: &str) -> (&'static str, &'static str) {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let name = without_digest.rsplit('/').next().unwrap_or(without_digest);
+    let repository = name.split(':').next().unwrap_or(name);
+    if repository.starts_with("valkey") {
+        ("valkey-server", "valkey-cli")
+    } else {
+        ("redis-server", "redis-cli")
+    }
+}
+
+pub fn sidecar(cache: &CacheSpec, pod: &PodDefaults) -> Result<Container, SpecError> {
     let invalid = || SpecError::MaxMemory {
         value: cache.max_memory.clone(),
     };
@@ -48,15 +65,20 @@ pub fn sidecar(cache: &CacheSpec) -> Result<Container, SpecError> {
     // Requests cover CPU and memory because HPA utilisation is only defined when every
     // container of the pod (sidecars included) requests the measured resource.
     let memory = Quantity(format!("{}Mi", memory_bytes.div_ceil(MIB)));
+    let image = cache
+        .image
+        .clone()
+        .unwrap_or_else(|| pod.cache_image.clone());
+    let (server, cli) = binaries(&image);
     Ok(Container {
         name: CONTAINER.into(),
-        image: Some(IMAGE.into()),
-        command: Some(vec!["redis-server".into()]),
+        command: Some(vec![server.into()]),
+        image: Some(image),
         args: Some(args.iter().map(|s| (*s).to_owned()).collect()),
         restart_policy: Some("Always".into()),
-        // The bind is 127.0.0.1, so the kubelet cannot probe over TCP: exec redis-cli.
-        startup_probe: Some(ping(1, 30)),
-        liveness_probe: Some(ping(10, 3)),
+        // The bind is 127.0.0.1, so the kubelet cannot probe over TCP: exec the client.
+        startup_probe: Some(ping(cli, 1, 30)),
+        liveness_probe: Some(ping(cli, 10, 3)),
         // No readiness probe: Redis is an optimisation, a pod without it still serves.
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
@@ -66,7 +88,7 @@ pub fn sidecar(cache: &CacheSpec) -> Result<Container, SpecError> {
             limits: Some(BTreeMap::from([("memory".into(), memory)])),
             ..ResourceRequirements::default()
         }),
-        security_context: Some(security::container()),
+        security_context: Some(security::container(pod.uid)),
         volume_mounts: Some(vec![VolumeMount {
             name: DATA_VOLUME.into(),
             mount_path: "/data".into(),
@@ -76,11 +98,11 @@ pub fn sidecar(cache: &CacheSpec) -> Result<Container, SpecError> {
     })
 }
 
-fn ping(period_seconds: i32, failure_threshold: i32) -> Probe {
+fn ping(cli: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
     Probe {
         exec: Some(ExecAction {
             command: Some(vec![
-                "redis-cli".into(),
+                cli.into(),
                 "-h".into(),
                 "127.0.0.1".into(),
                 "ping".into(),
@@ -147,8 +169,55 @@ mod tests {
     }
 
     #[test]
+    fn the_image_picks_the_server_and_client_binaries() {
+        for image in [
+            DEFAULT_IMAGE,
+            "valkey/valkey:9.0",
+            "registry.example/mirror/valkey@sha256:0f",
+        ] {
+            assert_eq!(binaries(image), ("valkey-server", "valkey-cli"), "{image}");
+        }
+        for image in [
+            "docker.io/library/redis:7.2-alpine",
+            "registry.example:5000/redis",
+            "registry.example/valkey-team/keydb:6",
+        ] {
+            assert_eq!(binaries(image), ("redis-server", "redis-cli"), "{image}");
+        }
+    }
+
+    #[test]
+    fn spec_cache_image_beats_the_operator_default_and_sets_the_probes() {
+        let pod = PodDefaults {
+            cache_image: "registry.local/valkey:8".into(),
+            ..PodDefaults::default()
+        };
+        let c = sidecar(&CacheSpec::default(), &pod).expect("sidecar");
+        assert_eq!(c.image.as_deref(), Some("registry.local/valkey:8"));
+        assert_eq!(c.command, Some(vec!["valkey-server".to_owned()]));
+        let cache = CacheSpec {
+            image: Some("docker.io/library/redis:7.2-alpine".into()),
+            ..CacheSpec::default()
+        };
+        let c = sidecar(&cache, &pod).expect("sidecar");
+        assert_eq!(
+            c.image.as_deref(),
+            Some("docker.io/library/redis:7.2-alpine")
+        );
+        assert_eq!(c.command, Some(vec!["redis-server".to_owned()]));
+        let probe = c
+            .liveness_probe
+            .and_then(|p| p.exec)
+            .and_then(|e| e.command);
+        assert_eq!(
+            probe.and_then(|c| c.first().cloned()).as_deref(),
+            Some("redis-cli")
+        );
+    }
+
+    #[test]
     fn memory_request_covers_maxmemory_plus_overhead() {
-        let c = sidecar(&CacheSpec::default()).expect("sidecar");
+        let c = sidecar(&CacheSpec::default(), &PodDefaults::default()).expect("sidecar");
         let requests = c.resources.and_then(|r| r.requests).expect("requests");
         assert_eq!(requests.get("memory"), Some(&Quantity("96Mi".into())));
     }
@@ -159,7 +228,7 @@ mod tests {
             max_memory: "0".into(),
             ..CacheSpec::default()
         };
-        assert!(sidecar(&cache).is_err());
+        assert!(sidecar(&cache, &PodDefaults::default()).is_err());
     }
 
     #[test]
@@ -170,7 +239,7 @@ mod tests {
                 ..CacheSpec::default()
             };
             assert_eq!(
-                sidecar(&cache),
+                sidecar(&cache, &PodDefaults::default()),
                 Err(SpecError::MaxMemory { value: huge.into() }),
                 "{huge}"
             );
@@ -183,7 +252,7 @@ mod tests {
             max_memory: "64Gi".into(),
             ..CacheSpec::default()
         };
-        let c = sidecar(&cache).expect("sidecar");
+        let c = sidecar(&cache, &PodDefaults::default()).expect("sidecar");
         let limits = c.resources.and_then(|r| r.limits).expect("limits");
         assert_eq!(limits.get("memory"), Some(&Quantity("65568Mi".into())));
     }

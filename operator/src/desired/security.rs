@@ -15,23 +15,26 @@ fn seccomp() -> SeccompProfile {
     }
 }
 
-pub fn pod() -> PodSecurityContext {
+/// `uid`: the numeric user, group and fsGroup; `None` sets none of them, for platforms that
+/// assign them (OpenShift's `restricted-v2` refuses ids outside the namespace's range). The
+/// images' non-root default user and world-writable emptyDirs work either way.
+pub fn pod(uid: Option<i64>) -> PodSecurityContext {
     PodSecurityContext {
         run_as_non_root: Some(true),
-        run_as_user: Some(RUN_AS_USER),
-        run_as_group: Some(RUN_AS_USER),
+        run_as_user: uid,
+        run_as_group: uid,
         // emptyDir volumes become writable by the non-root user.
-        fs_group: Some(RUN_AS_USER),
+        fs_group: uid,
         seccomp_profile: Some(seccomp()),
         ..PodSecurityContext::default()
     }
 }
 
-pub fn container() -> SecurityContext {
+pub fn container(uid: Option<i64>) -> SecurityContext {
     SecurityContext {
         run_as_non_root: Some(true),
-        run_as_user: Some(RUN_AS_USER),
-        run_as_group: Some(RUN_AS_USER),
+        run_as_user: uid,
+        run_as_group: uid,
         read_only_root_filesystem: Some(true),
         allow_privilege_escalation: Some(false),
         privileged: Some(false),

@@ -27,7 +27,11 @@ fn args(ns: &str, pod: &str, http_addr: SocketAddr) -> RunArgs {
     RunArgs {
         namespace: Some(ns.into()),
         namespaces: Vec::new(),
-        default_image: DEFAULT_TEST_IMAGE.into(),
+        pod: operator::cli::PodArgs {
+            default_image: DEFAULT_TEST_IMAGE.into(),
+            default_cache_image: operator::desired::redis::DEFAULT_IMAGE.into(),
+            pod_uid: operator::cli::PodUid::Fixed(operator::desired::security::RUN_AS_USER),
+        },
         http_addr,
         leader_election: true,
         lease_name: "scalable-api-operator".into(),

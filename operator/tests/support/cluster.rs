@@ -239,7 +239,10 @@ impl Cluster {
         let metrics = Metrics::register(&mut Registry::default());
         let settings = Settings {
             namespaces: vec![self.ns.clone()],
-            default_image: DEFAULT_TEST_IMAGE.to_owned(),
+            pod_defaults: operator::desired::PodDefaults {
+                api_image: DEFAULT_TEST_IMAGE.to_owned(),
+                ..operator::desired::PodDefaults::default()
+            },
             instance: "test-operator".to_owned(),
             resync_interval: controller::RESYNC_INTERVAL,
             hash_key: HashKey::generate(),

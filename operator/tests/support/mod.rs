@@ -70,7 +70,10 @@ impl Harness {
         let metrics = Metrics::register(&mut registry);
         let settings = Settings {
             namespaces: namespace.map(str::to_owned).into_iter().collect(),
-            default_image: DEFAULT_TEST_IMAGE.to_owned(),
+            pod_defaults: operator::desired::PodDefaults {
+                api_image: DEFAULT_TEST_IMAGE.to_owned(),
+                ..operator::desired::PodDefaults::default()
+            },
             instance: "test-operator".to_owned(),
             resync_interval: controller::RESYNC_INTERVAL,
             hash_key: HashKey::generate(),

@@ -3,7 +3,7 @@
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 
 use super::*;
-use crate::desired::{Inputs, configmap, desired};
+use crate::desired::{Inputs, PodDefaults, configmap, desired};
 
 fn deployment_of(sapi: &ScalableApi) -> Deployment {
     desired(sapi, &Inputs::default()).expect("valid").deployment
@@ -87,7 +87,10 @@ fn under_autoscaling_replicas_are_spec_replicas_within_the_bounds() {
 #[test]
 fn api_container_uses_the_default_image_unless_spec_image_is_set() {
     let inputs = Inputs {
-        default_image: "registry.local/api:7".into(),
+        pod: PodDefaults {
+            api_image: "registry.local/api:7".into(),
+            ..PodDefaults::default()
+        },
         secret_hash: None,
     };
     let d = desired(&ScalableApi::test(), &inputs)
@@ -262,6 +265,44 @@ fn every_container_and_the_pod_are_restricted() {
     // The read-only root filesystem gets a writable /tmp.
     let mounts = api(&d).volume_mounts.clone().expect("mounts");
     assert!(mounts.iter().any(|m| m.mount_path == "/tmp"));
+}
+
+#[test]
+fn with_platform_uids_no_id_is_set_and_the_rest_stays_restricted() {
+    // OpenShift's restricted-v2 assigns uid, gid and fsGroup from the namespace's range and
+    // refuses fixed ones outside it.
+    let inputs = Inputs {
+        pod: PodDefaults {
+            uid: None,
+            ..PodDefaults::default()
+        },
+        secret_hash: None,
+    };
+    let d = desired(&ScalableApi::test(), &inputs)
+        .expect("valid")
+        .deployment;
+    let p = pod(&d);
+    let psc = p.security_context.as_ref().expect("pod securityContext");
+    assert_eq!(
+        (psc.run_as_user, psc.run_as_group, psc.fs_group),
+        (None, None, None)
+    );
+    assert_eq!(psc.run_as_non_root, Some(true));
+    for c in p
+        .containers
+        .iter()
+        .chain(p.init_containers.iter().flatten())
+    {
+        let sc = c.security_context.as_ref().expect("securityContext");
+        assert_eq!(
+            (sc.run_as_user, sc.run_as_group),
+            (None, None),
+            "{}",
+            c.name
+        );
+        assert_eq!(sc.run_as_non_root, Some(true), "{}", c.name);
+        assert_eq!(sc.read_only_root_filesystem, Some(true), "{}", c.name);
+    }
 }
 
 #[test]
