@@ -215,7 +215,7 @@ for e in errors:
 sys.exit(1 if errors else 0)
 EOF
     then ok "dashboard JSON and metric names ($name): $(tail -n 1 "$dir/extract.log")"
-    else cat "$dir/extract.log" >&2; fail "dashboard JSON or metric names ($name)"; continue; fi
+    else cat "$dir/extract.log" >&2; fail "dashboard JSON or metric names ($name)"; fi
     grep -h '^note:' "$dir/extract.log" || true
     if scripts/promtool.sh check rules "$dir/rules.yaml" >"$dir/check.log" 2>&1; then
       ok "promtool check rules: PrometheusRule ($name), $(grep -c -- '- alert:' "$dir/rules.yaml") alerts"
