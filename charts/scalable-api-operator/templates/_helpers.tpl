@@ -110,3 +110,14 @@ The watched namespaces as a JSON list: watchNamespaces, or [watchNamespace], or 
 {{- list | toJson }}
 {{- end }}
 {{- end }}
+
+{{/* PromQL label matchers of the operator's own series: monitoringSelectors.operator, else
+the job the chart's ServiceMonitor gives them (the metrics Service's name) in the release
+namespace. */}}
+{{- define "scalable-api-operator.operatorSelector" -}}
+{{- if .Values.monitoringSelectors.operator }}
+{{- .Values.monitoringSelectors.operator }}
+{{- else }}
+{{- printf "job=%q, namespace=%q" (printf "%s-metrics" (include "scalable-api-operator.fullname" .)) .Release.Namespace }}
+{{- end }}
+{{- end }}
