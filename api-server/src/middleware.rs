@@ -1,17 +1,23 @@
-//! Cross-cutting request handling: metrics and timeout, rate limiting, request ids.
+//! Cross-cutting request handling: metrics and timeout, rate limiting, request ids, and
+//! discarding request bodies a response did not need.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::NonZeroU32;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::HeaderValue;
+use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
+use tokio::sync::oneshot;
 use tower_http::request_id::{MakeRequestId, RequestId};
 
 use crate::error::ApiError;
@@ -39,6 +45,116 @@ pub async fn reject_declared_oversize(
             ApiError::PayloadTooLarge.into_response()
         }
         _ => next.run(request).await,
+    }
+}
+
+/// Most bytes of an unread request body read and discarded after the response.
+pub const DRAIN_MAX_BYTES: usize = 32 << 20;
+/// Longest time spent discarding an unread request body after the response.
+pub const DRAIN_FOR: Duration = Duration::from_secs(10);
+
+/// Reads and discards the rest of a request body the response did not need (a 413 from the
+/// declared length, a 400 for the content type), after the response is handed to hyper, up
+/// to [`DRAIN_MAX_BYTES`] and [`DRAIN_FOR`], like nginx's lingering close.
+///
+/// Without it hyper closes the connection with the body's bytes still arriving. Closing a
+/// socket with unread data makes the kernel send a reset, and a client that sends its whole
+/// body before reading (no `Expect: 100-continue`: urllib, fetch, Go) gets a broken pipe
+/// instead of our answer. A client that asked for `100-continue` and was never told to go
+/// on sends no body, so there is nothing to drain.
+pub async fn drain_unread_body(request: Request, next: Next) -> Response {
+    if request.body().is_end_stream() {
+        return next.run(request).await;
+    }
+    let expects_continue = request
+        .headers()
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let (back, mut unread) = oneshot::channel();
+    let request = request.map(|body| {
+        Body::new(ReturnUnread {
+            body: Some(body),
+            back: Some(back),
+            polled: false,
+        })
+    });
+    let response = next.run(request).await;
+    if let Ok(Unread { body, polled }) = unread.try_recv()
+        && (polled || !expects_continue)
+    {
+        tokio::spawn(discard(body));
+    }
+    response
+}
+
+async fn discard(body: Body) {
+    let mut left = DRAIN_MAX_BYTES;
+    let mut data = body.into_data_stream();
+    let _ = tokio::time::timeout(DRAIN_FOR, async {
+        while let Some(Ok(chunk)) = data.next().await {
+            match left.checked_sub(chunk.len()) {
+                Some(rest) => left = rest,
+                None => return,
+            }
+        }
+    })
+    .await;
+}
+
+/// What a handler dropped before the end of the body.
+struct Unread {
+    body: Body,
+    /// Whether anyone asked for data (which makes hyper send `100 Continue`).
+    polled: bool,
+}
+
+/// A request body that, dropped before its end, is handed back to [`drain_unread_body`].
+struct ReturnUnread {
+    body: Option<Body>,
+    back: Option<oneshot::Sender<Unread>>,
+    polled: bool,
+}
+
+impl HttpBody for ReturnUnread {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        self.polled = true;
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let frame = Pin::new(body).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            self.body = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.as_ref().is_none_or(HttpBody::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body
+            .as_ref()
+            .map_or_else(|| http_body::SizeHint::with_exact(0), HttpBody::size_hint)
+    }
+}
+
+impl Drop for ReturnUnread {
+    fn drop(&mut self) {
+        if let (Some(body), Some(back)) = (self.body.take(), self.back.take())
+            && !body.is_end_stream()
+        {
+            let _ = back.send(Unread {
+                body,
+                polled: self.polled,
+            });
+        }
     }
 }
 

@@ -107,6 +107,8 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::default()))
+        // Outermost: whatever answered without reading the whole body, its rest is drained.
+        .layer(axum::middleware::from_fn(middleware::drain_unread_body))
         .with_state(state)
 }
 

@@ -163,6 +163,11 @@ impl TestApp {
         .await;
     }
 
+    /// The port the app listens on (127.0.0.1), for raw-socket clients.
+    pub fn port(&self) -> u16 {
+        self.address.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.address)
     }

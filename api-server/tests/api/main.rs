@@ -3,10 +3,12 @@
 #![allow(clippy::unwrap_used)]
 
 mod cache;
+mod clients;
 mod errors;
 mod faults;
 mod health;
 mod helpers;
+mod raw;
 mod services;
 mod shutdown;
 mod users;
