@@ -96,6 +96,59 @@ pub struct ServerConfig {
     /// load balancers can stop routing here first. 0 stops accepting at once.
     #[arg(long, env = "SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
     pub shutdown_delay_seconds: u64,
+    #[command(flatten)]
+    pub http: HttpLimits,
+}
+
+/// What one client connection may take. A connection over a limit is closed, or answered
+/// 431 (headers too large) or 503 (too many connections).
+#[derive(Debug, Clone, Args)]
+pub struct HttpLimits {
+    /// How long a client may take to send a request's line and headers, counted from the
+    /// connection's start for its first request and from the first byte for later ones.
+    #[arg(long = "http-header-read-timeout-ms", env = "HTTP_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
+    /// How long a keep-alive connection may sit idle between requests (and a response may
+    /// wait for the client to read it) before it is closed. Keep it above the idle timeout
+    /// of any proxy in front (ingress-nginx: 60 s), or the proxy may reuse a closing connection.
+    #[arg(long = "http-idle-timeout-ms", env = "HTTP_IDLE_TIMEOUT_MS", default_value_t = 75_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_ms: u64,
+    /// Largest request line plus headers, in bytes; larger ones get 431.
+    #[arg(long = "http-max-header-bytes", env = "HTTP_MAX_HEADER_BYTES", default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(1024..=1_048_576))]
+    pub max_header_bytes: u64,
+    /// Most client connections served at once; beyond it a connection gets one 503
+    /// problem+json and is closed.
+    #[arg(long = "http-max-connections", env = "HTTP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 75_000,
+            max_header_bytes: 16_384,
+            max_connections: 1024,
+        }
+    }
+}
+
+impl HttpLimits {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    pub fn max_header_bytes(&self) -> usize {
+        usize::try_from(self.max_header_bytes).unwrap_or(usize::MAX)
+    }
+
+    pub fn max_connections(&self) -> usize {
+        usize::try_from(self.max_connections).unwrap_or(usize::MAX)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -318,6 +371,26 @@ mod tests {
     }
 
     #[test]
+    fn http_limit_defaults_match_the_documented_ones() {
+        let parsed = parse(&[]).unwrap().server.http;
+        let default = HttpLimits::default();
+        assert_eq!(
+            parsed.header_read_timeout_ms,
+            default.header_read_timeout_ms
+        );
+        assert_eq!(parsed.idle_timeout_ms, default.idle_timeout_ms);
+        assert_eq!(parsed.max_header_bytes, default.max_header_bytes);
+        assert_eq!(parsed.max_connections, default.max_connections);
+    }
+
+    #[test]
+    fn zero_connections_or_tiny_header_limits_are_rejected() {
+        assert!(parse(&["--http-max-connections", "0"]).is_err());
+        assert!(parse(&["--http-max-header-bytes", "100"]).is_err());
+        assert!(parse(&["--http-idle-timeout-ms", "0"]).is_err());
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug_output() {
         let config = parse(&["--pg-password", "hunter2"]).unwrap();
         assert!(!format!("{config:?}").contains("hunter2"));
@@ -347,6 +420,10 @@ mod tests {
             "LOG_FORMAT",
             "SHUTDOWN_TIMEOUT_SECONDS",
             "SHUTDOWN_DELAY_SECONDS",
+            "HTTP_HEADER_READ_TIMEOUT_MS",
+            "HTTP_IDLE_TIMEOUT_MS",
+            "HTTP_MAX_HEADER_BYTES",
+            "HTTP_MAX_CONNECTIONS",
             "RUST_LOG",
         ] {
             assert!(help.contains(var), "--help does not mention {var}");

@@ -42,6 +42,9 @@ pub enum ApiError {
     Unavailable(#[source] Arc<sqlx::Error>),
     #[error("the request took too long")]
     Timeout,
+    /// The connection was over `HTTP_MAX_CONNECTIONS`: shed instead of queued.
+    #[error("too many connections")]
+    Overloaded,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -72,7 +75,9 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) | Self::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Timeout | Self::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -92,6 +97,7 @@ impl ApiError {
             Self::RateLimited { .. } => "too many requests from this client; retry later".into(),
             Self::Unavailable(_) => "the database is unavailable; retry later".into(),
             Self::Timeout => "the request took too long; retry later".into(),
+            Self::Overloaded => "the server has too many connections; retry later".into(),
             Self::Internal(_) => "an unexpected error occurred".into(),
         }
     }
@@ -99,7 +105,9 @@ impl ApiError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-            Self::Unavailable(_) | Self::Timeout => Some(RETRY_AFTER_UNAVAILABLE_SECS),
+            Self::Unavailable(_) | Self::Timeout | Self::Overloaded => {
+                Some(RETRY_AFTER_UNAVAILABLE_SECS)
+            }
             _ => None,
         }
     }

@@ -11,6 +11,7 @@ pub mod extract;
 pub mod metrics;
 pub mod middleware;
 pub mod routes;
+pub mod server;
 pub mod shutdown;
 pub mod startup;
 pub mod state;

@@ -1,6 +1,6 @@
 //! Building and running the server: `Application::build` / `port()` / `run_until_stopped()`.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,11 +12,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{Cache, invalidation};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, HttpLimits};
 use crate::error::is_unavailable;
 use crate::metrics::Metrics;
 use crate::middleware::{RateLimiter, rate_limiter};
 use crate::routes;
+use crate::server;
 use crate::state::{AppState, Shared};
 
 /// The schema, embedded in the binary.
@@ -44,8 +45,6 @@ pub enum StartupError {
     Bind { port: u16, source: std::io::Error },
     #[error("cannot render the OpenAPI document")]
     OpenApi(#[source] serde_json::Error),
-    #[error("the HTTP server failed")]
-    Serve(#[source] std::io::Error),
 }
 
 pub struct Application {
@@ -55,6 +54,7 @@ pub struct Application {
     listener_pool: PgPool,
     shutdown_delay: Duration,
     shutdown_timeout: Duration,
+    http_limits: HttpLimits,
 }
 
 /// Linux's `EAFNOSUPPORT`: a kernel built or booted without IPv6.
@@ -146,6 +146,7 @@ impl Application {
             listener_pool: invalidation::listener_pool(options, config.database.acquire_timeout()),
             shutdown_delay: config.server.shutdown_delay(),
             shutdown_timeout: config.server.shutdown_timeout(),
+            http_limits: config.server.http,
         })
     }
 
@@ -168,6 +169,7 @@ impl Application {
             listener_pool,
             shutdown_delay,
             shutdown_timeout,
+            http_limits,
         } = self;
         let shutdown = state.shutdown.clone();
         let db = state.db.clone();
@@ -197,12 +199,13 @@ impl Application {
                 tracing::info!("no longer accepting connections; draining");
             }
         };
-        let server = axum::serve(
+        let server = server::serve(
             listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop_accepting)
-        .into_future();
+            app,
+            &http_limits,
+            state.metrics.clone(),
+            stop_accepting,
+        );
         let deadline = {
             let shutdown = shutdown.clone();
             async move {
@@ -221,8 +224,8 @@ impl Application {
         };
 
         tokio::pin!(server, deadline);
-        let served = tokio::select! {
-            served = &mut server => served,
+        tokio::select! {
+            () = &mut server => {},
             ended = invalidations => {
                 // It returns by itself on shutdown; otherwise it is a bug. Keep serving, from
                 // Postgres only, rather than serve a cache nobody invalidates.
@@ -231,22 +234,21 @@ impl Application {
                     tracing::error!(?ended, "the invalidation listener stopped; cache disabled");
                 }
                 tokio::select! {
-                    served = &mut server => served,
-                    () = &mut deadline => Ok(()),
+                    () = &mut server => {},
+                    () = &mut deadline => {},
                 }
             }
             () = &mut deadline => {
                 tracing::warn!("in-flight requests outlived SHUTDOWN_TIMEOUT_SECONDS; exiting");
-                Ok(())
             }
-        };
+        }
         shutdown.cancel();
         let _ = tokio::time::timeout(POOL_CLOSE_TIMEOUT, async {
             tokio::join!(db.close(), listener_pool.close())
         })
         .await;
         tracing::info!("stopped");
-        served.map_err(StartupError::Serve)
+        Ok(())
     }
 }
 

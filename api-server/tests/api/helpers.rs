@@ -5,7 +5,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use api_server::config::{
-    CacheConfig, Config, DatabaseConfig, LogFormat, RateLimitConfig, Secret, ServerConfig,
+    CacheConfig, Config, DatabaseConfig, HttpLimits, LogFormat, RateLimitConfig, Secret,
+    ServerConfig,
 };
 use api_server::startup::Application;
 use serde_json::{Value, json};
@@ -48,6 +49,7 @@ pub struct Options {
     pub rate_limit: Option<(u32, u32)>,
     pub acquire_timeout_ms: Option<u64>,
     pub shutdown_delay_seconds: u64,
+    pub http: Option<HttpLimits>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -82,6 +84,7 @@ pub fn config(url: &str, redis_url: Option<String>, options: &Options) -> Config
             log_format: LogFormat::Text,
             shutdown_timeout_seconds: 5,
             shutdown_delay_seconds: options.shutdown_delay_seconds,
+            http: options.http.clone().unwrap_or_default(),
         },
     }
 }

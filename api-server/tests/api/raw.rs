@@ -104,3 +104,18 @@ pub async fn read_response(stream: &mut TcpStream) -> std::io::Result<RawRespons
         body,
     })
 }
+
+/// Whether the server closes `stream` within `within`: true on EOF or a reset, false if it
+/// is still open then. Anything the server sends first is read and discarded.
+pub async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let closed = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, closed).await.is_ok()
+}
