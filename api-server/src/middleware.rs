@@ -23,6 +23,8 @@ use tower_http::request_id::{MakeRequestId, RequestId};
 use crate::error::ApiError;
 use crate::metrics::{HttpLabels, Metrics, method_label, route_label};
 
+pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
 /// No request may take longer than this; the client gets 503 instead of a hung socket.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -217,6 +219,34 @@ pub async fn rate_limit(
     }
 }
 
+/// Longest request id taken from a client.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Whether a client's request id may be used as ours (echoed, logged): 1 to 128 characters
+/// of `[A-Za-z0-9._-]`. Anything else could forge log lines or bloat every log record.
+pub fn is_acceptable_request_id(value: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&value.len())
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// Drops a client's `X-Request-Id` that is not acceptable, so one is generated instead.
+pub async fn drop_unacceptable_request_id(mut request: Request) -> Request {
+    let headers = request.headers_mut();
+    let mut ids = headers.get_all(REQUEST_ID).iter();
+    let usable = match (ids.next(), ids.next()) {
+        (None, _) => true,
+        (Some(id), None) => is_acceptable_request_id(id.as_bytes()),
+        // Several ids are as unusable as a bad one.
+        (Some(_), Some(_)) => false,
+    };
+    if !usable {
+        headers.remove(REQUEST_ID);
+    }
+    request
+}
+
 /// Request ids as `<process prefix>-<counter>`: unique per process start, and cheaper than a
 /// random UUID per request.
 #[derive(Clone)]
@@ -240,5 +270,40 @@ impl MakeRequestId for RequestIds {
         HeaderValue::from_str(&format!("{:08x}-{n:x}", self.prefix))
             .ok()
             .map(RequestId::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_of_letters_digits_dots_underscores_and_dashes_are_accepted() {
+        assert!(is_acceptable_request_id(b"abc-123_x.Y"));
+    }
+
+    #[test]
+    fn an_id_of_128_characters_is_accepted_and_of_129_refused() {
+        assert!(is_acceptable_request_id(&[b'a'; 128]));
+        assert!(!is_acceptable_request_id(&[b'a'; 129]));
+    }
+
+    #[test]
+    fn an_empty_id_is_refused() {
+        assert!(!is_acceptable_request_id(b""));
+    }
+
+    #[test]
+    fn ids_with_spaces_quotes_slashes_or_non_ascii_are_refused() {
+        for bad in [
+            &b"a b"[..],
+            b"a\"b",
+            b"a/b",
+            b"a\nb",
+            "\u{e9}".as_bytes(),
+            b"{x}",
+        ] {
+            assert!(!is_acceptable_request_id(bad), "{bad:?}");
+        }
     }
 }

@@ -6,7 +6,7 @@ pub mod users;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -14,10 +14,8 @@ use utoipa::OpenApi;
 
 use crate::error::{ApiError, Problem};
 use crate::extract::MAX_BODY_BYTES;
-use crate::middleware::{self, RequestIds};
+use crate::middleware::{self, REQUEST_ID, RequestIds};
 use crate::state::AppState;
-
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 #[derive(OpenApi)]
 #[openapi(
@@ -107,6 +105,9 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::default()))
+        .layer(axum::middleware::map_request(
+            middleware::drop_unacceptable_request_id,
+        ))
         // Outermost: whatever answered without reading the whole body, its rest is drained.
         .layer(axum::middleware::from_fn(middleware::drain_unread_body))
         .with_state(state)

@@ -219,3 +219,52 @@ async fn connections_over_the_cap_get_a_503_problem_and_the_cap_frees_up() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_request_id_is_echoed_only_when_short_and_plain() {
+    let app = spawn_app_with(no_redis()).await;
+    let longest = "a".repeat(128);
+    for good in ["abc-123", "A.b_C-9", longest.as_str()] {
+        let response = app
+            .client
+            .get(app.url("/healthz"))
+            .header("x-request-id", good)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["x-request-id"], good);
+    }
+    let too_long = "a".repeat(129);
+    for bad in [
+        too_long.as_str(),
+        "has space",
+        "quote\"d",
+        "path/like",
+        "semi;colon",
+        "<script>",
+        "",
+    ] {
+        let response = app
+            .client
+            .get(app.url("/healthz"))
+            .header("x-request-id", bad)
+            .send()
+            .await
+            .unwrap();
+        let echoed = response.headers()["x-request-id"].to_str().unwrap();
+        assert_ne!(echoed, bad, "{bad:?} was echoed");
+        assert!(
+            !echoed.is_empty() && echoed.len() <= 128,
+            "{bad:?} gave {echoed:?}"
+        );
+    }
+    // Non-ASCII bytes too (reqwest refuses to send them, so by hand).
+    let mut stream = raw::connect(app.port()).await;
+    let head = "GET /healthz HTTP/1.1\r\nhost: localhost\r\nx-request-id: caf\u{e9}\r\n";
+    let response = raw::send(&mut stream, head, b"").await.unwrap();
+    let echoed = response.header("x-request-id").unwrap();
+    assert!(
+        echoed.is_ascii() && !echoed.starts_with("caf"),
+        "{echoed:?}"
+    );
+}
