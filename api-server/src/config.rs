@@ -59,6 +59,31 @@ pub struct DatabaseConfig {
     /// How long a request waits for a connection before it gets 503.
     #[arg(long = "db-acquire-timeout-ms", env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     pub acquire_timeout_ms: u64,
+    /// Postgres `statement_timeout` for request queries: a statement running longer is
+    /// cancelled by Postgres (the request gets 503). 0 disables it.
+    #[arg(
+        long = "db-statement-timeout-ms",
+        env = "DB_STATEMENT_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub statement_timeout_ms: u64,
+    /// Postgres `lock_timeout` for request queries: a statement waiting longer for a row or
+    /// table lock fails (the request gets 503). 0 disables it.
+    #[arg(
+        long = "db-lock-timeout-ms",
+        env = "DB_LOCK_TIMEOUT_MS",
+        default_value_t = 2000
+    )]
+    pub lock_timeout_ms: u64,
+    /// Postgres `idle_in_transaction_session_timeout` for request connections: a session
+    /// idle inside a transaction this long is ended by Postgres, releasing its locks.
+    /// 0 disables it.
+    #[arg(
+        long = "db-idle-in-transaction-timeout-ms",
+        env = "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub idle_in_transaction_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -213,7 +238,24 @@ impl DatabaseConfig {
             pool_max: 10,
             pool_min: 1,
             acquire_timeout_ms: 2000,
+            statement_timeout_ms: 5000,
+            lock_timeout_ms: 2000,
+            idle_in_transaction_timeout_ms: 10_000,
         }
+    }
+
+    /// [`Self::connect_options`] plus the statement, lock and idle-in-transaction timeouts,
+    /// for the request pool. Migrations and the LISTEN connection go without them (a
+    /// migration may rightly run long and wait for the advisory lock).
+    pub fn request_options(&self) -> Result<PgConnectOptions, ConfigError> {
+        Ok(self.connect_options()?.options([
+            ("statement_timeout", self.statement_timeout_ms.to_string()),
+            ("lock_timeout", self.lock_timeout_ms.to_string()),
+            (
+                "idle_in_transaction_session_timeout",
+                self.idle_in_transaction_timeout_ms.to_string(),
+            ),
+        ]))
     }
 
     /// Connection options: from `DATABASE_URL` when set, else from the PG* fields.
@@ -320,6 +362,31 @@ mod tests {
     }
 
     #[test]
+    fn request_connections_carry_the_three_timeouts() {
+        let config = parse(&["--db-lock-timeout-ms", "300"]).unwrap();
+        let options = config.database.request_options().unwrap();
+        let startup = options.get_options().unwrap_or_default();
+        assert!(startup.contains("-c statement_timeout=5000"), "{startup}");
+        assert!(startup.contains("-c lock_timeout=300"), "{startup}");
+        assert!(
+            startup.contains("-c idle_in_transaction_session_timeout=10000"),
+            "{startup}"
+        );
+    }
+
+    #[test]
+    fn migration_connections_carry_no_timeouts() {
+        let config = parse(&[]).unwrap();
+        let options = config.database.connect_options().unwrap();
+        assert!(
+            !options
+                .get_options()
+                .unwrap_or_default()
+                .contains("lock_timeout")
+        );
+    }
+
+    #[test]
     fn an_invalid_database_url_is_rejected() {
         let config = parse(&["--database-url", "postgres://u@host:notaport/db"]).unwrap();
         assert!(config.database.connect_options().is_err());
@@ -412,6 +479,9 @@ mod tests {
             "DB_POOL_MAX",
             "DB_POOL_MIN",
             "DB_ACQUIRE_TIMEOUT_MS",
+            "DB_STATEMENT_TIMEOUT_MS",
+            "DB_LOCK_TIMEOUT_MS",
+            "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
             "REDIS_URL",
             "CACHE_TTL_SECONDS",
             "RATE_LIMIT_RPS",

@@ -178,6 +178,8 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
                 || code.starts_with("53")
                 || code.starts_with("57P")
                 || code == "57014" // query_canceled (statement_timeout)
+                || code == "55P03" // lock_not_available (lock_timeout)
+                || code == "25P03" // idle_in_transaction_session_timeout
                 // read_only_sql_transaction: a standby after a failover, or
                 // default_transaction_read_only; writes work again once the primary is back.
                 || code == "25006"

@@ -107,8 +107,15 @@ impl Application {
                     Ok(true)
                 })
             })
+            .connect_lazy_with(config.database.request_options()?);
+        let migrations = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(config.database.acquire_timeout())
             .connect_lazy_with(options.clone());
-        migrate(&db).await.map_err(StartupError::Migrate)?;
+        let migrated = migrate(&migrations).await;
+        migrations.close().await;
+        migrated.map_err(StartupError::Migrate)?;
 
         let metrics = Arc::new(Metrics::new());
         let cache = match &config.cache.redis_url {

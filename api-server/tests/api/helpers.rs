@@ -48,6 +48,8 @@ pub struct Options {
     pub own_postgres: bool,
     pub rate_limit: Option<(u32, u32)>,
     pub acquire_timeout_ms: Option<u64>,
+    /// Postgres `lock_timeout` of the request pool.
+    pub lock_timeout_ms: Option<u64>,
     pub shutdown_delay_seconds: u64,
     pub http: Option<HttpLimits>,
 }
@@ -67,6 +69,9 @@ pub fn config(url: &str, redis_url: Option<String>, options: &Options) -> Config
     database.pool_max = 10;
     database.pool_min = 0;
     database.acquire_timeout_ms = options.acquire_timeout_ms.unwrap_or(2000);
+    if let Some(ms) = options.lock_timeout_ms {
+        database.lock_timeout_ms = ms;
+    }
     Config {
         database,
         cache: CacheConfig {

@@ -4,6 +4,7 @@
 
 mod cache;
 mod clients;
+mod database;
 mod errors;
 mod faults;
 mod health;
