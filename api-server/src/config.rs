@@ -84,6 +84,21 @@ pub struct DatabaseConfig {
         default_value_t = 10_000
     )]
     pub idle_in_transaction_timeout_ms: u64,
+    /// `true`: apply the embedded migrations at start-up (after the port is bound; /readyz is
+    /// 503 until they are done). `false`: apply none, and be unready until another step (a Job
+    /// running `MIGRATE=only`) has applied them all. `only`: apply them and exit.
+    #[arg(long, env = "MIGRATE", value_enum, default_value_t = MigrateMode::True)]
+    pub migrate: MigrateMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MigrateMode {
+    #[value(name = "true")]
+    True,
+    #[value(name = "false")]
+    False,
+    #[value(name = "only")]
+    Only,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -241,6 +256,7 @@ impl DatabaseConfig {
             statement_timeout_ms: 5000,
             lock_timeout_ms: 2000,
             idle_in_transaction_timeout_ms: 10_000,
+            migrate: MigrateMode::True,
         }
     }
 
@@ -458,6 +474,20 @@ mod tests {
     }
 
     #[test]
+    fn migrate_is_true_false_or_only() {
+        assert_eq!(parse(&[]).unwrap().database.migrate, MigrateMode::True);
+        assert_eq!(
+            parse(&["--migrate", "false"]).unwrap().database.migrate,
+            MigrateMode::False
+        );
+        assert_eq!(
+            parse(&["--migrate", "only"]).unwrap().database.migrate,
+            MigrateMode::Only
+        );
+        assert!(parse(&["--migrate", "maybe"]).is_err());
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug_output() {
         let config = parse(&["--pg-password", "hunter2"]).unwrap();
         assert!(!format!("{config:?}").contains("hunter2"));
@@ -482,6 +512,7 @@ mod tests {
             "DB_STATEMENT_TIMEOUT_MS",
             "DB_LOCK_TIMEOUT_MS",
             "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+            "MIGRATE",
             "REDIS_URL",
             "CACHE_TTL_SECONDS",
             "RATE_LIMIT_RPS",

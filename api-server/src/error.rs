@@ -45,6 +45,9 @@ pub enum ApiError {
     /// The connection was over `HTTP_MAX_CONNECTIONS`: shed instead of queued.
     #[error("too many connections")]
     Overloaded,
+    /// The schema is not in place yet (migrating, or waiting for `MIGRATE=only`).
+    #[error("starting")]
+    Starting,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -75,7 +78,7 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) | Self::Timeout | Self::Overloaded => {
+            Self::Unavailable(_) | Self::Timeout | Self::Overloaded | Self::Starting => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -98,6 +101,7 @@ impl ApiError {
             Self::Unavailable(_) => "the database is unavailable; retry later".into(),
             Self::Timeout => "the request took too long; retry later".into(),
             Self::Overloaded => "the server has too many connections; retry later".into(),
+            Self::Starting => "the server is starting (schema not ready); retry later".into(),
             Self::Internal(_) => "an unexpected error occurred".into(),
         }
     }
@@ -105,7 +109,7 @@ impl ApiError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-            Self::Unavailable(_) | Self::Timeout | Self::Overloaded => {
+            Self::Unavailable(_) | Self::Timeout | Self::Overloaded | Self::Starting => {
                 Some(RETRY_AFTER_UNAVAILABLE_SECS)
             }
             _ => None,

@@ -183,6 +183,19 @@ pub async fn track(State(metrics): State<Arc<Metrics>>, request: Request, next: 
     response
 }
 
+/// `/users` answers 503 until the schema is in place, rather than 500s on missing tables.
+pub async fn require_schema(
+    State(state): State<crate::state::AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if state.health.schema_ready() {
+        next.run(request).await
+    } else {
+        ApiError::Starting.into_response()
+    }
+}
+
 pub type RateLimiter = DefaultKeyedRateLimiter<IpAddr>;
 
 pub fn rate_limiter(rps: NonZeroU32, burst: NonZeroU32) -> RateLimiter {

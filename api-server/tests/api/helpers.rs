@@ -5,8 +5,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use api_server::config::{
-    CacheConfig, Config, DatabaseConfig, HttpLimits, LogFormat, RateLimitConfig, Secret,
-    ServerConfig,
+    CacheConfig, Config, DatabaseConfig, HttpLimits, LogFormat, MigrateMode, RateLimitConfig,
+    Secret, ServerConfig,
 };
 use api_server::startup::Application;
 use serde_json::{Value, json};
@@ -50,6 +50,8 @@ pub struct Options {
     pub acquire_timeout_ms: Option<u64>,
     /// Postgres `lock_timeout` of the request pool.
     pub lock_timeout_ms: Option<u64>,
+    pub pool_max: Option<u32>,
+    pub migrate: Option<MigrateMode>,
     pub shutdown_delay_seconds: u64,
     pub http: Option<HttpLimits>,
 }
@@ -66,7 +68,8 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
 
 pub fn config(url: &str, redis_url: Option<String>, options: &Options) -> Config {
     let mut database = DatabaseConfig::from_url(url);
-    database.pool_max = 10;
+    database.pool_max = options.pool_max.unwrap_or(10);
+    database.migrate = options.migrate.unwrap_or(MigrateMode::True);
     database.pool_min = 0;
     database.acquire_timeout_ms = options.acquire_timeout_ms.unwrap_or(2000);
     if let Some(ms) = options.lock_timeout_ms {

@@ -12,4 +12,5 @@ mod helpers;
 mod raw;
 mod services;
 mod shutdown;
+mod startup;
 mod users;
