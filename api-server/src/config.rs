@@ -59,6 +59,46 @@ pub struct DatabaseConfig {
     /// How long a request waits for a connection before it gets 503.
     #[arg(long = "db-acquire-timeout-ms", env = "DB_ACQUIRE_TIMEOUT_MS", default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..))]
     pub acquire_timeout_ms: u64,
+    /// Postgres `statement_timeout` for request queries: a statement running longer is
+    /// cancelled by Postgres (the request gets 503). 0 disables it.
+    #[arg(
+        long = "db-statement-timeout-ms",
+        env = "DB_STATEMENT_TIMEOUT_MS",
+        default_value_t = 5000
+    )]
+    pub statement_timeout_ms: u64,
+    /// Postgres `lock_timeout` for request queries: a statement waiting longer for a row or
+    /// table lock fails (the request gets 503). 0 disables it.
+    #[arg(
+        long = "db-lock-timeout-ms",
+        env = "DB_LOCK_TIMEOUT_MS",
+        default_value_t = 2000
+    )]
+    pub lock_timeout_ms: u64,
+    /// Postgres `idle_in_transaction_session_timeout` for request connections: a session
+    /// idle inside a transaction this long is ended by Postgres, releasing its locks.
+    /// 0 disables it.
+    #[arg(
+        long = "db-idle-in-transaction-timeout-ms",
+        env = "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub idle_in_transaction_timeout_ms: u64,
+    /// `true`: apply the embedded migrations at start-up (after the port is bound; /readyz is
+    /// 503 until they are done). `false`: apply none, and be unready until another step (a Job
+    /// running `MIGRATE=only`) has applied them all. `only`: apply them and exit.
+    #[arg(long, env = "MIGRATE", value_enum, default_value_t = MigrateMode::True)]
+    pub migrate: MigrateMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MigrateMode {
+    #[value(name = "true")]
+    True,
+    #[value(name = "false")]
+    False,
+    #[value(name = "only")]
+    Only,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -96,6 +136,59 @@ pub struct ServerConfig {
     /// load balancers can stop routing here first. 0 stops accepting at once.
     #[arg(long, env = "SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
     pub shutdown_delay_seconds: u64,
+    #[command(flatten)]
+    pub http: HttpLimits,
+}
+
+/// What one client connection may take. A connection over a limit is closed, or answered
+/// 431 (headers too large) or 503 (too many connections).
+#[derive(Debug, Clone, Args)]
+pub struct HttpLimits {
+    /// How long a client may take to send a request's line and headers, counted from the
+    /// connection's start for its first request and from the first byte for later ones.
+    #[arg(long = "http-header-read-timeout-ms", env = "HTTP_HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
+    /// How long a keep-alive connection may sit idle between requests (and a response may
+    /// wait for the client to read it) before it is closed. Keep it above the idle timeout
+    /// of any proxy in front (ingress-nginx: 60 s), or the proxy may reuse a closing connection.
+    #[arg(long = "http-idle-timeout-ms", env = "HTTP_IDLE_TIMEOUT_MS", default_value_t = 75_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_ms: u64,
+    /// Largest request line plus headers, in bytes; larger ones get 431.
+    #[arg(long = "http-max-header-bytes", env = "HTTP_MAX_HEADER_BYTES", default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(1024..=1_048_576))]
+    pub max_header_bytes: u64,
+    /// Most client connections served at once; beyond it a connection gets one 503
+    /// problem+json and is closed.
+    #[arg(long = "http-max-connections", env = "HTTP_MAX_CONNECTIONS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 75_000,
+            max_header_bytes: 16_384,
+            max_connections: 1024,
+        }
+    }
+}
+
+impl HttpLimits {
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_read_timeout_ms)
+    }
+
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_millis(self.idle_timeout_ms)
+    }
+
+    pub fn max_header_bytes(&self) -> usize {
+        usize::try_from(self.max_header_bytes).unwrap_or(usize::MAX)
+    }
+
+    pub fn max_connections(&self) -> usize {
+        usize::try_from(self.max_connections).unwrap_or(usize::MAX)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -160,7 +253,25 @@ impl DatabaseConfig {
             pool_max: 10,
             pool_min: 1,
             acquire_timeout_ms: 2000,
+            statement_timeout_ms: 5000,
+            lock_timeout_ms: 2000,
+            idle_in_transaction_timeout_ms: 10_000,
+            migrate: MigrateMode::True,
         }
+    }
+
+    /// [`Self::connect_options`] plus the statement, lock and idle-in-transaction timeouts,
+    /// for the request pool. Migrations and the LISTEN connection go without them (a
+    /// migration may rightly run long and wait for the advisory lock).
+    pub fn request_options(&self) -> Result<PgConnectOptions, ConfigError> {
+        Ok(self.connect_options()?.options([
+            ("statement_timeout", self.statement_timeout_ms.to_string()),
+            ("lock_timeout", self.lock_timeout_ms.to_string()),
+            (
+                "idle_in_transaction_session_timeout",
+                self.idle_in_transaction_timeout_ms.to_string(),
+            ),
+        ]))
     }
 
     /// Connection options: from `DATABASE_URL` when set, else from the PG* fields.
@@ -267,6 +378,31 @@ mod tests {
     }
 
     #[test]
+    fn request_connections_carry_the_three_timeouts() {
+        let config = parse(&["--db-lock-timeout-ms", "300"]).unwrap();
+        let options = config.database.request_options().unwrap();
+        let startup = options.get_options().unwrap_or_default();
+        assert!(startup.contains("-c statement_timeout=5000"), "{startup}");
+        assert!(startup.contains("-c lock_timeout=300"), "{startup}");
+        assert!(
+            startup.contains("-c idle_in_transaction_session_timeout=10000"),
+            "{startup}"
+        );
+    }
+
+    #[test]
+    fn migration_connections_carry_no_timeouts() {
+        let config = parse(&[]).unwrap();
+        let options = config.database.connect_options().unwrap();
+        assert!(
+            !options
+                .get_options()
+                .unwrap_or_default()
+                .contains("lock_timeout")
+        );
+    }
+
+    #[test]
     fn an_invalid_database_url_is_rejected() {
         let config = parse(&["--database-url", "postgres://u@host:notaport/db"]).unwrap();
         assert!(config.database.connect_options().is_err());
@@ -318,6 +454,40 @@ mod tests {
     }
 
     #[test]
+    fn http_limit_defaults_match_the_documented_ones() {
+        let parsed = parse(&[]).unwrap().server.http;
+        let default = HttpLimits::default();
+        assert_eq!(
+            parsed.header_read_timeout_ms,
+            default.header_read_timeout_ms
+        );
+        assert_eq!(parsed.idle_timeout_ms, default.idle_timeout_ms);
+        assert_eq!(parsed.max_header_bytes, default.max_header_bytes);
+        assert_eq!(parsed.max_connections, default.max_connections);
+    }
+
+    #[test]
+    fn zero_connections_or_tiny_header_limits_are_rejected() {
+        assert!(parse(&["--http-max-connections", "0"]).is_err());
+        assert!(parse(&["--http-max-header-bytes", "100"]).is_err());
+        assert!(parse(&["--http-idle-timeout-ms", "0"]).is_err());
+    }
+
+    #[test]
+    fn migrate_is_true_false_or_only() {
+        assert_eq!(parse(&[]).unwrap().database.migrate, MigrateMode::True);
+        assert_eq!(
+            parse(&["--migrate", "false"]).unwrap().database.migrate,
+            MigrateMode::False
+        );
+        assert_eq!(
+            parse(&["--migrate", "only"]).unwrap().database.migrate,
+            MigrateMode::Only
+        );
+        assert!(parse(&["--migrate", "maybe"]).is_err());
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug_output() {
         let config = parse(&["--pg-password", "hunter2"]).unwrap();
         assert!(!format!("{config:?}").contains("hunter2"));
@@ -339,6 +509,10 @@ mod tests {
             "DB_POOL_MAX",
             "DB_POOL_MIN",
             "DB_ACQUIRE_TIMEOUT_MS",
+            "DB_STATEMENT_TIMEOUT_MS",
+            "DB_LOCK_TIMEOUT_MS",
+            "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+            "MIGRATE",
             "REDIS_URL",
             "CACHE_TTL_SECONDS",
             "RATE_LIMIT_RPS",
@@ -347,6 +521,10 @@ mod tests {
             "LOG_FORMAT",
             "SHUTDOWN_TIMEOUT_SECONDS",
             "SHUTDOWN_DELAY_SECONDS",
+            "HTTP_HEADER_READ_TIMEOUT_MS",
+            "HTTP_IDLE_TIMEOUT_MS",
+            "HTTP_MAX_HEADER_BYTES",
+            "HTTP_MAX_CONNECTIONS",
             "RUST_LOG",
         ] {
             assert!(help.contains(var), "--help does not mention {var}");

@@ -42,6 +42,12 @@ pub enum ApiError {
     Unavailable(#[source] Arc<sqlx::Error>),
     #[error("the request took too long")]
     Timeout,
+    /// The connection was over `HTTP_MAX_CONNECTIONS`: shed instead of queued.
+    #[error("too many connections")]
+    Overloaded,
+    /// The schema is not in place yet (migrating, or waiting for `MIGRATE=only`).
+    #[error("starting")]
+    Starting,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -72,7 +78,9 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) | Self::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Timeout | Self::Overloaded | Self::Starting => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -92,6 +100,8 @@ impl ApiError {
             Self::RateLimited { .. } => "too many requests from this client; retry later".into(),
             Self::Unavailable(_) => "the database is unavailable; retry later".into(),
             Self::Timeout => "the request took too long; retry later".into(),
+            Self::Overloaded => "the server has too many connections; retry later".into(),
+            Self::Starting => "the server is starting (schema not ready); retry later".into(),
             Self::Internal(_) => "an unexpected error occurred".into(),
         }
     }
@@ -99,7 +109,9 @@ impl ApiError {
     fn retry_after(&self) -> Option<u64> {
         match self {
             Self::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-            Self::Unavailable(_) | Self::Timeout => Some(RETRY_AFTER_UNAVAILABLE_SECS),
+            Self::Unavailable(_) | Self::Timeout | Self::Overloaded | Self::Starting => {
+                Some(RETRY_AFTER_UNAVAILABLE_SECS)
+            }
             _ => None,
         }
     }
@@ -170,6 +182,8 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
                 || code.starts_with("53")
                 || code.starts_with("57P")
                 || code == "57014" // query_canceled (statement_timeout)
+                || code == "55P03" // lock_not_available (lock_timeout)
+                || code == "25P03" // idle_in_transaction_session_timeout
                 // read_only_sql_transaction: a standby after a failover, or
                 // default_transaction_read_only; writes work again once the primary is back.
                 || code == "25006"

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
-use api_server::config::Config;
-use api_server::startup::Application;
+use api_server::config::{Config, MigrateMode};
+use api_server::startup::{self, Application};
 use api_server::{shutdown, telemetry};
 use clap::Parser;
 
@@ -19,6 +19,18 @@ async fn main() -> ExitCode {
     )) {
         eprintln!("cannot initialise logging: {error}");
         return ExitCode::FAILURE;
+    }
+    if config.database.migrate == MigrateMode::Only {
+        return match startup::migrate_only(&config.database).await {
+            Ok(()) => {
+                tracing::info!("migrations applied (MIGRATE=only); exiting");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                tracing::error!(error = ?anyhow::Error::from(error), "migration failed");
+                ExitCode::FAILURE
+            }
+        };
     }
     let app = match Application::build(config).await {
         Ok(app) => app,

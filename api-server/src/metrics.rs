@@ -58,6 +58,8 @@ pub struct Metrics {
     pub db_pool_connections: Family<StateLabel, Gauge>,
     pub rate_limited: Counter,
     pub listener_connected: Gauge,
+    pub http_connections: Gauge,
+    pub http_connections_shed: Counter,
 }
 
 impl Default for Metrics {
@@ -148,6 +150,18 @@ impl Metrics {
             "1 while the LISTEN connection for invalidations is subscribed",
             listener_connected.clone(),
         );
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "Client connections being served (at most HTTP_MAX_CONNECTIONS)",
+            http_connections.clone(),
+        );
+        let http_connections_shed = Counter::default();
+        registry.register(
+            "http_connections_shed",
+            "Connections over HTTP_MAX_CONNECTIONS, answered 503 or closed",
+            http_connections_shed.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -162,6 +176,8 @@ impl Metrics {
             db_pool_connections,
             rate_limited,
             listener_connected,
+            http_connections,
+            http_connections_shed,
         }
     }
 

@@ -1,30 +1,28 @@
 //! Building and running the server: `Application::build` / `port()` / `run_until_stopped()`.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
-use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::migrate::MigrateError;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgPool};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{Cache, invalidation};
-use crate::config::{Config, ConfigError};
-use crate::error::is_unavailable;
+use crate::config::{Config, ConfigError, DatabaseConfig, HttpLimits, MigrateMode};
 use crate::metrics::Metrics;
 use crate::middleware::{RateLimiter, rate_limiter};
+use crate::probe::{self, Health};
 use crate::routes;
+use crate::schema;
+use crate::server;
 use crate::state::{AppState, Shared};
 
-/// The schema, embedded in the binary.
-pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+pub use crate::schema::MIGRATOR;
 
-/// How long start-up keeps retrying while Postgres is unreachable before giving up.
-const MIGRATE_RETRY_FOR: Duration = Duration::from_secs(60);
-const MIGRATE_MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often idle per-IP rate-limit buckets are dropped.
 const RATE_LIMIT_GC_EVERY: Duration = Duration::from_secs(60);
 /// A pooled connection idle at least this long is pinged before use.
@@ -44,8 +42,6 @@ pub enum StartupError {
     Bind { port: u16, source: std::io::Error },
     #[error("cannot render the OpenAPI document")]
     OpenApi(#[source] serde_json::Error),
-    #[error("the HTTP server failed")]
-    Serve(#[source] std::io::Error),
 }
 
 pub struct Application {
@@ -55,6 +51,9 @@ pub struct Application {
     listener_pool: PgPool,
     shutdown_delay: Duration,
     shutdown_timeout: Duration,
+    http_limits: HttpLimits,
+    migrations: PgPool,
+    migrate: MigrateMode,
 }
 
 /// Linux's `EAFNOSUPPORT`: a kernel built or booted without IPv6.
@@ -86,7 +85,9 @@ fn ipv6_unavailable(error: &std::io::Error) -> bool {
 }
 
 impl Application {
-    /// Connects, migrates (under Postgres's advisory lock) and binds. Nothing is served yet.
+    /// Prepares the pools (connecting lazily) and binds. Nothing is served, and the schema is
+    /// not touched, until `run_until_stopped`: binding first lets `/healthz` answer while a
+    /// long migration runs, instead of a startup probe killing the pod mid-migration.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let options = config.database.connect_options()?;
         let db = PgPoolOptions::new()
@@ -107,8 +108,8 @@ impl Application {
                     Ok(true)
                 })
             })
-            .connect_lazy_with(options.clone());
-        migrate(&db).await.map_err(StartupError::Migrate)?;
+            .connect_lazy_with(config.database.request_options()?);
+        let migrations = schema::pool(options.clone(), config.database.acquire_timeout());
 
         let metrics = Arc::new(Metrics::new());
         let cache = match &config.cache.redis_url {
@@ -136,6 +137,7 @@ impl Application {
             cache,
             metrics,
             shutdown: CancellationToken::new(),
+            health: Arc::new(Health::default()),
             rate_limiter,
             openapi,
         });
@@ -146,6 +148,9 @@ impl Application {
             listener_pool: invalidation::listener_pool(options, config.database.acquire_timeout()),
             shutdown_delay: config.server.shutdown_delay(),
             shutdown_timeout: config.server.shutdown_timeout(),
+            http_limits: config.server.http,
+            migrations,
+            migrate: config.database.migrate,
         })
     }
 
@@ -168,6 +173,9 @@ impl Application {
             listener_pool,
             shutdown_delay,
             shutdown_timeout,
+            http_limits,
+            migrations,
+            migrate,
         } = self;
         let shutdown = state.shutdown.clone();
         let db = state.db.clone();
@@ -180,6 +188,21 @@ impl Application {
                 shutdown.clone(),
             ))
         });
+        tokio::spawn(probe::watch_postgres(
+            db.clone(),
+            state.health.clone(),
+            shutdown.clone(),
+        ));
+        // Resolves only if the schema cannot be put in place; then the process must exit.
+        let schema = {
+            let (health, shutdown) = (state.health.clone(), shutdown.clone());
+            async move {
+                match schema::prepare(migrate, migrations, health, shutdown).await {
+                    Ok(()) => std::future::pending().await,
+                    Err(error) => error,
+                }
+            }
+        };
         if let Some(limiter) = state.rate_limiter.clone() {
             tokio::spawn(forget_idle_clients(limiter, shutdown.clone()));
         }
@@ -197,12 +220,13 @@ impl Application {
                 tracing::info!("no longer accepting connections; draining");
             }
         };
-        let server = axum::serve(
+        let server = server::serve(
             listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop_accepting)
-        .into_future();
+            app,
+            &http_limits,
+            state.metrics.clone(),
+            stop_accepting,
+        );
         let deadline = {
             let shutdown = shutdown.clone();
             async move {
@@ -221,8 +245,18 @@ impl Application {
         };
 
         tokio::pin!(server, deadline);
-        let served = tokio::select! {
-            served = &mut server => served,
+        let mut failed = None;
+        tokio::select! {
+            () = &mut server => {},
+            error = schema => {
+                tracing::error!("the schema cannot be put in place; stopping");
+                failed = Some(StartupError::Migrate(error));
+                shutdown.cancel();
+                tokio::select! {
+                    () = &mut server => {},
+                    () = &mut deadline => {},
+                }
+            }
             ended = invalidations => {
                 // It returns by itself on shutdown; otherwise it is a bug. Keep serving, from
                 // Postgres only, rather than serve a cache nobody invalidates.
@@ -231,44 +265,31 @@ impl Application {
                     tracing::error!(?ended, "the invalidation listener stopped; cache disabled");
                 }
                 tokio::select! {
-                    served = &mut server => served,
-                    () = &mut deadline => Ok(()),
+                    () = &mut server => {},
+                    () = &mut deadline => {},
                 }
             }
             () = &mut deadline => {
                 tracing::warn!("in-flight requests outlived SHUTDOWN_TIMEOUT_SECONDS; exiting");
-                Ok(())
             }
-        };
+        }
         shutdown.cancel();
         let _ = tokio::time::timeout(POOL_CLOSE_TIMEOUT, async {
             tokio::join!(db.close(), listener_pool.close())
         })
         .await;
         tracing::info!("stopped");
-        served.map_err(StartupError::Serve)
+        failed.map_or(Ok(()), Err)
     }
 }
 
-/// Runs the embedded migrations. sqlx takes a Postgres advisory lock around them, so
-/// replicas starting together apply each migration once and the others wait, then see it
-/// applied. Retries while Postgres is still coming up.
-pub async fn migrate(db: &PgPool) -> Result<(), MigrateError> {
-    let started = Instant::now();
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match MIGRATOR.run(db).await {
-            Ok(()) => return Ok(()),
-            Err(MigrateError::Execute(error))
-                if is_unavailable(&error) && started.elapsed() < MIGRATE_RETRY_FOR =>
-            {
-                tracing::warn!(%error, retry_in_ms = backoff.as_millis(), "Postgres not reachable yet");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MIGRATE_MAX_BACKOFF);
-            }
-            Err(error) => return Err(error),
-        }
-    }
+/// `MIGRATE=only`: applies the migrations and returns, serving nothing (a Job or an init
+/// container, with a role that may change the schema).
+pub async fn migrate_only(database: &DatabaseConfig) -> Result<(), StartupError> {
+    let db = schema::pool(database.connect_options()?, database.acquire_timeout());
+    let migrated = schema::migrate(&db).await;
+    db.close().await;
+    migrated.map_err(StartupError::Migrate)
 }
 
 async fn forget_idle_clients(limiter: Arc<RateLimiter>, shutdown: CancellationToken) {

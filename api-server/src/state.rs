@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::middleware::RateLimiter;
+use crate::probe::Health;
 
 /// A cheap handle: axum clones the state for every request that extracts it, so it is one
 /// `Arc` (one atomic increment) rather than a struct of six reference-counted fields.
@@ -23,6 +24,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Cancelled when shutdown begins; `/readyz` turns 503 at once.
     pub shutdown: CancellationToken,
+    /// Schema and Postgres state, for `/readyz`.
+    pub health: Arc<Health>,
     pub rate_limiter: Option<Arc<RateLimiter>>,
     /// The OpenAPI document, rendered once at start-up.
     pub openapi: Bytes,

@@ -1,7 +1,5 @@
 //! Probes and metrics. These are attached outside the request-tracing layer.
 
-use std::time::Duration;
-
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -11,9 +9,6 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::state::AppState;
-
-/// How long `/readyz` waits for Postgres before calling it down.
-const DB_CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -34,37 +29,44 @@ pub struct Readiness {
     /// `ready` or `not ready`.
     pub status: &'static str,
     pub shutting_down: bool,
-    /// `up` or `down`.
+    /// Whether the schema is in place (migrated by this process or, with `MIGRATE=false`,
+    /// found complete).
+    pub schema_ready: bool,
+    /// `up` or `down`, from the last background check. Never affects readiness.
     pub postgres: &'static str,
+    /// Seconds since Postgres last answered; null if it never has.
+    pub postgres_last_ok_seconds_ago: Option<f64>,
     /// `up`, `down` or `disabled`. Never affects readiness.
     pub redis: &'static str,
     /// Whether cached reads are trusted (the LISTEN connection is subscribed).
     pub cache_trusted: bool,
 }
 
-/// Readiness: 200 only while Postgres answers and shutdown has not begun.
+/// Readiness, from state the server keeps (no query per probe): 200 once the schema is in
+/// place and until shutdown begins. Postgres and Redis are reported but do not count
+/// (docs/configuration.md, "Start-up and probes"; `probe.rs`).
 #[utoipa::path(get, path = "/readyz", tag = "probes", responses(
     (status = 200, description = "Ready", body = Readiness),
     (status = 503, description = "Not ready", body = Readiness),
 ))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<Readiness>) {
     let shutting_down = state.shutdown.is_cancelled();
-    let ping = sqlx::query("SELECT 1").execute(&state.db);
-    let (postgres, redis) = tokio::join!(
-        async {
-            matches!(
-                tokio::time::timeout(DB_CHECK_TIMEOUT, ping).await,
-                Ok(Ok(_))
-            )
-        },
-        state.cache.status()
-    );
-    let ready = postgres && !shutting_down;
+    let schema_ready = state.health.schema_ready();
+    let ready = schema_ready && !shutting_down;
     let body = Readiness {
         status: if ready { "ready" } else { "not ready" },
         shutting_down,
-        postgres: if postgres { "up" } else { "down" },
-        redis: redis.as_str(),
+        schema_ready,
+        postgres: if state.health.postgres_up() {
+            "up"
+        } else {
+            "down"
+        },
+        postgres_last_ok_seconds_ago: state
+            .health
+            .postgres_last_ok_ago()
+            .map(|ago| ago.as_secs_f64()),
+        redis: state.cache.status().await.as_str(),
         cache_trusted: state.cache.is_trusted(),
     };
     let status = if ready {

@@ -6,7 +6,7 @@ pub mod users;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::Request;
-use axum::http::{HeaderName, HeaderValue, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -14,10 +14,8 @@ use utoipa::OpenApi;
 
 use crate::error::{ApiError, Problem};
 use crate::extract::MAX_BODY_BYTES;
-use crate::middleware::{self, RequestIds};
+use crate::middleware::{self, REQUEST_ID, RequestIds};
 use crate::state::AppState;
-
-const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 #[derive(OpenApi)]
 #[openapi(
@@ -64,7 +62,10 @@ pub fn openapi_json() -> Result<String, serde_json::Error> {
 }
 
 pub fn router(state: AppState) -> Router {
-    let mut users = users::router();
+    let mut users = users::router().route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        middleware::require_schema,
+    ));
     // Only when configured: the hot path pays nothing for a limiter that is off.
     if state.rate_limiter.is_some() {
         users = users.route_layer(axum::middleware::from_fn_with_state(
@@ -107,6 +108,11 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds::default()))
+        .layer(axum::middleware::map_request(
+            middleware::drop_unacceptable_request_id,
+        ))
+        // Outermost: whatever answered without reading the whole body, its rest is drained.
+        .layer(axum::middleware::from_fn(middleware::drain_unread_body))
         .with_state(state)
 }
 
@@ -139,6 +145,11 @@ mod tests {
             cache: Cache::disabled(metrics.clone()),
             metrics,
             shutdown: CancellationToken::new(),
+            health: {
+                let health = crate::probe::Health::default();
+                health.set_schema_ready();
+                Arc::new(health)
+            },
             rate_limiter: None,
             openapi: openapi_json().unwrap().into(),
         }))
@@ -222,9 +233,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn readyz_is_503_while_the_database_is_down() {
+    async fn readyz_reports_the_database_down_without_going_unready() {
         let (status, _, body) = send(Request::get("/readyz").body(Body::empty()).unwrap()).await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status, StatusCode::OK);
         assert_eq!(body["postgres"], "down");
         assert_eq!(body["redis"], "disabled");
     }

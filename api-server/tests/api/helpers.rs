@@ -5,7 +5,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use api_server::config::{
-    CacheConfig, Config, DatabaseConfig, LogFormat, RateLimitConfig, Secret, ServerConfig,
+    CacheConfig, Config, DatabaseConfig, HttpLimits, LogFormat, MigrateMode, RateLimitConfig,
+    Secret, ServerConfig,
 };
 use api_server::startup::Application;
 use serde_json::{Value, json};
@@ -47,7 +48,12 @@ pub struct Options {
     pub own_postgres: bool,
     pub rate_limit: Option<(u32, u32)>,
     pub acquire_timeout_ms: Option<u64>,
+    /// Postgres `lock_timeout` of the request pool.
+    pub lock_timeout_ms: Option<u64>,
+    pub pool_max: Option<u32>,
+    pub migrate: Option<MigrateMode>,
     pub shutdown_delay_seconds: u64,
+    pub http: Option<HttpLimits>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -62,9 +68,13 @@ pub async fn spawn_app_with(options: Options) -> TestApp {
 
 pub fn config(url: &str, redis_url: Option<String>, options: &Options) -> Config {
     let mut database = DatabaseConfig::from_url(url);
-    database.pool_max = 10;
+    database.pool_max = options.pool_max.unwrap_or(10);
+    database.migrate = options.migrate.unwrap_or(MigrateMode::True);
     database.pool_min = 0;
     database.acquire_timeout_ms = options.acquire_timeout_ms.unwrap_or(2000);
+    if let Some(ms) = options.lock_timeout_ms {
+        database.lock_timeout_ms = ms;
+    }
     Config {
         database,
         cache: CacheConfig {
@@ -82,6 +92,7 @@ pub fn config(url: &str, redis_url: Option<String>, options: &Options) -> Config
             log_format: LogFormat::Text,
             shutdown_timeout_seconds: 5,
             shutdown_delay_seconds: options.shutdown_delay_seconds,
+            http: options.http.clone().unwrap_or_default(),
         },
     }
 }
@@ -161,6 +172,11 @@ impl TestApp {
             }
         })
         .await;
+    }
+
+    /// The port the app listens on (127.0.0.1), for raw-socket clients.
+    pub fn port(&self) -> u16 {
+        self.address.rsplit(':').next().unwrap().parse().unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -3,10 +3,14 @@
 #![allow(clippy::unwrap_used)]
 
 mod cache;
+mod clients;
+mod database;
 mod errors;
 mod faults;
 mod health;
 mod helpers;
+mod raw;
 mod services;
 mod shutdown;
+mod startup;
 mod users;

@@ -48,7 +48,20 @@ async fn sigterm_during_a_request_stream_fails_no_request_and_exits_0() {
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
 
-    // Like a load balancer: stop sending new requests once readiness fails.
+    // Like a load balancer: send nothing before readiness (the port is bound before the
+    // schema is migrated), and stop sending new requests once readiness fails.
+    eventually(
+        Duration::from_secs(30),
+        "the binary to be ready",
+        || async {
+            client
+                .get(format!("{base}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        },
+    )
+    .await;
     let draining = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..8)
