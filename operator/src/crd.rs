@@ -4,7 +4,12 @@
 //! generated CRD (`crds/scalableapis.scalable.dev.yaml`) can be read next to it.
 
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerBehavior;
-use k8s_openapi::api::core::v1::ResourceRequirements;
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
+    TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -27,8 +32,42 @@ pub mod messages {
     pub const DATABASE_PASSWORD_FORM: &str = "spec.database.passwordSecretRef needs spec.database.host, spec.database.name and spec.database.user";
     pub const DATABASE_URI_FORM: &str = "spec.database.uriSecretRef carries host, name and user in the URI: remove spec.database.host, spec.database.name and spec.database.user";
     pub const POOL_MIN_ABOVE_MAX: &str = "spec.database.pool.minConnections must be less than or equal to spec.database.pool.maxConnections";
+    pub const RESERVED_ENV: &str = "spec.env must not set a variable the operator sets from the spec (PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSSLMODE, DATABASE_URL, DB_POOL_MAX, DB_POOL_MIN, DB_ACQUIRE_TIMEOUT_MS, REDIS_URL, CACHE_TTL_SECONDS, RATE_LIMIT_RPS, RATE_LIMIT_BURST, PORT, LOG_FORMAT, SHUTDOWN_TIMEOUT_SECONDS): set spec.database, spec.cache or spec.rateLimit instead";
+    pub const RESERVED_POD_LABEL: &str = "spec.pod.labels must not set the app.kubernetes.io/name, instance, component, part-of or managed-by labels: the operator sets them, and name and instance select the pods";
+    pub const RESERVED_POD_ANNOTATION: &str = "spec.pod.annotations must not set scalable.dev/config-hash: the operator sets it to roll the pods when the config or the database Secret changes";
     pub const MAX_MEMORY_QUANTITY: &str = "spec.cache.maxMemory must be a positive Kubernetes quantity of at most 64Gi, such as 64Mi or 1Gi (it is a per-pod Redis sidecar: the pod requests maxMemory + 32Mi of memory)";
 }
+
+/// Environment variables the operator sets on the `api` container (the ConfigMap's keys and
+/// the Secret-backed credential): `spec.env` may not override them.
+pub const OPERATOR_ENV: &[&str] = &[
+    "PGHOST",
+    "PGPORT",
+    "PGDATABASE",
+    "PGUSER",
+    "PGPASSWORD",
+    "PGSSLMODE",
+    "DATABASE_URL",
+    "DB_POOL_MAX",
+    "DB_POOL_MIN",
+    "DB_ACQUIRE_TIMEOUT_MS",
+    "REDIS_URL",
+    "CACHE_TTL_SECONDS",
+    "RATE_LIMIT_RPS",
+    "RATE_LIMIT_BURST",
+    "PORT",
+    "LOG_FORMAT",
+    "SHUTDOWN_TIMEOUT_SECONDS",
+];
+
+/// CEL rule on `spec.env`: `OPERATOR_ENV` written out (a test keeps the two equal).
+pub const RESERVED_ENV_RULE: &str = "self.all(e, !(e.name in ['PGHOST', 'PGPORT', 'PGDATABASE', 'PGUSER', 'PGPASSWORD', 'PGSSLMODE', 'DATABASE_URL', 'DB_POOL_MAX', 'DB_POOL_MIN', 'DB_ACQUIRE_TIMEOUT_MS', 'REDIS_URL', 'CACHE_TTL_SECONDS', 'RATE_LIMIT_RPS', 'RATE_LIMIT_BURST', 'PORT', 'LOG_FORMAT', 'SHUTDOWN_TIMEOUT_SECONDS']))";
+
+/// CEL rule on `spec.pod.labels`: none of the labels the operator puts on every pod.
+pub const RESERVED_POD_LABEL_RULE: &str = "!('app.kubernetes.io/name' in self) && !('app.kubernetes.io/instance' in self) && !('app.kubernetes.io/component' in self) && !('app.kubernetes.io/part-of' in self) && !('app.kubernetes.io/managed-by' in self)";
+
+/// CEL rule on `spec.pod.annotations`.
+pub const RESERVED_POD_ANNOTATION_RULE: &str = "!('scalable.dev/config-hash' in self)";
 
 /// Root CEL rule: the name is used as is for the Service (an RFC 1035 label) and as the
 /// `app.kubernetes.io/instance` label value (at most 63 characters).
@@ -129,9 +168,59 @@ pub struct ScalableApiSpec {
     /// Per-client-IP token bucket in the API; unset means no rate limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// Where the pods run and what they carry: node selection, tolerations, affinity,
+    /// spread, priority, pull secrets, labels, annotations, service account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodOptions>,
+    /// Extra environment variables of the `api` container (`value` or `valueFrom`), after the
+    /// operator's own, which they may not override. A change of a Secret or ConfigMap they
+    /// reference does not roll the pods (only the database Secret's does).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    #[x_kube(validation = Rule::new(RESERVED_ENV_RULE).message(messages::RESERVED_ENV))]
+    pub env: Vec<EnvVar>,
     /// Pause reconciliation: children stay as they are and no HPA is applied.
     #[serde(default)]
     pub suspend: bool,
+}
+
+/// Pod-template fields passed through as given (core/v1 types).
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOptions {
+    /// Node labels the pods must run on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Node and pod (anti-)affinity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Replaces the operator's default (spread over nodes, `ScheduleAnyway`); an empty list
+    /// removes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology_spread_constraints: Option<Vec<TopologySpreadConstraint>>,
+    /// PriorityClass of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub priority_class_name: Option<String>,
+    /// Secrets for pulling the api and cache images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    /// Extra pod annotations (not `scalable.dev/config-hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(RESERVED_POD_ANNOTATION_RULE).message(messages::RESERVED_POD_ANNOTATION))]
+    pub annotations: Option<BTreeMap<String, String>>,
+    /// Extra pod labels (not the `app.kubernetes.io/*` labels the operator sets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(RESERVED_POD_LABEL_RULE).message(messages::RESERVED_POD_LABEL))]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// ServiceAccount of the pods (default: the namespace's `default`). Its token is still not
+    /// mounted: the API never calls the Kubernetes API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub service_account_name: Option<String>,
 }
 
 /// HPA (autoscaling/v2) settings.

@@ -41,6 +41,7 @@ pub fn deployment(
         init_containers.push(redis::sidecar(&spec.cache, &inputs.pod)?);
         volumes.push(empty_dir(redis::DATA_VOLUME));
     }
+    let options = spec.pod.clone().unwrap_or_default();
     let pod = PodSpec {
         containers: vec![api_container(sapi, inputs)?],
         init_containers: (!init_containers.is_empty()).then_some(init_containers),
@@ -51,21 +52,22 @@ pub fn deployment(
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
         termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
-        topology_spread_constraints: Some(vec![TopologySpreadConstraint {
-            max_skew: 1,
-            topology_key: "kubernetes.io/hostname".into(),
-            // Prefer spreading, but never leave a pod pending on a small cluster.
-            when_unsatisfiable: "ScheduleAnyway".into(),
-            label_selector: Some(LabelSelector {
-                match_labels: Some(selector.clone()),
-                ..LabelSelector::default()
-            }),
-            // Spread each ReplicaSet on its own, so a rollout does not skew the new pods.
-            match_label_keys: Some(vec!["pod-template-hash".into()]),
-            ..TopologySpreadConstraint::default()
-        }]),
+        node_selector: options.node_selector,
+        tolerations: options.tolerations,
+        affinity: options.affinity,
+        priority_class_name: options.priority_class_name,
+        image_pull_secrets: options.image_pull_secrets,
+        service_account_name: options.service_account_name,
+        // The user's spread replaces ours, whole (an empty list removes it).
+        topology_spread_constraints: options
+            .topology_spread_constraints
+            .or_else(|| Some(default_spread(&selector))),
         ..PodSpec::default()
     };
+    let mut pod_labels = options.labels.unwrap_or_default();
+    pod_labels.extend(labels::common(sapi));
+    let mut pod_annotations = options.annotations.unwrap_or_default();
+    pod_annotations.insert(CONFIG_HASH_ANNOTATION.to_owned(), hash.to_owned());
     Ok(Deployment {
         metadata: child_meta(sapi, sapi.name_any()),
         spec: Some(DeploymentSpec {
@@ -86,11 +88,8 @@ pub fn deployment(
             revision_history_limit: Some(5),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(labels::common(sapi)),
-                    annotations: Some(BTreeMap::from([(
-                        CONFIG_HASH_ANNOTATION.to_owned(),
-                        hash.to_owned(),
-                    )])),
+                    labels: Some(pod_labels),
+                    annotations: Some(pod_annotations),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(pod),
@@ -99,6 +98,22 @@ pub fn deployment(
         }),
         ..Deployment::default()
     })
+}
+
+/// Spread over nodes, preferred only: a small cluster never leaves a pod pending.
+fn default_spread(selector: &BTreeMap<String, String>) -> Vec<TopologySpreadConstraint> {
+    vec![TopologySpreadConstraint {
+        max_skew: 1,
+        topology_key: "kubernetes.io/hostname".into(),
+        when_unsatisfiable: "ScheduleAnyway".into(),
+        label_selector: Some(LabelSelector {
+            match_labels: Some(selector.clone()),
+            ..LabelSelector::default()
+        }),
+        // Spread each ReplicaSet on its own, so a rollout does not skew the new pods.
+        match_label_keys: Some(vec!["pod-template-hash".into()]),
+        ..TopologySpreadConstraint::default()
+    }]
 }
 
 fn api_container(sapi: &ScalableApi, inputs: &Inputs) -> Result<Container, SpecError> {
@@ -127,18 +142,23 @@ fn api_container(sapi: &ScalableApi, inputs: &Inputs) -> Result<Container, SpecE
             }),
             ..EnvFromSource::default()
         }]),
-        env: Some(vec![EnvVar {
-            name: env_name.into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: secret.name.clone(),
-                    key: secret.key.clone(),
-                    optional: Some(false),
+        // Ours first; spec.env may not repeat our names (CEL and `check`), so order is moot.
+        env: Some(
+            std::iter::once(EnvVar {
+                name: env_name.into(),
+                value_from: Some(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: secret.name.clone(),
+                        key: secret.key.clone(),
+                        optional: Some(false),
+                    }),
+                    ..EnvVarSource::default()
                 }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        }]),
+                ..EnvVar::default()
+            })
+            .chain(spec.env.iter().cloned())
+            .collect(),
+        ),
         resources: Some(resources(sapi)?),
         // Startup covers migrations at first boot; liveness only restarts a hung process.
         startup_probe: Some(http_probe("/healthz", 2, 30)),

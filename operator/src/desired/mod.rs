@@ -96,6 +96,12 @@ pub enum SpecError {
         "spec.resources must request {resource} when autoscaling targets {resource} utilisation: set spec.resources.requests.{resource} (or leave spec.resources unset for the defaults)"
     )]
     MissingRequest { resource: &'static str },
+    #[error("{} (got {name:?})", crate::crd::messages::RESERVED_ENV)]
+    ReservedEnv { name: String },
+    #[error("{} (got {key:?})", crate::crd::messages::RESERVED_POD_LABEL)]
+    ReservedPodLabel { key: String },
+    #[error("{}", crate::crd::messages::RESERVED_POD_ANNOTATION)]
+    ReservedPodAnnotation,
 }
 
 /// Build every child of `sapi`. Pure: the same inputs always give the same children.
@@ -143,6 +149,35 @@ fn check(sapi: &ScalableApi) -> Result<(), SpecError> {
             min: db.pool.min_connections,
             max: db.pool.max_connections,
         });
+    }
+    if let Some(e) = spec
+        .env
+        .iter()
+        .find(|e| crate::crd::OPERATOR_ENV.contains(&e.name.as_str()))
+    {
+        return Err(SpecError::ReservedEnv {
+            name: e.name.clone(),
+        });
+    }
+    if let Some(pod) = &spec.pod {
+        let ours = labels::common(sapi);
+        if let Some(key) = pod
+            .labels
+            .iter()
+            .flatten()
+            .map(|(k, _)| k)
+            .find(|k| ours.contains_key(*k))
+        {
+            return Err(SpecError::ReservedPodLabel { key: key.clone() });
+        }
+        if pod
+            .annotations
+            .iter()
+            .flatten()
+            .any(|(k, _)| k == CONFIG_HASH_ANNOTATION)
+        {
+            return Err(SpecError::ReservedPodAnnotation);
+        }
     }
     if let Some(a) = &spec.autoscaling
         && a.min_replicas > a.max_replicas

@@ -302,3 +302,60 @@ fn name_must_be_a_dns_1035_label() {
         desired(&ScalableApi::test().named(good), &Inputs::default()).expect("valid name");
     }
 }
+
+#[test]
+fn the_operators_env_names_cover_every_variable_it_sets() {
+    // The fullest spec: every optional ConfigMap key is set.
+    let sapi = ScalableApi::test().with_rate_limit(10, Some(20));
+    let c = build(&sapi);
+    for key in c.config_map.data.iter().flatten().map(|(k, _)| k) {
+        assert!(crate::crd::OPERATOR_ENV.contains(&key.as_str()), "{key}");
+    }
+    for sapi in [sapi.clone(), sapi.with_uri_secret("pg", "uri")] {
+        let d = build(&sapi).deployment;
+        let env = d.spec.unwrap().template.spec.unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap();
+        assert!(
+            crate::crd::OPERATOR_ENV.contains(&env[0].name.as_str()),
+            "{}",
+            env[0].name
+        );
+    }
+}
+
+#[test]
+fn reserved_env_labels_and_annotations_are_spec_errors_without_cel() {
+    use k8s_openapi::api::core::v1::EnvVar;
+    let mut sapi = ScalableApi::test();
+    sapi.spec.env = vec![EnvVar {
+        name: "REDIS_URL".into(),
+        value: Some("redis://elsewhere".into()),
+        ..EnvVar::default()
+    }];
+    assert_eq!(
+        desired(&sapi, &Inputs::default()),
+        Err(SpecError::ReservedEnv {
+            name: "REDIS_URL".into()
+        })
+    );
+    let mut sapi = ScalableApi::test();
+    sapi.spec.pod = Some(crate::crd::PodOptions {
+        labels: Some([("app.kubernetes.io/instance".to_owned(), "other".to_owned())].into()),
+        ..Default::default()
+    });
+    assert!(matches!(
+        desired(&sapi, &Inputs::default()),
+        Err(SpecError::ReservedPodLabel { .. })
+    ));
+    let mut sapi = ScalableApi::test();
+    sapi.spec.pod = Some(crate::crd::PodOptions {
+        annotations: Some([(CONFIG_HASH_ANNOTATION.to_owned(), "x".to_owned())].into()),
+        ..Default::default()
+    });
+    assert_eq!(
+        desired(&sapi, &Inputs::default()),
+        Err(SpecError::ReservedPodAnnotation)
+    );
+}

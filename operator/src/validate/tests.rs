@@ -290,3 +290,68 @@ fn generated_validate_cel_agrees_on_typed_objects() {
         .validate_cel()
         .expect("replicas with autoscaling");
 }
+
+#[test]
+fn spec_env_may_not_set_the_operators_variables() {
+    for name in crate::crd::OPERATOR_ENV {
+        let obj = with("/spec/env", Some(json!([{"name": name, "value": "x"}])));
+        assert_rejected_with(&obj, messages::RESERVED_ENV);
+    }
+    let obj = with(
+        "/spec/env",
+        Some(json!([
+            {"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": "http://collector:4317"},
+            {"name": "DB_STATEMENT_TIMEOUT_MS", "valueFrom": {"configMapKeyRef": {"name": "tuning", "key": "statement"}}},
+        ])),
+    );
+    let sapi = validate(&obj).expect("other names, value or valueFrom");
+    assert_eq!(sapi.spec.env.len(), 2);
+}
+
+#[test]
+fn the_env_rule_lists_exactly_the_operators_variables() {
+    let quoted: Vec<&str> = crate::crd::RESERVED_ENV_RULE
+        .split('\'')
+        .skip(1)
+        .step_by(2)
+        .collect();
+    assert_eq!(quoted, crate::crd::OPERATOR_ENV);
+    for name in crate::crd::OPERATOR_ENV {
+        assert!(
+            messages::RESERVED_ENV.contains(name),
+            "{name} missing from the message"
+        );
+    }
+}
+
+#[test]
+fn pod_labels_and_annotations_of_the_operator_are_refused() {
+    for key in [
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/component",
+        "app.kubernetes.io/part-of",
+        "app.kubernetes.io/managed-by",
+    ] {
+        let obj = with("/spec/pod/labels", Some(json!({key: "x"})));
+        assert_rejected_with(&obj, messages::RESERVED_POD_LABEL);
+    }
+    let obj = with(
+        "/spec/pod/annotations",
+        Some(json!({"scalable.dev/config-hash": "x"})),
+    );
+    assert_rejected_with(&obj, messages::RESERVED_POD_ANNOTATION);
+    let obj = with(
+        "/spec/pod",
+        Some(json!({
+            "labels": {"team": "payments"},
+            "annotations": {"prometheus.io/scrape": "true"},
+            "nodeSelector": {"kubernetes.io/arch": "arm64"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "api", "effect": "NoSchedule"}],
+            "priorityClassName": "high",
+            "imagePullSecrets": [{"name": "regcred"}],
+            "serviceAccountName": "users-api",
+        })),
+    );
+    validate(&obj).expect("placement fields");
+}

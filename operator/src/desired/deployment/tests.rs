@@ -336,3 +336,72 @@ fn rollouts_never_reduce_capacity() {
         .expect("rollingUpdate");
     assert_eq!(ru.max_unavailable, Some(IntOrString::Int(0)));
 }
+
+#[test]
+fn pod_options_and_extra_env_reach_the_pod_template() {
+    use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, Toleration};
+    let mut sapi = ScalableApi::test();
+    sapi.spec.env = vec![EnvVar {
+        name: "OTEL_SERVICE_NAME".into(),
+        value: Some("users".into()),
+        ..EnvVar::default()
+    }];
+    sapi.spec.pod = Some(crate::crd::PodOptions {
+        node_selector: Some([("pool".to_owned(), "api".to_owned())].into()),
+        tolerations: Some(vec![Toleration {
+            key: Some("dedicated".into()),
+            operator: Some("Exists".into()),
+            ..Toleration::default()
+        }]),
+        priority_class_name: Some("high".into()),
+        image_pull_secrets: Some(vec![LocalObjectReference {
+            name: "regcred".into(),
+        }]),
+        service_account_name: Some("users-api".into()),
+        labels: Some([("team".to_owned(), "payments".to_owned())].into()),
+        annotations: Some([("example.com/owner".to_owned(), "payments".to_owned())].into()),
+        topology_spread_constraints: Some(Vec::new()),
+        ..Default::default()
+    });
+    let d = deployment_of(&sapi);
+    let template = d.spec.as_ref().unwrap().template.clone();
+    let meta = template.metadata.unwrap();
+    let labels = meta.labels.unwrap();
+    assert_eq!(labels.get("team").map(String::as_str), Some("payments"));
+    assert_eq!(
+        labels.get(labels::INSTANCE).map(String::as_str),
+        Some("users"),
+        "ours stay"
+    );
+    let annotations = meta.annotations.unwrap();
+    assert!(annotations.contains_key("example.com/owner"));
+    assert!(annotations.contains_key(CONFIG_HASH_ANNOTATION));
+    let p = pod(&d);
+    assert_eq!(
+        p.node_selector
+            .as_ref()
+            .and_then(|n| n.get("pool"))
+            .map(String::as_str),
+        Some("api")
+    );
+    assert_eq!(p.tolerations.as_ref().map(Vec::len), Some(1));
+    assert_eq!(p.priority_class_name.as_deref(), Some("high"));
+    assert_eq!(p.service_account_name.as_deref(), Some("users-api"));
+    assert_eq!(p.automount_service_account_token, Some(false));
+    assert_eq!(p.image_pull_secrets.as_ref().map(Vec::len), Some(1));
+    assert_eq!(
+        p.topology_spread_constraints,
+        Some(Vec::new()),
+        "an empty list replaces the default spread"
+    );
+    let env = api(&d).env.clone().unwrap();
+    assert_eq!(
+        env.last().map(|e| e.name.as_str()),
+        Some("OTEL_SERVICE_NAME")
+    );
+    // The selector is untouched by pod labels.
+    assert_eq!(
+        d.spec.unwrap().selector.match_labels,
+        Some(labels::selector(&sapi))
+    );
+}
