@@ -319,29 +319,35 @@ pub enum SslMode {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DatabaseSpec {
-    /// Postgres host (PGHOST).
+    /// Host name of Postgres (PGHOST), e.g. a Service `postgres.db.svc`. Password form only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub host: Option<String>,
-    /// Postgres port (PGPORT).
+    /// Port of Postgres (PGPORT). Default 5432.
     #[serde(default = "default_pg_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
-    /// Database name (PGDATABASE).
+    /// Database to use (PGDATABASE); the API creates its tables there at start. Password
+    /// form only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub name: Option<String>,
-    /// Database user (PGUSER).
+    /// User to connect as (PGUSER); it needs CREATE on the database for the migrations.
+    /// Password form only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub user: Option<String>,
-    /// Secret key holding the password (PGPASSWORD).
+    /// Secret key (in this namespace) holding the password (PGPASSWORD); a new value rolls
+    /// the pods. Set this or uriSecretRef.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
-    /// Secret key holding a full postgres URI (DATABASE_URL), e.g. CloudNativePG's `<cluster>-app` / `uri`.
+    /// Secret key holding a full `postgres://` URI (DATABASE_URL), e.g. CloudNativePG's
+    /// `<cluster>-app` / `uri`; a new value rolls the pods. Set this or passwordSecretRef.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uri_secret_ref: Option<SecretKeyRef>,
-    /// libpq sslmode (PGSSLMODE); with uriSecretRef the URI's own sslmode wins.
+    /// TLS to Postgres, as libpq's sslmode (PGSSLMODE): `require` encrypts, `verify-full`
+    /// also checks the server's certificate and name. With uriSecretRef the URI's own
+    /// sslmode wins. Default prefer.
     #[serde(default)]
     pub ssl_mode: SslMode,
     /// Connection pool of each replica.
@@ -354,15 +360,17 @@ pub struct DatabaseSpec {
 #[x_kube(validation = Rule::new("self.minConnections <= self.maxConnections").message(messages::POOL_MIN_ABOVE_MAX))]
 #[serde(rename_all = "camelCase")]
 pub struct PoolSpec {
-    /// DB_POOL_MAX.
+    /// Most open connections of each replica (DB_POOL_MAX); Postgres sees up to
+    /// replicas (maxReplicas under autoscaling) × this. Default 10.
     #[serde(default = "default_pool_max")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_connections: i32,
-    /// DB_POOL_MIN.
+    /// Connections each replica keeps open while idle (DB_POOL_MIN). Default 1.
     #[serde(default = "default_pool_min")]
     #[schemars(range(min = 0, max = 1000))]
     pub min_connections: i32,
-    /// DB_ACQUIRE_TIMEOUT_MS.
+    /// How long a request waits for a free connection before it is answered 503 with
+    /// Retry-After (DB_ACQUIRE_TIMEOUT_MS), in milliseconds. Default 2000.
     #[serde(default = "default_acquire_timeout_ms")]
     #[schemars(range(min = 1, max = 600000))]
     pub acquire_timeout_ms: i32,
@@ -385,7 +393,8 @@ pub struct CacheSpec {
     /// Run a Redis sidecar and let the API cache reads in it.
     #[serde(default = "default_true")]
     pub enabled: bool,
-    /// CACHE_TTL_SECONDS.
+    /// Seconds a cached user lives in Redis (CACHE_TTL_SECONDS); writes evict it sooner, on
+    /// every replica. Default 300.
     #[serde(default = "default_ttl_seconds")]
     #[schemars(range(min = 1, max = 604800))]
     pub ttl_seconds: i32,
@@ -416,10 +425,12 @@ impl Default for CacheSpec {
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
-    /// RATE_LIMIT_RPS: tokens added per second.
+    /// Requests per second each client IP may make on average (RATE_LIMIT_RPS); more get
+    /// 429 with Retry-After. Counted per replica.
     #[schemars(range(min = 1, max = 1000000))]
     pub requests_per_second: i32,
-    /// RATE_LIMIT_BURST: bucket size. Unset means requestsPerSecond.
+    /// Requests a client IP may make at once above the average (RATE_LIMIT_BURST, the token
+    /// bucket's size). Default: requestsPerSecond.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub burst: Option<i32>,
