@@ -385,6 +385,18 @@ EOF
   # Pods need the namespace's default ServiceAccount, made by the controller-manager.
   wait_healthy kube-controller-manager kctl -n default get serviceaccount default
 
+  # The Gateway API's CRDs (the release testenv/gateway-api pins), so that HTTPRoutes are
+  # served as on a cluster that has them. The module comes from the Go proxy (its cache).
+  local gw
+  gw="$(cd "$ROOT/testenv/gateway-api" && go mod download -json sigs.k8s.io/gateway-api \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')" || true
+  [[ -n "$gw" && -d "$gw/config/crd/standard" ]] || fail kube-apiserver "downloading the Gateway API module failed"
+  for crd in gatewayclasses gateways httproutes; do
+    kctl apply --server-side -f "$gw/config/crd/standard/gateway.networking.k8s.io_$crd.yaml" >/dev/null \
+      || fail kube-apiserver "installing the Gateway API CRD $crd failed"
+  done
+  wait_healthy kube-apiserver kctl wait --for=condition=Established --timeout=2s crd/httproutes.gateway.networking.k8s.io
+
   cat >"$D/env" <<EOF
 export KUBECONFIG=$D/admin.kubeconfig
 export SCALABLE_TESTENV=$D

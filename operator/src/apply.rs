@@ -4,6 +4,7 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
@@ -20,6 +21,7 @@ use std::sync::{Mutex, PoisonError};
 use crate::crd::ScalableApi;
 use crate::desired::Children;
 use crate::error::{Error, Result};
+use crate::gateway_api::HTTPRoute;
 
 pub mod covers;
 pub mod ownership;
@@ -279,15 +281,33 @@ struct Live {
     deployment: Option<Deployment>,
     hpa: Option<HorizontalPodAutoscaler>,
     pdb: Option<PodDisruptionBudget>,
+    ingress: Option<Ingress>,
+    http_route: Option<HTTPRoute>,
 }
 
-async fn read_live(client: &Client, ns: &str, name: &str, cm_name: &str) -> Result<Live> {
-    let (config_map, service, deployment, hpa, pdb) = futures::try_join!(
+/// `gateway_api`: the cluster serves HTTPRoutes; otherwise there is none to read.
+async fn read_live(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    cm_name: &str,
+    gateway_api: bool,
+) -> Result<Live> {
+    let route = async {
+        if gateway_api {
+            get_child(client, ns, name).await
+        } else {
+            Ok(None)
+        }
+    };
+    let (config_map, service, deployment, hpa, pdb, ingress, http_route) = futures::try_join!(
         get_child(client, ns, cm_name),
         get_child(client, ns, name),
         get_child(client, ns, name),
         get_child(client, ns, name),
         get_child(client, ns, name),
+        get_child(client, ns, name),
+        route,
     )?;
     Ok(Live {
         config_map,
@@ -295,13 +315,14 @@ async fn read_live(client: &Client, ns: &str, name: &str, cm_name: &str) -> Resu
         deployment,
         hpa,
         pdb,
+        ingress,
+        http_route,
     })
 }
 
 async fn get_child<K>(client: &Client, ns: &str, name: &str) -> Result<Option<K>>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + k8s_openapi::Resource
         + Clone
         + DeserializeOwned
         + std::fmt::Debug,
@@ -309,7 +330,7 @@ where
     Api::<K>::namespaced(client.clone(), ns)
         .get_opt(name)
         .await
-        .map_err(|e| Error::GetChild(<K as k8s_openapi::Resource>::KIND, e))
+        .map_err(|e| Error::GetChild(K::kind(&()).into_owned(), e))
 }
 
 /// True when a fresh read shows `sapi` itself alive: the check before adopting an orphan
@@ -332,9 +353,17 @@ pub async fn apply_children(
     sapi: &ScalableApi,
     children: &Children,
     records: &LastApplied,
+    gateway_api: bool,
 ) -> Result<Pass> {
     let name = children.deployment.name_any();
-    let live = read_live(client, ns, &name, &children.config_map.name_any()).await?;
+    let live = read_live(
+        client,
+        ns,
+        &name,
+        &children.config_map.name_any(),
+        gateway_api,
+    )
+    .await?;
     let checks = [
         (
             "ConfigMap",
@@ -360,6 +389,20 @@ pub async fn apply_children(
             "PodDisruptionBudget",
             live.pdb.as_ref().map(|o| o.meta()),
             children.pdb.as_ref().map(|o| o.meta()),
+        ),
+        (
+            "Ingress",
+            live.ingress.as_ref().map(|o| o.meta()),
+            children.ingress.as_ref().map(|o| o.meta()),
+        ),
+        (
+            "HTTPRoute",
+            live.http_route.as_ref().map(|o| o.meta()),
+            children
+                .http_route
+                .as_ref()
+                .filter(|_| gateway_api)
+                .map(|o| o.meta()),
         ),
     ];
     // An unwanted child is compared with what it would be, so a foreign one is left alone.
@@ -459,6 +502,28 @@ pub async fn apply_children(
         }
         (None, _) => {}
     }
+    writes += ensure_optional(
+        client,
+        ns,
+        children.ingress.as_ref(),
+        live.ingress,
+        records,
+        &mine,
+    )
+    .await
+    .map_err(Error::ApplyIngress)?;
+    if gateway_api {
+        writes += ensure_optional(
+            client,
+            ns,
+            children.http_route.as_ref(),
+            live.http_route,
+            records,
+            &mine,
+        )
+        .await
+        .map_err(Error::ApplyHttpRoute)?;
+    }
     let template_generation = records
         .get(&record_key(&children.deployment))
         .and_then(|r| r.template_generation);
@@ -467,6 +532,34 @@ pub async fn apply_children(
         template_generation,
         writes,
     })))
+}
+
+/// A child that exists only when asked for (Ingress, HTTPRoute): applied when wanted, else
+/// deleted when it is ours. Returns the writes made.
+async fn ensure_optional<K>(
+    client: &Client,
+    ns: &str,
+    desired: Option<&K>,
+    live: Option<K>,
+    records: &LastApplied,
+    mine: &impl Fn(&str, Option<&ObjectMeta>) -> bool,
+) -> Result<usize, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    match (desired, live) {
+        (Some(d), live) => Ok(usize::from(ensure(&api, d, live, records).await?.written)),
+        (None, Some(l)) if mine(&K::kind(&()), Some(l.meta())) => {
+            delete_ours(&api, &l).await?;
+            Ok(1)
+        }
+        (None, _) => Ok(0),
+    }
 }
 
 /// Sets `spec.replicas` through the scale subresource, as an HPA or `kubectl scale` would,

@@ -13,6 +13,8 @@
 //! apps                    deployments                   get list watch create patch delete
 //! autoscaling             horizontalpodautoscalers      get list watch create patch delete
 //! policy                  poddisruptionbudgets          get list watch create patch delete
+//! networking.k8s.io       ingresses                     get list watch create patch delete
+//! gateway.networking.k8s.io  httproutes                 get list watch create patch delete
 //! ""                      secrets                       get list watch
 //! events.k8s.io           events                        create patch
 //! coordination.k8s.io     leases                        get create update  (operator namespace only)
@@ -34,6 +36,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{PartialObjectMeta, Patch, PatchParams};
@@ -49,6 +52,7 @@ use crate::crd::ScalableApi;
 use crate::desired::{self, HashKey, Inputs, PodDefaults, labels};
 use crate::error::{Error, Result};
 use crate::events;
+use crate::gateway_api::{self, HTTPRoute};
 use crate::metrics::Metrics;
 use crate::multi_namespace;
 use crate::retry::{self, Failures};
@@ -82,6 +86,8 @@ pub struct Settings {
     pub namespaces: Vec<String>,
     /// Images and ids of the pods (`--default-image`, `--default-cache-image`, `--pod-uid`).
     pub pod_defaults: PodDefaults,
+    /// The cluster serves Gateway API HTTPRoutes (`gateway_api::served`, checked at start).
+    pub gateway_api: bool,
     /// This replica's identity in Events (the pod name).
     pub instance: String,
     /// Re-check of a healthy object (`RESYNC_INTERVAL` unless set on the command line).
@@ -95,6 +101,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pod_defaults: PodDefaults,
+    gateway_api: bool,
     resync_interval: Duration,
     hash_key: HashKey,
     store: Store<ScalableApi>,
@@ -222,6 +229,13 @@ fn spec_changes(
     )
 }
 
+/// True when the cluster serves HTTPRoutes (for `Settings::gateway_api`).
+pub async fn gateway_api_served(client: &Client) -> bool {
+    let served = gateway_api::served(client).await;
+    tracing::info!(served, "Gateway API HTTPRoutes");
+    served
+}
+
 /// The controller and its context; `run` and the tests add shutdown and drive it.
 ///
 /// No namespace, or one: kube-runtime's own watch of one `Api`. Several: one watcher per
@@ -270,10 +284,18 @@ pub fn build(
         .owns_stream(metadata_triggers::<PodDisruptionBudget>(
             &client, &scopes, &ours,
         ))
+        .owns_stream(metadata_triggers::<Ingress>(&client, &scopes, &ours))
         .watches_stream(
             metadata_triggers::<Secret>(&client, &scopes, &watcher::Config::default()),
             move |secret| referencing(&mapper_store, &secret),
         );
+    // Only an API the cluster serves can be watched: without the Gateway API CRDs the
+    // watch would fail for good.
+    let controller = if settings.gateway_api {
+        controller.owns_stream(metadata_triggers::<HTTPRoute>(&client, &scopes, &ours))
+    } else {
+        controller
+    };
     let reporter = Reporter {
         controller: CONTROLLER_NAME.into(),
         instance: Some(settings.instance),
@@ -283,6 +305,7 @@ pub fn build(
         client,
         metrics,
         pod_defaults: settings.pod_defaults,
+        gateway_api: settings.gateway_api,
         resync_interval: settings.resync_interval,
         hash_key: settings.hash_key,
         store,
@@ -352,6 +375,7 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         floor: sapi.replica_floor(),
         selector: sapi.selector_string(),
         url: sapi.url(),
+        http_route: sapi.spec.http_route.as_ref().map(|_| ctx.gateway_api),
     };
     if sapi.spec.suspend {
         apply::suspend_children(&ctx.client, &ns, sapi).await?;
@@ -377,11 +401,19 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         // keeps serving while someone restores its Secret.
         return observe_only(ctx, sapi, &ns, obs, Outcome::WaitingForSecret).await;
     }
-    let pass =
-        match apply::apply_children(&ctx.client, &ns, sapi, &children, &ctx.last_applied).await {
-            Ok(pass) => pass,
-            Err(e) => return Err(report_rejection(ctx, sapi, &ns, obs, e).await),
-        };
+    let pass = match apply::apply_children(
+        &ctx.client,
+        &ns,
+        sapi,
+        &children,
+        &ctx.last_applied,
+        ctx.gateway_api,
+    )
+    .await
+    {
+        Ok(pass) => pass,
+        Err(e) => return Err(report_rejection(ctx, sapi, &ns, obs, e).await),
+    };
     let applied = match pass {
         Pass::Applied(applied) => applied,
         Pass::Conflict { message, leftover } => {

@@ -32,6 +32,7 @@ pub mod messages {
     pub const DATABASE_PASSWORD_FORM: &str = "spec.database.passwordSecretRef needs spec.database.host, spec.database.name and spec.database.user";
     pub const DATABASE_URI_FORM: &str = "spec.database.uriSecretRef carries host, name and user in the URI: remove spec.database.host, spec.database.name and spec.database.user";
     pub const POOL_MIN_ABOVE_MAX: &str = "spec.database.pool.minConnections must be less than or equal to spec.database.pool.maxConnections";
+    pub const INGRESS_PATH: &str = "spec.ingress.path must start with '/', such as / or /users";
     pub const RESERVED_ENV: &str = "spec.env must not set a variable the operator sets from the spec (PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSSLMODE, DATABASE_URL, DB_POOL_MAX, DB_POOL_MIN, DB_ACQUIRE_TIMEOUT_MS, REDIS_URL, CACHE_TTL_SECONDS, RATE_LIMIT_RPS, RATE_LIMIT_BURST, PORT, LOG_FORMAT, SHUTDOWN_TIMEOUT_SECONDS): set spec.database, spec.cache or spec.rateLimit instead";
     pub const RESERVED_POD_LABEL: &str = "spec.pod.labels must not set the app.kubernetes.io/name, instance, component, part-of or managed-by labels: the operator sets them, and name and instance select the pods";
     pub const RESERVED_POD_ANNOTATION: &str = "spec.pod.annotations must not set scalable.dev/config-hash: the operator sets it to roll the pods when the config or the database Secret changes";
@@ -168,6 +169,14 @@ pub struct ScalableApiSpec {
     /// Per-client-IP token bucket in the API; unset means no rate limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+    /// An Ingress (networking.k8s.io/v1) in front of the Service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+    /// A Gateway API HTTPRoute (gateway.networking.k8s.io/v1) to the Service. Needs the
+    /// Gateway API CRDs in the cluster when the operator starts; without them the condition
+    /// HTTPRoute says so and everything else is applied as usual.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_route: Option<HttpRouteSpec>,
     /// Where the pods run and what they carry: node selection, tolerations, affinity,
     /// spread, priority, pull secrets, labels, annotations, service account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -182,6 +191,66 @@ pub struct ScalableApiSpec {
     /// Pause reconciliation: children stay as they are and no HPA is applied.
     #[serde(default)]
     pub suspend: bool,
+}
+
+/// The Ingress `<name>`: one host and path prefix to the Service's port.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// IngressClass that serves it (`ingressClassName`); unset: the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub class_name: Option<String>,
+    /// Host name the Ingress answers for, e.g. `users.example.com`.
+    #[schemars(length(min = 1, max = 253))]
+    pub host: String,
+    /// Path prefix routed to the API. Default `/`.
+    #[serde(default = "default_path")]
+    #[schemars(length(min = 1, max = 1024))]
+    #[x_kube(validation = Rule::new("self.startsWith('/')").message(messages::INGRESS_PATH))]
+    pub path: String,
+    /// Terminate TLS with the certificate in this Secret (e.g. one cert-manager fills).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<IngressTls>,
+}
+
+/// TLS of the Ingress.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressTls {
+    /// Secret (type kubernetes.io/tls, in this namespace) with the host's certificate.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+/// The HTTPRoute `<name>`: the Service's port, behind the given Gateways.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteSpec {
+    /// Gateways (or their listeners) the route attaches to.
+    #[schemars(length(min = 1, max = 32))]
+    pub parent_refs: Vec<GatewayRef>,
+    /// Host names the route matches; empty: the listeners' host names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub hostnames: Vec<String>,
+}
+
+/// A Gateway, as Gateway API's ParentReference names it.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayRef {
+    /// Name of the Gateway.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Namespace of the Gateway; unset: this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    /// One listener of the Gateway (`sectionName`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub section_name: Option<String>,
 }
 
 /// Pod-template fields passed through as given (core/v1 types).
@@ -463,7 +532,8 @@ pub struct ScalableApiStatus {
     /// In-cluster URL of the Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// Ready, Reconciling, Stalled (kstatus), DatabaseConfigured, Paused (metav1.Condition).
+    /// Ready, Reconciling, Stalled (kstatus), DatabaseConfigured, Paused, and HTTPRoute when
+    /// spec.httpRoute is set (metav1.Condition).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
@@ -481,6 +551,9 @@ fn conditions_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Sch
     schema
 }
 
+fn default_path() -> String {
+    "/".to_owned()
+}
 fn default_replicas() -> i32 {
     crate::crd_funcs::DEFAULT_REPLICAS
 }

@@ -13,7 +13,7 @@ pub enum Error {
     #[error("reading the live Deployment failed: {0}")]
     GetDeployment(#[source] kube::Error),
     #[error("reading the live {0} failed: {1}")]
-    GetChild(&'static str, #[source] kube::Error),
+    GetChild(String, #[source] kube::Error),
     #[error("re-reading the ScalableApi before adopting an orphaned child failed: {0}")]
     GetOwner(#[source] kube::Error),
     #[error("applying the ConfigMap failed: {0}")]
@@ -32,6 +32,10 @@ pub enum Error {
     ApplyPdb(#[source] kube::Error),
     #[error("deleting the PodDisruptionBudget failed: {0}")]
     DeletePdb(#[source] kube::Error),
+    #[error("applying or deleting the Ingress failed: {0}")]
+    ApplyIngress(#[source] kube::Error),
+    #[error("applying or deleting the HTTPRoute failed: {0}")]
+    ApplyHttpRoute(#[source] kube::Error),
     #[error("patching the ScalableApi status failed: {0}")]
     PatchStatus(#[source] kube::Error),
     #[error("creating the Kubernetes client failed: {0}")]
@@ -96,6 +100,8 @@ impl Error {
             Error::DeleteHpa(_) => "delete_hpa",
             Error::ApplyPdb(_) => "apply_pdb",
             Error::DeletePdb(_) => "delete_pdb",
+            Error::ApplyIngress(_) => "apply_ingress",
+            Error::ApplyHttpRoute(_) => "apply_httproute",
             Error::PatchStatus(_) => "patch_status",
             Error::CreateClient(_) => "create_client",
             Error::BindHttp(_) => "bind_http",
@@ -122,6 +128,8 @@ impl Error {
             | Error::DeleteHpa(e)
             | Error::ApplyPdb(e)
             | Error::DeletePdb(e)
+            | Error::ApplyIngress(e)
+            | Error::ApplyHttpRoute(e)
             | Error::PatchStatus(e)
             | Error::CreateClient(e)
             | Error::Lease(e)
@@ -131,15 +139,17 @@ impl Error {
     }
 
     /// The child kind a failed write of `apply_children` concerns.
-    fn child_kind(&self) -> Option<&'static str> {
+    fn child_kind(&self) -> Option<&str> {
         match self {
             Error::ApplyConfigMap(_) => Some("ConfigMap"),
-            Error::GetChild(kind, _) => Some(kind),
+            Error::GetChild(kind, _) => Some(kind.as_str()),
             Error::GetDeployment(_) | Error::ApplyDeployment(_) => Some("Deployment"),
             Error::SetScale(_) => Some("ScalableApi scale subresource"),
             Error::ApplyService(_) => Some("Service"),
             Error::ApplyHpa(_) | Error::DeleteHpa(_) => Some("HorizontalPodAutoscaler"),
             Error::ApplyPdb(_) | Error::DeletePdb(_) => Some("PodDisruptionBudget"),
+            Error::ApplyIngress(_) => Some("Ingress"),
+            Error::ApplyHttpRoute(_) => Some("HTTPRoute"),
             _ => None,
         }
     }

@@ -49,6 +49,9 @@ pub fn events_for(previous: Option<&ScalableApiStatus>, new: &ScalableApiStatus)
             types::STALLED if now_true => {
                 out.push(event(EventType::Warning, &c.reason, &c.message));
             }
+            types::HTTP_ROUTE if !now_true => {
+                out.push(event(EventType::Warning, &c.reason, &c.message));
+            }
             types::READY if now_true => out.push(event(EventType::Normal, &c.reason, &c.message)),
             // Lost without a spec change: an outage. After a spec change (a higher
             // minReplicas, a new image) the new generation is still on its way.

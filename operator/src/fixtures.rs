@@ -35,6 +35,8 @@ impl ScalableApi {
                 },
                 cache: CacheSpec::default(),
                 rate_limit: None,
+                ingress: None,
+                http_route: None,
                 pod: None,
                 env: Vec::new(),
                 suspend: false,

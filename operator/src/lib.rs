@@ -13,6 +13,7 @@ pub mod error;
 mod events;
 #[cfg(test)]
 mod fixtures;
+pub mod gateway_api;
 pub mod hash_key;
 mod http;
 pub mod leader;

@@ -16,6 +16,8 @@ pub mod types {
     /// True when progress needs a change by someone: the spec, a quota, a conflicting object.
     pub const STALLED: &str = "Stalled";
     pub const DATABASE_CONFIGURED: &str = "DatabaseConfigured";
+    /// Only when `spec.httpRoute` is set: whether the cluster serves HTTPRoutes.
+    pub const HTTP_ROUTE: &str = "HTTPRoute";
     pub const PAUSED: &str = "Paused";
 }
 
@@ -44,6 +46,8 @@ pub mod reasons {
     pub const ACTIVE: &str = "Active";
     /// Stalled=False: nothing blocks the rollout.
     pub const NOT_STALLED: &str = "NotStalled";
+    pub const GATEWAY_API_SERVED: &str = "GatewayAPIServed";
+    pub const GATEWAY_API_NOT_INSTALLED: &str = "GatewayAPINotInstalled";
 }
 
 /// What reconcile learned about the referenced Secret.
@@ -95,6 +99,8 @@ pub struct Observation<'a> {
     pub floor: i32,
     pub selector: String,
     pub url: String,
+    /// `Some(served)` when `spec.httpRoute` is set: whether the cluster serves HTTPRoutes.
+    pub http_route: Option<bool>,
 }
 
 /// Longest message we copy from the API server or the Deployment: the Ready message becomes
@@ -343,6 +349,21 @@ pub fn compute(
     } else {
         state(false, reasons::ACTIVE, "reconciling")
     };
+    let route = obs.http_route.map(|served| {
+        if served {
+            state(
+                true,
+                reasons::GATEWAY_API_SERVED,
+                "the cluster serves gateway.networking.k8s.io/v1 HTTPRoutes",
+            )
+        } else {
+            state(
+                false,
+                reasons::GATEWAY_API_NOT_INSTALLED,
+                "spec.httpRoute is set, but the cluster served no gateway.networking.k8s.io/v1 HTTPRoutes when the operator started: install the Gateway API CRDs, then restart the operator; everything else is applied",
+            )
+        }
+    });
     let conditions = [
         (types::READY, ready),
         (types::RECONCILING, reconciling),
@@ -351,6 +372,7 @@ pub fn compute(
         (types::PAUSED, paused),
     ]
     .into_iter()
+    .chain(route.map(|r| (types::HTTP_ROUTE, r)))
     .map(|(t, (ok, reason, message))| {
         let mut c = condition(t, ok, &reason, message, g);
         c.last_transition_time = transition_time(previous, &c, now);

@@ -108,9 +108,11 @@ pub async fn run_with(client: Client, args: RunArgs, timing: Timing) -> Result<(
         metrics.set_leader(lock.name(), true);
     }
 
+    let gateway_api = controller::gateway_api_served(&client).await;
     let settings = Settings {
         namespaces: namespaces.clone(),
         pod_defaults: args.pod.pod_defaults(),
+        gateway_api,
         instance: identity,
         resync_interval: args.resync_interval(),
         hash_key,

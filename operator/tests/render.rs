@@ -30,6 +30,17 @@ fn render_file(yaml: &str, extra: &[&str]) -> Output {
         .expect("run the binary")
 }
 
+/// The documents of a render that must succeed.
+fn rendered(yaml: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let out = render_file(yaml, extra);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    documents(&out.stdout)
+}
+
 fn documents(stdout: &[u8]) -> Vec<serde_json::Value> {
     let text = std::str::from_utf8(stdout).expect("utf-8");
     serde_saphyr::from_multiple(text).expect("multi-document YAML")
@@ -203,7 +214,7 @@ fn pod_uid_platform_sets_no_ids_and_the_cache_image_flag_picks_the_sidecar() {
         pod["initContainers"][0]["image"],
         "docker.io/valkey/valkey:8.1-alpine"
     );
-    let out = render_file(
+    let docs = rendered(
         VALID,
         &[
             "--pod-uid",
@@ -212,12 +223,6 @@ fn pod_uid_platform_sets_no_ids_and_the_cache_image_flag_picks_the_sidecar() {
             "registry.local/redis:7.2",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let docs = documents(&out.stdout);
     let pod = &docs[1]["spec"]["template"]["spec"];
     let text = serde_json::to_string(pod).expect("json");
     for id in ["runAsUser", "runAsGroup", "fsGroup"] {
@@ -239,4 +244,18 @@ fn pod_uid_platform_sets_no_ids_and_the_cache_image_flag_picks_the_sidecar() {
         "{}",
         String::from_utf8_lossy(&refused.stderr)
     );
+}
+
+#[test]
+fn ingress_and_http_route_render_after_the_other_children() {
+    let yaml = format!(
+        "{VALID}  ingress: {{ host: users.example.com, tls: {{ secretName: users-tls }} }}\n  httpRoute: {{ parentRefs: [{{ name: public, namespace: gateways }}] }}\n"
+    );
+    let docs = rendered(&yaml, &[]);
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(&kinds[5..], ["Ingress", "HTTPRoute"]);
+    assert_eq!(docs[5]["spec"]["rules"][0]["host"], "users.example.com");
+    assert_eq!(docs[5]["spec"]["rules"][0]["http"]["paths"][0]["path"], "/");
+    assert_eq!(docs[6]["apiVersion"], "gateway.networking.k8s.io/v1");
+    assert_eq!(docs[6]["spec"]["parentRefs"][0]["namespace"], "gateways");
 }

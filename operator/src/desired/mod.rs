@@ -7,6 +7,7 @@ use hmac::{Hmac, Mac};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::{Resource, ResourceExt};
@@ -18,6 +19,8 @@ use crate::crd::ScalableApi;
 pub mod configmap;
 pub mod deployment;
 pub mod hpa;
+pub mod httproute;
+pub mod ingress;
 pub mod labels;
 pub mod pdb;
 pub mod redis;
@@ -59,7 +62,8 @@ pub struct Inputs {
     pub secret_hash: Option<String>,
 }
 
-/// Every child of one ScalableApi. `hpa`/`pdb` are `None` when they must not exist.
+/// Every child of one ScalableApi. `hpa`, `pdb`, `ingress` and `http_route` are `None` when
+/// they must not exist.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Children {
     pub config_map: ConfigMap,
@@ -67,6 +71,8 @@ pub struct Children {
     pub service: Service,
     pub hpa: Option<HorizontalPodAutoscaler>,
     pub pdb: Option<PodDisruptionBudget>,
+    pub ingress: Option<Ingress>,
+    pub http_route: Option<crate::gateway_api::HTTPRoute>,
 }
 
 /// A spec the operator cannot turn into children. Messages say what to change.
@@ -121,6 +127,8 @@ pub fn desired(sapi: &ScalableApi, inputs: &Inputs) -> Result<Children, SpecErro
             hpa::hpa(sapi)
         },
         pdb: pdb::pdb(sapi),
+        ingress: ingress::ingress(sapi),
+        http_route: httproute::http_route(sapi),
         config_map,
     })
 }

@@ -42,6 +42,7 @@ fn obs<'a>(secret: &'a SecretState, d: Option<&'a Deployment>) -> Observation<'a
         floor: 3,
         selector: "app.kubernetes.io/instance=a".into(),
         url: "http://a.ns.svc:80".into(),
+        http_route: None,
     }
 }
 
@@ -389,4 +390,29 @@ fn without_a_deployment_the_desired_count_is_the_spec() {
     let s = compute(&o, None, Timestamp::now());
     assert_eq!(s.desired_replicas, Some(2));
     assert_eq!(s.replica_summary.as_deref(), Some("0/2"));
+}
+
+#[test]
+fn an_http_route_the_cluster_cannot_serve_is_a_condition_not_an_outage() {
+    let d = deployment(3, 3);
+    let secret = found();
+    let mut o = obs(&secret, Some(&d));
+    let without = compute(&o, None, Timestamp::now());
+    assert!(
+        without
+            .conditions
+            .iter()
+            .all(|c| c.type_ != types::HTTP_ROUTE)
+    );
+    o.http_route = Some(false);
+    let s = compute(&o, None, Timestamp::now());
+    let route = get(&s, types::HTTP_ROUTE);
+    assert_eq!(
+        (route.status.as_str(), route.reason.as_str()),
+        ("False", reasons::GATEWAY_API_NOT_INSTALLED)
+    );
+    assert_eq!(get(&s, types::READY).status, "True", "everything else runs");
+    o.http_route = Some(true);
+    let s = compute(&o, None, Timestamp::now());
+    assert_eq!(get(&s, types::HTTP_ROUTE).status, "True");
 }

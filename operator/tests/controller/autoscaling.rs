@@ -361,7 +361,7 @@ async fn an_older_operators_hpa_on_the_deployment_is_retargeted_without_changing
         .await;
     let history = History::start(c.api::<Deployment>(), "users");
 
-    c.start_operator();
+    c.start_operator().await;
     wait_for_hpa_on_the_scalable_api(&c, "users").await;
     c.wait_for::<ScalableApi>("users", "spec.replicas 5", |s| s.spec.replicas == 5)
         .await;

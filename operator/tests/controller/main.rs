@@ -25,3 +25,4 @@ mod ownership;
 mod secrets;
 mod status;
 mod supervisor;
+mod traffic;

@@ -163,7 +163,7 @@ async fn a_restricted_namespace_admits_the_pods_and_refuses_a_privileged_one() {
         ],
     )
     .await;
-    c.start_operator();
+    c.start_operator().await;
     create_db_secret(&c, "users").await;
     scalable_api("users").create(&c).await;
     c.wait_for_condition("users", "Ready", "True", "Available")

@@ -216,3 +216,34 @@ async fn a_refused_hpa_is_reported_with_its_kind() {
     assert!(h.object(DEPLOYMENTS, "users").is_some());
     wait_for_event(&h, "an ApplyFailed Event", "users", "ApplyFailed").await;
 }
+
+#[tokio::test]
+async fn an_http_route_without_the_gateway_api_is_a_condition_and_one_warning() {
+    // The fake serves no Gateway API, like a cluster without its CRDs (the real control
+    // plane of the tests has them installed).
+    let h = Harness::start().await;
+    create_db_secret(&h, "users").await;
+    let mut sapi = scalable_api("users").build();
+    sapi.spec.http_route =
+        serde_json::from_value(json!({"parentRefs": [{"name": "public"}]})).expect("httpRoute");
+    h.api::<operator::crd::ScalableApi>()
+        .create(&Default::default(), &sapi)
+        .await
+        .expect("create");
+    eventually("HTTPRoute=False/GatewayAPINotInstalled", || {
+        (condition(&h, "users", "HTTPRoute")?.1 == "GatewayAPINotInstalled").then_some(())
+    })
+    .await;
+    wait_for_event(&h, "the Warning", "users", "GatewayAPINotInstalled").await;
+    assert!(
+        h.object(DEPLOYMENTS, "users").is_some(),
+        "everything else is applied"
+    );
+    assert!(
+        h.fake
+            .requests()
+            .iter()
+            .all(|r| !r.path.contains("httproutes")),
+        "no request for an API the cluster does not serve"
+    );
+}

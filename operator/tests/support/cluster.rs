@@ -230,12 +230,14 @@ impl Cluster {
     /// A fresh namespace with the real controller running in this process, watching it.
     pub async fn with_operator(prefix: &str) -> Self {
         let mut cluster = Self::new(prefix).await;
-        cluster.start_operator();
+        cluster.start_operator().await;
         cluster
     }
 
-    /// Starts the controller restricted to this namespace (as `--namespace` does).
-    pub fn start_operator(&mut self) {
+    /// Starts the controller restricted to this namespace (as `--namespace` does), with the
+    /// Gateway API on when the cluster serves it (as at the operator's start).
+    pub async fn start_operator(&mut self) {
+        let gateway_api = controller::gateway_api_served(&self.client).await;
         let metrics = Metrics::register(&mut Registry::default());
         let settings = Settings {
             namespaces: vec![self.ns.clone()],
@@ -243,6 +245,7 @@ impl Cluster {
                 api_image: DEFAULT_TEST_IMAGE.to_owned(),
                 ..operator::desired::PodDefaults::default()
             },
+            gateway_api,
             instance: "test-operator".to_owned(),
             resync_interval: controller::RESYNC_INTERVAL,
             hash_key: HashKey::generate(),
