@@ -281,13 +281,14 @@ async fn a_redis_that_stops_answering_costs_little_and_is_skipped_after_a_few_ti
     let bypassed = app.metric("cache_bypassed_total").await;
     redis.resume();
 
-    // Each Redis call gives up after 250 ms; the breaker then skips Redis entirely.
+    // Each Redis call gives up after 20 ms; once a window of calls has failed, the breaker
+    // skips Redis entirely.
     assert!(
-        slowest < Duration::from_secs(1),
+        slowest < Duration::from_millis(500),
         "slowest read took {slowest:?}"
     );
     assert!(
-        (1.0..=4.0).contains(&errors),
+        (1.0..=12.0).contains(&errors),
         "{errors} Redis timeouts before the breaker opened"
     );
     assert!(bypassed >= 15.0, "only {bypassed} reads skipped Redis");

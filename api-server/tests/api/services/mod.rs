@@ -244,7 +244,16 @@ impl PgServer {
     }
 
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        self.url_via(self.port, database)
+    }
+
+    /// The URL of `database` as reached through a proxy on `port`.
+    pub fn url_via(&self, port: u16, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{port}/{database}")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Fast shutdown, as `kubectl delete pod` of the database would do.
