@@ -26,7 +26,6 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use crate::domain::User;
-use crate::error::ApiError;
 use crate::metrics::Metrics;
 pub use breaker::Breaker;
 use breaker::{Outcome, Transition, Trip};
@@ -145,7 +144,14 @@ impl Cache {
     }
 
     /// The user's JSON: from Redis when possible, else from `load` (once per id at a time).
-    pub async fn get_user<F, Fut>(&self, id: Uuid, load: F) -> Result<Option<Bytes>, ApiError>
+    ///
+    /// Cancel-safe: if every caller waiting on a load is dropped (clients gone), the load is
+    /// dropped with them and the id's single-flight entry removed; a later caller starts anew.
+    pub async fn get_user<F, Fut>(
+        &self,
+        id: Uuid,
+        load: F,
+    ) -> Result<Option<Bytes>, Arc<sqlx::Error>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<User>, sqlx::Error>>,
@@ -153,8 +159,9 @@ impl Cache {
         if let Some(json) = self.lookup(id, true).await {
             return Ok(Some(json));
         }
-        let flight = self.join_flight(id);
-        let result = flight
+        let flight = Joined::new(self, id);
+        flight
+            .cell()
             .get_or_init(|| async {
                 // A flight that just landed may have filled the key after our lookup.
                 if let Some(json) = self.lookup(id, false).await {
@@ -173,9 +180,12 @@ impl Cache {
                 Ok(Some(json))
             })
             .await
-            .clone();
-        self.land_flight(id, &flight);
-        result.map_err(ApiError::from_db)
+            .clone()
+    }
+
+    /// Ids with a load in progress (single-flight entries).
+    pub fn flights_in_progress(&self) -> usize {
+        self.flights().len()
     }
 
     /// Forgets one user. Called after a local write commits and for every NOTIFY.
@@ -183,11 +193,7 @@ impl Cache {
         // Order matters: bump the counter before deleting, so a fill that races with this
         // eviction sees the bump after its SET and deletes its own (possibly stale) value.
         self.stripe(id).fetch_add(1, Ordering::AcqRel);
-        self.0
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+        self.flights().remove(&id);
         self.0.metrics.invalidated(source);
         if self.0.redis.is_none() {
             return;
@@ -383,26 +389,54 @@ impl Cache {
         &self.0.invalidations[index]
     }
 
-    fn join_flight(&self, id: Uuid) -> Flight {
-        let mut flights = self
-            .0
+    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Flight>> {
+        self.0
             .in_flight
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        flights.entry(id).or_default().clone()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One caller's share of an id's single flight. Dropping it, on completion or on
+/// cancellation, removes the entry once the flight has landed or its last caller is gone,
+/// so entries never outlive their callers.
+struct Joined<'a> {
+    cache: &'a Cache,
+    id: Uuid,
+    flight: Option<Flight>,
+}
+
+impl<'a> Joined<'a> {
+    fn new(cache: &'a Cache, id: Uuid) -> Self {
+        let flight = cache.flights().entry(id).or_default().clone();
+        Self {
+            cache,
+            id,
+            flight: Some(flight),
+        }
     }
 
-    fn land_flight(&self, id: Uuid, flight: &Flight) {
-        let mut flights = self
-            .0
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if flights
-            .get(&id)
-            .is_some_and(|current| Arc::ptr_eq(current, flight))
-        {
-            flights.remove(&id);
+    fn cell(&self) -> &OnceCell<Result<Option<Bytes>, Arc<sqlx::Error>>> {
+        self.flight
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("taken only on drop"))
+    }
+}
+
+impl Drop for Joined<'_> {
+    fn drop(&mut self) {
+        let mut flights = self.cache.flights();
+        let Some(flight) = self.flight.take() else {
+            return;
+        };
+        // Every clone and drop of a flight happens under this lock, so the count is exact:
+        // 2 means the map's and ours, i.e. nobody else waits.
+        let ours = flights
+            .get(&self.id)
+            .is_some_and(|current| Arc::ptr_eq(current, &flight));
+        if ours && (flight.initialized() || Arc::strong_count(&flight) == 2) {
+            flights.remove(&self.id);
         }
+        drop(flight);
     }
 }
