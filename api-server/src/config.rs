@@ -109,6 +109,10 @@ pub struct CacheConfig {
     /// How long a cached user lives in Redis.
     #[arg(long = "cache-ttl-seconds", env = "CACHE_TTL_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub ttl_seconds: u64,
+    /// Bound on each Redis command (and on connecting); a call over half of it counts as
+    /// slow for the circuit breaker.
+    #[arg(long = "redis-timeout-ms", env = "REDIS_TIMEOUT_MS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(2..=10_000))]
+    pub redis_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -321,6 +325,10 @@ impl CacheConfig {
     pub fn ttl(&self) -> Duration {
         Duration::from_secs(self.ttl_seconds)
     }
+
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
 }
 
 impl RateLimitConfig {
@@ -515,6 +523,7 @@ mod tests {
             "MIGRATE",
             "REDIS_URL",
             "CACHE_TTL_SECONDS",
+            "REDIS_TIMEOUT_MS",
             "RATE_LIMIT_RPS",
             "RATE_LIMIT_BURST",
             "PORT",

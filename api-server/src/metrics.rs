@@ -52,6 +52,7 @@ pub struct Metrics {
     pub cache_misses: Counter,
     pub cache_errors: Counter,
     pub cache_bypassed: Counter,
+    pub cache_breaker_open: Gauge,
     pub cache_invalidations: Family<SourceLabel, Counter>,
     pub cache_flushes: Counter,
     pub db_user_reads: Counter,
@@ -107,6 +108,12 @@ impl Metrics {
             "cache_bypassed",
             "User reads that skipped Redis (breaker open or invalidation feed down)",
             cache_bypassed.clone(),
+        );
+        let cache_breaker_open = Gauge::default();
+        registry.register(
+            "cache_breaker_open",
+            "1 while the Redis circuit breaker is open (or probing) and reads skip Redis",
+            cache_breaker_open.clone(),
         );
         let cache_invalidations = Family::<SourceLabel, Counter>::default();
         registry.register(
@@ -170,6 +177,7 @@ impl Metrics {
             cache_misses,
             cache_errors,
             cache_bypassed,
+            cache_breaker_open,
             cache_invalidations,
             cache_flushes,
             db_user_reads,

@@ -113,8 +113,13 @@ impl Application {
 
         let metrics = Arc::new(Metrics::new());
         let cache = match &config.cache.redis_url {
-            Some(url) => Cache::connect(url.expose(), config.cache.ttl(), metrics.clone())
-                .map_err(StartupError::Redis)?,
+            Some(url) => Cache::connect(
+                url.expose(),
+                config.cache.ttl(),
+                config.cache.redis_timeout(),
+                metrics.clone(),
+            )
+            .map_err(StartupError::Redis)?,
             None => Cache::disabled(metrics.clone()),
         };
         let rate_limiter: Option<Arc<RateLimiter>> = config

@@ -6,9 +6,10 @@
 //!   at once, even while Redis is down; old keys expire by TTL (and Redis's LRU).
 //! - Cached reads are trusted only while the LISTEN connection is subscribed (see
 //!   `invalidation`); otherwise reads go to Postgres.
-//! - Redis is an optimisation: every operation has a short timeout, failures go to Postgres,
-//!   and a circuit breaker stops trying for a moment after repeated failures. An eviction
-//!   that cannot be confirmed flushes, so nothing stale survives a Redis outage.
+//! - Redis is an optimisation: every operation has a short timeout (`REDIS_TIMEOUT_MS`),
+//!   failures go to Postgres, and a circuit breaker (`breaker`) stops trying for a moment
+//!   when too many calls in a window fail or are slow. An eviction that cannot be confirmed
+//!   flushes, so nothing stale survives a Redis outage.
 
 mod breaker;
 pub mod invalidation;
@@ -17,7 +18,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -25,13 +26,17 @@ use tokio::sync::OnceCell;
 use uuid::Uuid;
 
 use crate::domain::User;
-use crate::error::ApiError;
 use crate::metrics::Metrics;
 pub use breaker::Breaker;
+use breaker::{Outcome, Transition, Trip};
 
-/// Upper bound on one Redis operation (and on connecting). A slow Redis must not make the
-/// API slower than Postgres alone would be.
-pub const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
+/// Default bound on one Redis operation (and on connecting): Redis is a sidecar on loopback
+/// whose p99 is under 1 ms, and a slow Redis must not make the API slower than Postgres
+/// alone would be.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(20);
+
+/// Bound on the PING behind `/readyz`'s `redis` field.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Invalidation counters, striped by id so that a write only disturbs fills of ids that
 /// share its stripe.
@@ -48,6 +53,8 @@ pub struct Cache(Arc<Inner>);
 struct Inner {
     redis: Option<ConnectionManager>,
     ttl_secs: u64,
+    /// Bound on each Redis command.
+    timeout: Duration,
     breaker: Breaker,
     epoch: AtomicU64,
     /// True while invalidations are being received, so cached values can be believed.
@@ -78,7 +85,7 @@ impl CacheStatus {
 impl Cache {
     /// No Redis: every read goes to Postgres (still single-flighted).
     pub fn disabled(metrics: Arc<Metrics>) -> Self {
-        Self::new(None, 1, metrics)
+        Self::new(None, 1, DEFAULT_REDIS_TIMEOUT, metrics)
     }
 
     /// Prepares a Redis connection; it is made lazily, so a Redis that is down at start-up
@@ -86,25 +93,42 @@ impl Cache {
     pub fn connect(
         url: &str,
         ttl: Duration,
+        timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(url)?;
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            // Connecting goes on in the background after a request's call gave up; give it
+            // longer than one call, or a loaded pod might never finish a handshake.
+            .set_connection_timeout(Some(timeout.max(STATUS_TIMEOUT)))
             // `call` bounds every command (connecting included); a second timer inside the
             // client would only cost time on the hot path.
             .set_response_timeout(None)
             .set_number_of_retries(1)
-            .set_max_delay(REDIS_TIMEOUT);
+            .set_max_delay(timeout);
         let manager = ConnectionManager::new_lazy_with_config(client, config)?;
-        Ok(Self::new(Some(manager), ttl.as_secs().max(1), metrics))
+        Ok(Self::new(
+            Some(manager),
+            ttl.as_secs().max(1),
+            timeout,
+            metrics,
+        ))
     }
 
-    fn new(redis: Option<ConnectionManager>, ttl_secs: u64, metrics: Arc<Metrics>) -> Self {
+    fn new(
+        redis: Option<ConnectionManager>,
+        ttl_secs: u64,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        metrics.cache_breaker_open.set(0);
         Self(Arc::new(Inner {
             redis,
             ttl_secs,
-            breaker: Breaker::default(),
+            timeout,
+            // A call taking half its budget is slow: well above a healthy sidecar's latency,
+            // and early enough to stop before most calls hit the timeout.
+            breaker: Breaker::new(timeout / 2),
             // A fresh process must not believe entries an earlier process left in Redis:
             // it did not hear the invalidations sent while it was away.
             epoch: AtomicU64::new(rand::random()),
@@ -120,7 +144,14 @@ impl Cache {
     }
 
     /// The user's JSON: from Redis when possible, else from `load` (once per id at a time).
-    pub async fn get_user<F, Fut>(&self, id: Uuid, load: F) -> Result<Option<Bytes>, ApiError>
+    ///
+    /// Cancel-safe: if every caller waiting on a load is dropped (clients gone), the load is
+    /// dropped with them and the id's single-flight entry removed; a later caller starts anew.
+    pub async fn get_user<F, Fut>(
+        &self,
+        id: Uuid,
+        load: F,
+    ) -> Result<Option<Bytes>, Arc<sqlx::Error>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<User>, sqlx::Error>>,
@@ -128,8 +159,9 @@ impl Cache {
         if let Some(json) = self.lookup(id, true).await {
             return Ok(Some(json));
         }
-        let flight = self.join_flight(id);
-        let result = flight
+        let flight = Joined::new(self, id);
+        flight
+            .cell()
             .get_or_init(|| async {
                 // A flight that just landed may have filled the key after our lookup.
                 if let Some(json) = self.lookup(id, false).await {
@@ -148,9 +180,12 @@ impl Cache {
                 Ok(Some(json))
             })
             .await
-            .clone();
-        self.land_flight(id, &flight);
-        result.map_err(ApiError::from_db)
+            .clone()
+    }
+
+    /// Ids with a load in progress (single-flight entries).
+    pub fn flights_in_progress(&self) -> usize {
+        self.flights().len()
     }
 
     /// Forgets one user. Called after a local write commits and for every NOTIFY.
@@ -158,11 +193,7 @@ impl Cache {
         // Order matters: bump the counter before deleting, so a fill that races with this
         // eviction sees the bump after its SET and deletes its own (possibly stale) value.
         self.stripe(id).fetch_add(1, Ordering::AcqRel);
-        self.0
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+        self.flights().remove(&id);
         self.0.metrics.invalidated(source);
         if self.0.redis.is_none() {
             return;
@@ -197,7 +228,11 @@ impl Cache {
         if !self.0.breaker.allow() {
             return CacheStatus::Down;
         }
-        match self.call::<String>("PING", redis::cmd("PING")).await {
+        // The probe is off the request path, and may be the call that connects: it gets a
+        // wider budget than requests, so "up" means reachable, not "answers within 20 ms".
+        let ping = redis::cmd("PING");
+        let budget = self.0.timeout.max(STATUS_TIMEOUT);
+        match self.call_within::<String>("PING", ping, budget).await {
             Some(_) => CacheStatus::Up,
             None => CacheStatus::Down,
         }
@@ -276,35 +311,72 @@ impl Cache {
         self.call::<i64>("DEL", del).await.is_some()
     }
 
-    /// One Redis command with the timeout; failures feed the breaker. None on any failure.
+    /// One Redis command with the timeout; every outcome feeds the breaker. None on any
+    /// failure.
     async fn call<T: redis::FromRedisValue>(&self, op: &'static str, cmd: redis::Cmd) -> Option<T> {
+        self.call_within(op, cmd, self.0.timeout).await
+    }
+
+    async fn call_within<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: redis::Cmd,
+        budget: Duration,
+    ) -> Option<T> {
         let mut conn = self.0.redis.as_ref()?.clone();
-        match tokio::time::timeout(REDIS_TIMEOUT, cmd.query_async::<T>(&mut conn)).await {
-            Ok(Ok(value)) => {
-                self.0.breaker.success();
-                Some(value)
-            }
+        let started = Instant::now();
+        let result = tokio::time::timeout(budget, cmd.query_async::<T>(&mut conn)).await;
+        let outcome = match &result {
+            Ok(Ok(_)) => Outcome::Ok(started.elapsed()),
             Ok(Err(error)) => {
-                self.redis_failed(op, &error);
-                None
+                tracing::debug!(op, %error, "redis operation failed");
+                Outcome::Failed
             }
             Err(_) => {
-                self.redis_timed_out(op);
-                None
+                tracing::debug!(op, "redis operation timed out");
+                Outcome::Failed
+            }
+        };
+        if outcome == Outcome::Failed {
+            self.0.metrics.cache_errors.inc();
+        }
+        if let Some(transition) = self.0.breaker.record(outcome) {
+            self.breaker_moved(transition);
+        }
+        result.ok()?.ok()
+    }
+
+    /// Logs and exports a breaker transition (only transitions: a request never logs).
+    fn breaker_moved(&self, transition: Transition) {
+        match transition {
+            Transition::Opened(trip) => {
+                self.0.metrics.cache_breaker_open.set(1);
+                let open_for_ms = breaker::OPEN_FOR.as_millis();
+                match trip {
+                    Trip::ErrorRate { calls, rate } => tracing::warn!(
+                        calls,
+                        error_rate = rate,
+                        open_for_ms,
+                        "cache breaker opened: too many Redis calls failed; reading from Postgres"
+                    ),
+                    Trip::SlowRate { calls, rate } => tracing::warn!(
+                        calls,
+                        slow_rate = rate,
+                        open_for_ms,
+                        slow_ms = (self.0.timeout / 2).as_millis(),
+                        "cache breaker opened: too many Redis calls were slow; reading from Postgres"
+                    ),
+                    Trip::ProbeFailed => tracing::warn!(
+                        open_for_ms,
+                        "cache breaker reopened: the probe call failed or was slow"
+                    ),
+                }
+            }
+            Transition::Closed => {
+                self.0.metrics.cache_breaker_open.set(0);
+                tracing::warn!("cache breaker closed: Redis answered the probe in time");
             }
         }
-    }
-
-    fn redis_failed(&self, op: &'static str, error: &redis::RedisError) {
-        self.0.metrics.cache_errors.inc();
-        self.0.breaker.failure();
-        tracing::debug!(op, %error, "redis operation failed");
-    }
-
-    fn redis_timed_out(&self, op: &'static str) {
-        self.0.metrics.cache_errors.inc();
-        self.0.breaker.failure();
-        tracing::debug!(op, "redis operation timed out");
     }
 
     fn key(&self, epoch: u64, id: Uuid) -> String {
@@ -317,26 +389,54 @@ impl Cache {
         &self.0.invalidations[index]
     }
 
-    fn join_flight(&self, id: Uuid) -> Flight {
-        let mut flights = self
-            .0
+    fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Flight>> {
+        self.0
             .in_flight
             .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        flights.entry(id).or_default().clone()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One caller's share of an id's single flight. Dropping it, on completion or on
+/// cancellation, removes the entry once the flight has landed or its last caller is gone,
+/// so entries never outlive their callers.
+struct Joined<'a> {
+    cache: &'a Cache,
+    id: Uuid,
+    flight: Option<Flight>,
+}
+
+impl<'a> Joined<'a> {
+    fn new(cache: &'a Cache, id: Uuid) -> Self {
+        let flight = cache.flights().entry(id).or_default().clone();
+        Self {
+            cache,
+            id,
+            flight: Some(flight),
+        }
     }
 
-    fn land_flight(&self, id: Uuid, flight: &Flight) {
-        let mut flights = self
-            .0
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if flights
-            .get(&id)
-            .is_some_and(|current| Arc::ptr_eq(current, flight))
-        {
-            flights.remove(&id);
+    fn cell(&self) -> &OnceCell<Result<Option<Bytes>, Arc<sqlx::Error>>> {
+        self.flight
+            .as_deref()
+            .unwrap_or_else(|| unreachable!("taken only on drop"))
+    }
+}
+
+impl Drop for Joined<'_> {
+    fn drop(&mut self) {
+        let mut flights = self.cache.flights();
+        let Some(flight) = self.flight.take() else {
+            return;
+        };
+        // Every clone and drop of a flight happens under this lock, so the count is exact:
+        // 2 means the map's and ours, i.e. nobody else waits.
+        let ours = flights
+            .get(&self.id)
+            .is_some_and(|current| Arc::ptr_eq(current, &flight));
+        if ours && (flight.initialized() || Arc::strong_count(&flight) == 2) {
+            flights.remove(&self.id);
         }
+        drop(flight);
     }
 }

@@ -76,7 +76,8 @@ pub async fn read(
     AppPath(Id(id)): AppPath<Id>,
 ) -> Result<Response, ApiError> {
     let db = &state.db;
-    match state.cache.get_user(id, || db::users::get(db, id)).await? {
+    let cached = state.cache.get_user(id, || db::users::get(db, id)).await;
+    match cached.map_err(ApiError::from_db)? {
         Some(json) => Ok(super::json_body(json)),
         None => Err(ApiError::NotFound(NO_SUCH_USER)),
     }

@@ -10,12 +10,18 @@ use crate::helpers::{
 };
 use crate::services::PgServer;
 
+/// Redis is frozen (SIGSTOP), not killed: a killed Redis comes back empty, which would hide
+/// a missed eviction. Rows change by SQL while it is frozen, so only NOTIFYs (which cannot
+/// reach the frozen Redis) evict; when it thaws it still holds every old value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_killed_mid_stream_every_request_succeeds_and_hits_resume() {
+async fn redis_frozen_mid_stream_every_request_succeeds_and_no_old_value_survives() {
     let app = Arc::new(spawn_app().await);
     let mut ids = Vec::new();
     for i in 0..20 {
-        ids.push(app.create_user_id("u", &format!("r{i}@example.com")).await);
+        ids.push(
+            app.create_user_id("before", &format!("r{i}@example.com"))
+                .await,
+        );
     }
     let stop = Arc::new(AtomicBool::new(false));
     let readers: Vec<_> = (0..4)
@@ -25,77 +31,78 @@ async fn redis_killed_mid_stream_every_request_succeeds_and_hits_resume() {
                 let (mut ok, mut failed) = (0, Vec::new());
                 let mut n = r;
                 while !stop.load(Ordering::Relaxed) {
-                    let id = &ids[n % ids.len()];
-                    // Mostly reads, some writes, so evictions also meet a dead Redis.
-                    let status = if n % 5 == 0 {
-                        app.put_user(id, &json!({ "name": format!("n{n}"), "email": format!("r{}@example.com", n % ids.len()) })).await.status()
+                    let status = app.get_user(&ids[n % ids.len()]).await.status();
+                    if status.is_success() {
+                        ok += 1
                     } else {
-                        app.get_user(id).await.status()
-                    };
-                    if status.is_success() { ok += 1 } else { failed.push(status.as_u16()) }
+                        failed.push(status.as_u16())
+                    }
                     n += 4;
                 }
                 (ok, failed)
             })
         })
         .collect();
+    eventually(
+        Duration::from_secs(10),
+        "every user cached and served from Redis",
+        || async { app.metric("cache_hits_total").await > 100.0 },
+    )
+    .await;
 
     let redis = app.redis.clone().unwrap();
+    let notified = app
+        .metric("cache_invalidations_total{source=\"notify\"}")
+        .await;
+    redis.pause();
+    let mut conn: sqlx::PgConnection = sqlx::Connection::connect(&app.pg.url(&app.database))
+        .await
+        .unwrap();
+    let updated = sqlx::query("UPDATE users SET name = 'after'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(updated.rows_affected(), 20);
     eventually(
-        Duration::from_secs(5),
-        "traffic through a warm cache",
-        || async { app.metric("cache_hits_total").await > 50.0 },
+        Duration::from_secs(10),
+        "the 20 NOTIFYs to be handled",
+        || async {
+            app.metric("cache_invalidations_total{source=\"notify\"}")
+                .await
+                >= notified + 20.0
+        },
     )
     .await;
-    let hits_before = app.metric("cache_hits_total").await;
-    redis.kill();
-    let errors_before = app.metric("cache_errors_total").await;
-    eventually(
-        Duration::from_secs(5),
-        "Redis errors to be noticed",
-        || async { app.metric("cache_errors_total").await > errors_before },
-    )
-    .await;
-    tokio::time::sleep(Duration::from_millis(1500)).await; // traffic while Redis is down
-    tokio::task::spawn_blocking({
-        let redis = redis.clone();
-        move || redis.restart()
-    })
-    .await
-    .unwrap();
-    let hits_down = app.metric("cache_hits_total").await;
+    redis.resume();
+    let hits = app.metric("cache_hits_total").await;
     eventually(Duration::from_secs(10), "cache hits to resume", || async {
-        app.metric("cache_hits_total").await > hits_down + 20.0
+        app.metric("cache_hits_total").await > hits + 20.0
     })
     .await;
-    stop.store(true, Ordering::Relaxed);
 
+    // Redis still holds "before" for every id: none of it may be served.
+    for id in &ids {
+        let read: Value = app.get_user(id).await.json().await.unwrap();
+        assert_eq!(
+            read["name"], "after",
+            "an old value survived the freeze: {read}"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
     let (mut ok, mut failed) = (0, Vec::new());
     for reader in readers {
         let (o, f) = reader.await.unwrap();
         ok += o;
         failed.extend(f);
     }
-    println!("{ok} requests succeeded across the Redis outage; hits before it: {hits_before}");
+    println!("{ok} requests succeeded across the Redis freeze");
     assert!(failed.is_empty(), "failed requests: {failed:?}");
-    assert!(ok > 100);
-    // Whatever was cached before the outage may have missed evictions: reads are current.
-    for (i, id) in ids.iter().enumerate() {
-        let cached: Value = app.get_user(id).await.json().await.unwrap();
-        let put = app
-            .put_user(
-                id,
-                &json!({ "name": "final", "email": format!("r{i}@example.com") }),
-            )
-            .await;
-        assert_eq!(put.status(), 200);
-        let read: Value = app.get_user(id).await.json().await.unwrap();
-        assert_eq!(read["name"], "final", "stale read after {cached}");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_down_is_503_and_recovers_without_losing_acknowledged_writes() {
+/// Postgres crashes (immediate stop, fsync on): every write acknowledged before the crash
+/// must be there after crash recovery.
+async fn postgres_crashing_is_503_and_recovers_without_losing_acknowledged_writes() {
     let app = Arc::new(
         spawn_app_with(Options {
             own_postgres: true,
@@ -143,7 +150,7 @@ async fn postgres_down_is_503_and_recovers_without_losing_acknowledged_writes() 
     let pg = app.pg.clone();
     tokio::task::spawn_blocking({
         let pg = pg.clone();
-        move || pg.stop()
+        move || pg.crash()
     })
     .await
     .unwrap();
@@ -281,13 +288,14 @@ async fn a_redis_that_stops_answering_costs_little_and_is_skipped_after_a_few_ti
     let bypassed = app.metric("cache_bypassed_total").await;
     redis.resume();
 
-    // Each Redis call gives up after 250 ms; the breaker then skips Redis entirely.
+    // Each Redis call gives up after 20 ms; once a window of calls has failed, the breaker
+    // skips Redis entirely.
     assert!(
-        slowest < Duration::from_secs(1),
+        slowest < Duration::from_millis(500),
         "slowest read took {slowest:?}"
     );
     assert!(
-        (1.0..=4.0).contains(&errors),
+        (1.0..=12.0).contains(&errors),
         "{errors} Redis timeouts before the breaker opened"
     );
     assert!(bypassed >= 15.0, "only {bypassed} reads skipped Redis");

@@ -12,6 +12,7 @@ use api_server::startup::Application;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::proxy::Proxy;
 use crate::services::{PgServer, RedisServer};
 
 /// Logs go nowhere unless `TEST_LOG` is set.
@@ -30,6 +31,11 @@ pub struct TestApp {
     pub pg: Arc<PgServer>,
     pub database: String,
     pub redis: Option<Arc<RedisServer>>,
+    /// Between the app and Redis, when `Options::redis_proxy`.
+    pub redis_proxy: Option<Proxy>,
+    /// Between the app's pools and Postgres, when `Options::pg_proxy`.
+    #[allow(dead_code)]
+    pub pg_proxy: Option<Proxy>,
     pub shutdown: CancellationToken,
     /// Only the app that created the database drops it.
     owns_database: bool,
@@ -54,6 +60,11 @@ pub struct Options {
     pub migrate: Option<MigrateMode>,
     pub shutdown_delay_seconds: u64,
     pub http: Option<HttpLimits>,
+    /// Reach Redis through a fault-injecting proxy (`TestApp::redis_proxy`).
+    pub redis_proxy: bool,
+    /// Reach Postgres through a fault-injecting proxy (`TestApp::pg_proxy`).
+    pub pg_proxy: bool,
+    pub redis_timeout_ms: Option<u64>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -80,6 +91,7 @@ pub fn config(url: &str, redis_url: Option<String>, options: &Options) -> Config
         cache: CacheConfig {
             redis_url: redis_url.map(Secret::new),
             ttl_seconds: 300,
+            redis_timeout_ms: options.redis_timeout_ms.unwrap_or(20),
         },
         rate_limit: RateLimitConfig {
             rps: options.rate_limit.and_then(|(rps, _)| rps.try_into().ok()),
@@ -121,11 +133,23 @@ pub async fn build_app(options: Options) -> TestApp {
                 .unwrap(),
         )),
     };
-    let config = config(
-        &pg.url(&database),
-        redis.as_ref().map(|r| r.url()),
-        &options,
-    );
+    let redis_proxy = match (&redis, options.redis_proxy) {
+        (Some(redis), true) => Some(Proxy::start(redis.port()).await),
+        _ => None,
+    };
+    let redis_url = match (&redis_proxy, &redis) {
+        (Some(proxy), _) => Some(format!("redis://127.0.0.1:{}", proxy.port())),
+        (None, redis) => redis.as_ref().map(|r| r.url()),
+    };
+    let pg_proxy = match options.pg_proxy {
+        true => Some(Proxy::start(pg.port()).await),
+        false => None,
+    };
+    let pg_url = match &pg_proxy {
+        Some(proxy) => pg.url_via(proxy.port(), &database),
+        None => pg.url(&database),
+    };
+    let config = config(&pg_url, redis_url, &options);
     let app = Application::build(config).await.expect("the app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     let shutdown = app.shutdown_token();
@@ -139,6 +163,8 @@ pub async fn build_app(options: Options) -> TestApp {
         pg,
         database,
         redis,
+        redis_proxy,
+        pg_proxy,
         shutdown,
         owns_database,
         server,

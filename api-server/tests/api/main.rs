@@ -2,6 +2,7 @@
 // Test helpers panic on purpose: a failed set-up step is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod breaker;
 mod cache;
 mod clients;
 mod database;
@@ -9,6 +10,7 @@ mod errors;
 mod faults;
 mod health;
 mod helpers;
+mod proxy;
 mod raw;
 mod services;
 mod shutdown;

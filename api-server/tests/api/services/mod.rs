@@ -158,6 +158,9 @@ fn template(bindir: &Path) -> PathBuf {
 }
 
 pub struct PgServer {
+    /// fsync and full-page writes on, as in production (servers of our own, which tests
+    /// crash); the shared server runs without them, for speed.
+    durable: bool,
     bindir: PathBuf,
     dir: TempDir,
     data: PathBuf,
@@ -165,8 +168,12 @@ pub struct PgServer {
 }
 
 impl PgServer {
-    /// A new server of our own (for tests that stop it).
+    /// A new server of our own, durable (for tests that stop or crash it).
     pub fn start() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> Self {
         let bindir = pg_bindir();
         let template = template(&bindir);
         let dir = shared_tempdir();
@@ -179,6 +186,7 @@ impl PgServer {
             .unwrap();
         assert!(copied.success(), "cannot copy the PostgreSQL template");
         let mut server = Self {
+            durable,
             bindir,
             dir,
             data,
@@ -211,7 +219,7 @@ impl PgServer {
         if let Some(server) = shared.upgrade() {
             return server;
         }
-        let server = Arc::new(Self::start());
+        let server = Arc::new(Self::start_with(false));
         *shared = Arc::downgrade(&server);
         server
     }
@@ -226,8 +234,13 @@ impl PgServer {
     }
 
     fn pg_ctl_start(&self) -> bool {
+        let durability = if self.durable {
+            "-c fsync=on -c full_page_writes=on -c synchronous_commit=on"
+        } else {
+            "-c fsync=off -c full_page_writes=off"
+        };
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c full_page_writes=off \
+            "-c listen_addresses=127.0.0.1 -p {} -k {} {durability} \
              -c max_connections=300 -c shared_buffers=32MB",
             self.port,
             self.dir.path().display()
@@ -244,19 +257,29 @@ impl PgServer {
     }
 
     pub fn url(&self, database: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+        self.url_via(self.port, database)
     }
 
-    /// Fast shutdown, as `kubectl delete pod` of the database would do.
-    pub fn stop(&self) {
+    /// The URL of `database` as reached through a proxy on `port`.
+    pub fn url_via(&self, port: u16, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{port}/{database}")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Immediate shutdown: every backend is killed at once, no checkpoint, and the next
+    /// start runs crash recovery from the WAL (a killed pod or a lost node).
+    pub fn crash(&self) {
         let status = as_postgres(&self.bindir.join("pg_ctl"))
-            .args(["stop", "-w", "-m", "fast", "-D"])
+            .args(["stop", "-w", "-m", "immediate", "-D"])
             .arg(&self.data)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .unwrap();
-        assert!(status.success(), "pg_ctl stop failed");
+        assert!(status.success(), "pg_ctl stop -m immediate failed");
     }
 
     /// Starts a stopped server again on the same port.
