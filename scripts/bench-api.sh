@@ -73,10 +73,12 @@ unset DATABASE_URL
 eval "$("$services" env)"
 
 port="$("$services" free-port)"
+admin_port="$("$services" free-port)"
 base="http://127.0.0.1:$port"
+admin="http://127.0.0.1:$admin_port"
 log "starting api-server on $base (DB_POOL_MAX=$pool_max, cache on, no rate limit)"
 env -u RATE_LIMIT_RPS -u RATE_LIMIT_BURST \
-  PORT="$port" RUST_LOG=warn LOG_FORMAT=json DB_POOL_MAX="$pool_max" DB_POOL_MIN="$pool_max" \
+  PORT="$port" ADMIN_PORT="$admin_port" RUST_LOG=warn LOG_FORMAT=json DB_POOL_MAX="$pool_max" DB_POOL_MIN="$pool_max" \
   CACHE_TTL_SECONDS=3600 "$server_bin" >"$work/server.log" 2>&1 &
 server_pid=$!
 
@@ -199,7 +201,7 @@ for s in $scenarios; do
   log "$s: $rps req/s, p50 $p50 ms, p99 $p99 ms, non-2xx $non2xx, socket errors $sockerr, $total requests"
 done
 
-curl -fsS "$base/metrics" >"$work/metrics.txt" 2>/dev/null || true
+curl -fsS "$admin/metrics" >"$work/metrics.txt" 2>/dev/null || true
 # Cross-check from the server's side: every request it answered with a status other than 2xx.
 server_non2xx=$(awk '/^http_requests_total\{/ && !/status="2[0-9][0-9]"/ {n += $NF} END {print n + 0}' "$work/metrics.txt")
 hwm=$(awk '/^VmHWM/{printf "%.1f MiB", $2/1024}' "/proc/$server_pid/status")

@@ -130,6 +130,10 @@ pub struct ServerConfig {
     /// TCP port to listen on (all interfaces); 0 picks a free one.
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
+    /// TCP port of `/metrics`, `/healthz` and `/readyz` for the kubelet and Prometheus (all
+    /// interfaces; `/metrics` is not on PORT); 0 picks a free one.
+    #[arg(long = "admin-port", env = "ADMIN_PORT", default_value_t = 9090)]
+    pub admin_port: u16,
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     pub log_format: LogFormat,
@@ -527,6 +531,7 @@ mod tests {
             "RATE_LIMIT_RPS",
             "RATE_LIMIT_BURST",
             "PORT",
+            "ADMIN_PORT",
             "LOG_FORMAT",
             "SHUTDOWN_TIMEOUT_SECONDS",
             "SHUTDOWN_DELAY_SECONDS",

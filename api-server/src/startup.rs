@@ -1,5 +1,6 @@
 //! Building and running the server: `Application::build` / `port()` / `run_until_stopped()`.
 
+use std::future::IntoFuture;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +48,8 @@ pub enum StartupError {
 pub struct Application {
     port: u16,
     listener: TcpListener,
+    admin_port: u16,
+    admin_listener: TcpListener,
     state: AppState,
     listener_pool: PgPool,
     shutdown_delay: Duration,
@@ -136,6 +139,20 @@ impl Application {
             .local_addr()
             .map_err(|source| StartupError::Bind { port, source })?
             .port();
+        let admin_port = config.server.admin_port;
+        let admin_listener = bind(admin_port)
+            .await
+            .map_err(|source| StartupError::Bind {
+                port: admin_port,
+                source,
+            })?;
+        let admin_port = admin_listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind {
+                port: admin_port,
+                source,
+            })?
+            .port();
 
         let state = AppState::new(Shared {
             db,
@@ -149,6 +166,8 @@ impl Application {
         Ok(Self {
             port,
             listener,
+            admin_port,
+            admin_listener,
             state,
             listener_pool: invalidation::listener_pool(options, config.database.acquire_timeout()),
             shutdown_delay: config.server.shutdown_delay(),
@@ -163,6 +182,11 @@ impl Application {
         self.port
     }
 
+    /// The port of `/metrics`, `/healthz` and `/readyz` for the kubelet and Prometheus.
+    pub fn admin_port(&self) -> u16 {
+        self.admin_port
+    }
+
     /// Cancel it to begin a graceful shutdown (main does so on SIGTERM/SIGINT).
     pub fn shutdown_token(&self) -> CancellationToken {
         self.state.shutdown.clone()
@@ -174,6 +198,8 @@ impl Application {
         let Self {
             port,
             listener,
+            admin_port,
+            admin_listener,
             state,
             listener_pool,
             shutdown_delay,
@@ -239,7 +265,12 @@ impl Application {
                 tokio::time::sleep(shutdown_delay + shutdown_timeout).await;
             }
         };
-        tracing::info!(port, "listening");
+        // The admin port answers until the process ends, so probes see the drain (/readyz 503)
+        // and Prometheus the last counts.
+        let admin = tokio::spawn(
+            axum::serve(admin_listener, routes::admin_router(state.clone())).into_future(),
+        );
+        tracing::info!(port, admin_port, "listening");
 
         // Without a cache there is no listener: a task that never ends.
         let invalidations = async move {
@@ -279,6 +310,7 @@ impl Application {
             }
         }
         shutdown.cancel();
+        admin.abort();
         let _ = tokio::time::timeout(POOL_CLOSE_TIMEOUT, async {
             tokio::join!(db.close(), listener_pool.close())
         })

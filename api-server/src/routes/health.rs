@@ -1,4 +1,5 @@
-//! Probes and metrics. These are attached outside the request-tracing layer.
+//! Probes and metrics. The public port serves the probes and the OpenAPI document; the admin
+//! port (`ADMIN_PORT`) serves the probes and `/metrics`, so metrics never face clients.
 
 use axum::Router;
 use axum::extract::State;
@@ -10,12 +11,20 @@ use utoipa::ToSchema;
 
 use crate::state::AppState;
 
+/// Routes of the public port, attached outside the request-tracing layer.
 pub fn router() -> Router<AppState> {
+    probes().route("/openapi.json", get(openapi))
+}
+
+/// The admin port: probes and metrics, for the kubelet and Prometheus only.
+pub fn admin_router() -> Router<AppState> {
+    probes().route("/metrics", get(metrics))
+}
+
+fn probes() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
 }
 
 /// Liveness: the process answers.
@@ -78,7 +87,8 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<Re
 }
 
 /// Prometheus metrics (OpenMetrics text).
-#[utoipa::path(get, path = "/metrics", tag = "probes", responses((status = 200, description = "OpenMetrics text")))]
+/// Served on the admin port only.
+#[utoipa::path(get, path = "/metrics", tag = "probes", responses((status = 200, description = "OpenMetrics text (admin port only)")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let idle = i64::try_from(state.db.num_idle()).unwrap_or(i64::MAX);
     let size = i64::from(state.db.size());

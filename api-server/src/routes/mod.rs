@@ -61,6 +61,13 @@ pub fn openapi_json() -> Result<String, serde_json::Error> {
     ApiDoc::openapi().to_json()
 }
 
+/// The admin port's router: probes and `/metrics`, nothing a client may reach.
+pub fn admin_router(state: AppState) -> Router {
+    health::admin_router()
+        .fallback(|| async { ApiError::NotFound("no such route on the admin port") })
+        .with_state(state)
+}
+
 pub fn router(state: AppState) -> Router {
     let mut users = users::router().route_layer(axum::middleware::from_fn_with_state(
         state.clone(),

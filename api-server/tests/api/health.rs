@@ -43,10 +43,38 @@ async fn readyz_turns_503_as_soon_as_shutdown_begins_while_requests_are_still_se
 }
 
 #[tokio::test]
+async fn metrics_are_only_on_the_admin_port_and_the_probes_on_both() {
+    let app = spawn_app().await;
+    app.wait_until_ready().await;
+    let public = app.get("/metrics").await;
+    assert_eq!(public.status(), 404, "no metrics on the public port");
+    let admin = app.get_admin("/metrics").await;
+    assert_eq!(admin.status(), 200);
+    assert!(admin.text().await.unwrap().contains("http_requests_total"));
+    for probe in ["/healthz", "/readyz"] {
+        assert_eq!(
+            app.get(probe).await.status(),
+            200,
+            "{probe} on the public port"
+        );
+        assert_eq!(
+            app.get_admin(probe).await.status(),
+            200,
+            "{probe} on the admin port"
+        );
+    }
+    assert_eq!(
+        app.get_admin("/users").await.status(),
+        404,
+        "no API on the admin port"
+    );
+}
+
+#[tokio::test]
 async fn metrics_expose_requests_cache_and_pool() {
     let app = spawn_app().await;
     app.get("/users/not-an-id").await;
-    let text = app.get_text("/metrics").await;
+    let text = app.metrics_text().await;
     for expected in [
         r#"http_requests_total{method="GET",route="/users/{id}",status="404"} 1"#,
         "http_request_duration_seconds_bucket",

@@ -27,6 +27,8 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
 
 pub struct TestApp {
     pub address: String,
+    /// The admin port's base URL (`/metrics`, `/healthz`, `/readyz`).
+    pub admin_address: String,
     pub client: reqwest::Client,
     pub pg: Arc<PgServer>,
     pub database: String,
@@ -101,6 +103,7 @@ pub fn config(url: &str, redis_url: Option<String>, options: &Options) -> Config
         },
         server: ServerConfig {
             port: 0,
+            admin_port: 0,
             log_format: LogFormat::Text,
             shutdown_timeout_seconds: 5,
             shutdown_delay_seconds: options.shutdown_delay_seconds,
@@ -152,6 +155,7 @@ pub async fn build_app(options: Options) -> TestApp {
     let config = config(&pg_url, redis_url, &options);
     let app = Application::build(config).await.expect("the app builds");
     let address = format!("http://127.0.0.1:{}", app.port());
+    let admin_address = format!("http://127.0.0.1:{}", app.admin_port());
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(async move {
         let _ = app.run_until_stopped().await;
@@ -159,6 +163,7 @@ pub async fn build_app(options: Options) -> TestApp {
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     TestApp {
         address,
+        admin_address,
         client,
         pg,
         database,
@@ -219,9 +224,15 @@ impl TestApp {
         self.get(path).await.json().await.unwrap()
     }
 
-    /// The text body of `GET path`, whatever its status.
-    pub async fn get_text(&self, path: &str) -> String {
-        self.get(path).await.text().await.unwrap()
+    /// `GET path` on the admin port.
+    pub async fn get_admin(&self, path: &str) -> reqwest::Response {
+        let url = format!("{}{path}", self.admin_address);
+        self.client.get(url).send().await.unwrap()
+    }
+
+    /// The admin port's `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        self.get_admin("/metrics").await.text().await.unwrap()
     }
 
     pub async fn post_user(&self, body: &Value) -> reqwest::Response {
@@ -299,7 +310,7 @@ impl TestApp {
 
     /// The value of one unlabelled metric sample, e.g. `cache_hits_total`.
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = self.get_text("/metrics").await;
+        let text = self.metrics_text().await;
         text.lines()
             .find_map(|line| {
                 line.strip_prefix(name)
