@@ -228,7 +228,12 @@ pub async fn require(
 ) -> Response {
     match auth.authorize(request.headers(), required_scope(request.method())) {
         Ok(()) => next.run(request).await,
-        Err(error) => ApiError::from(error).into_response(),
+        Err(error) => {
+            // Debug only: refusals are the client's business, and a flood of them must not
+            // flood the logs (the access log and metrics count them by status).
+            tracing::debug!(%error, "request refused");
+            ApiError::from(error).into_response()
+        }
     }
 }
 
