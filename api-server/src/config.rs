@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -28,6 +29,35 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
     #[command(flatten)]
     pub server: ServerConfig,
+    #[command(flatten)]
+    pub auth: AuthConfig,
+}
+
+/// OAuth 2.0 bearer JWTs on /users (docs/configuration.md, "Authentication").
+#[derive(Debug, Clone, Default, Args)]
+pub struct AuthConfig {
+    /// A JWKS file (RS256, ES256 or EdDSA keys); setting it turns authentication on, and
+    /// the file is re-read when it changes. Unset: /users is open to anyone.
+    #[arg(
+        long = "auth-jwks-path",
+        env = "AUTH_JWKS_PATH",
+        requires_all = ["jwt_issuer", "jwt_audience"]
+    )]
+    pub jwks_path: Option<PathBuf>,
+    /// The `iss` every token must carry. Needs AUTH_JWKS_PATH.
+    #[arg(
+        long = "auth-jwt-issuer",
+        env = "AUTH_JWT_ISSUER",
+        requires = "jwks_path"
+    )]
+    pub jwt_issuer: Option<String>,
+    /// A value the token's `aud` must contain. Needs AUTH_JWKS_PATH.
+    #[arg(
+        long = "auth-jwt-audience",
+        env = "AUTH_JWT_AUDIENCE",
+        requires = "jwks_path"
+    )]
+    pub jwt_audience: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -500,6 +530,37 @@ mod tests {
     }
 
     #[test]
+    fn auth_is_off_by_default() {
+        assert!(parse(&[]).unwrap().auth.jwks_path.is_none());
+    }
+
+    #[test]
+    fn a_jwks_path_needs_an_issuer_and_an_audience() {
+        let jwks = ["--auth-jwks-path", "/keys/jwks.json"];
+        assert!(parse(&jwks).is_err());
+        assert!(parse(&[&jwks[..], &["--auth-jwt-issuer", "https://idp"]].concat()).is_err());
+        let config = parse(
+            &[
+                &jwks[..],
+                &[
+                    "--auth-jwt-issuer",
+                    "https://idp",
+                    "--auth-jwt-audience",
+                    "users",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(config.auth.jwt_audience.as_deref(), Some("users"));
+    }
+
+    #[test]
+    fn an_issuer_without_a_jwks_path_is_rejected() {
+        assert!(parse(&["--auth-jwt-issuer", "https://idp"]).is_err());
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug_output() {
         let config = parse(&["--pg-password", "hunter2"]).unwrap();
         assert!(!format!("{config:?}").contains("hunter2"));
@@ -539,6 +600,9 @@ mod tests {
             "HTTP_IDLE_TIMEOUT_MS",
             "HTTP_MAX_HEADER_BYTES",
             "HTTP_MAX_CONNECTIONS",
+            "AUTH_JWKS_PATH",
+            "AUTH_JWT_ISSUER",
+            "AUTH_JWT_AUDIENCE",
             "RUST_LOG",
         ] {
             assert!(help.contains(var), "--help does not mention {var}");

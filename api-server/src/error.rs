@@ -10,6 +10,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::auth::AuthError;
 use crate::domain::FieldError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -50,6 +51,9 @@ pub enum ApiError {
     Starting,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// 401 without a valid bearer token, 403 without the scope the method needs.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
 }
 
 /// The problem document. Extension member `errors` lists invalid fields on a 422.
@@ -82,6 +86,10 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Auth(AuthError::MissingToken | AuthError::InvalidToken(_)) => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::Auth(AuthError::InsufficientScope(_)) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -103,6 +111,7 @@ impl ApiError {
             Self::Overloaded => "the server has too many connections; retry later".into(),
             Self::Starting => "the server is starting (schema not ready); retry later".into(),
             Self::Internal(_) => "an unexpected error occurred".into(),
+            Self::Auth(error) => error.to_string(),
         }
     }
 
@@ -112,6 +121,20 @@ impl ApiError {
             Self::Unavailable(_) | Self::Timeout | Self::Overloaded | Self::Starting => {
                 Some(RETRY_AFTER_UNAVAILABLE_SECS)
             }
+            _ => None,
+        }
+    }
+
+    /// The RFC 6750 challenge of a 401 or 403.
+    fn www_authenticate(&self) -> Option<String> {
+        match self {
+            Self::Auth(AuthError::MissingToken) => Some("Bearer".into()),
+            Self::Auth(AuthError::InvalidToken(_)) => {
+                Some(r#"Bearer error="invalid_token""#.into())
+            }
+            Self::Auth(AuthError::InsufficientScope(scope)) => Some(format!(
+                r#"Bearer error="insufficient_scope", scope="{scope}""#
+            )),
             _ => None,
         }
     }
@@ -145,6 +168,11 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(secs) = self.retry_after() {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(challenge) = self.www_authenticate()
+            && let Ok(value) = HeaderValue::from_str(&challenge)
+        {
+            headers.insert(header::WWW_AUTHENTICATE, value);
         }
         response
     }
@@ -288,6 +316,35 @@ mod tests {
         let response = ApiError::NotFound("no user with this id").into_response();
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         assert!(response.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn a_missing_token_is_401_with_a_bare_bearer_challenge() {
+        let response = ApiError::from(AuthError::MissingToken).into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+    }
+
+    #[test]
+    fn a_bad_token_is_401_invalid_token() {
+        let error = AuthError::InvalidToken(crate::auth::TokenError::Expired);
+        let response = ApiError::from(error).into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer error="invalid_token""#
+        );
+    }
+
+    #[test]
+    fn a_missing_scope_is_403_naming_the_scope() {
+        let response = ApiError::from(AuthError::InsufficientScope("users:write")).into_response();
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            response.headers()[header::WWW_AUTHENTICATE],
+            r#"Bearer error="insufficient_scope", scope="users:write""#
+        );
     }
 
     #[test]

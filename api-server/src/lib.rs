@@ -2,6 +2,7 @@
 //!
 //! `main.rs` only reads the config, sets up logging and runs [`startup::Application`].
 
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod db;

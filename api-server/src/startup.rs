@@ -12,6 +12,7 @@ use sqlx::{Connection, PgPool};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{AuthSetupError, Authenticator};
 use crate::cache::{Cache, invalidation};
 use crate::config::{Config, ConfigError, DatabaseConfig, HttpLimits, MigrateMode};
 use crate::metrics::Metrics;
@@ -43,6 +44,8 @@ pub enum StartupError {
     Bind { port: u16, source: std::io::Error },
     #[error("cannot render the OpenAPI document")]
     OpenApi(#[source] serde_json::Error),
+    #[error("cannot set up authentication")]
+    Auth(#[from] AuthSetupError),
 }
 
 pub struct Application {
@@ -130,6 +133,9 @@ impl Application {
             .quota()
             .map(|(rps, burst)| Arc::new(rate_limiter(rps, burst)));
         let openapi = Bytes::from(routes::openapi_json().map_err(StartupError::OpenApi)?);
+        let auth = Authenticator::from_config(&config.auth)
+            .await?
+            .map(Arc::new);
 
         let port = config.server.port;
         let listener = bind(port)
@@ -162,6 +168,7 @@ impl Application {
             health: Arc::new(Health::default()),
             rate_limiter,
             openapi,
+            auth,
         });
         Ok(Self {
             port,
@@ -234,6 +241,9 @@ impl Application {
                 }
             }
         };
+        if let Some(auth) = state.auth.clone() {
+            tokio::spawn(auth.watch(shutdown.clone()));
+        }
         if let Some(limiter) = state.rate_limiter.clone() {
             tokio::spawn(forget_idle_clients(limiter, shutdown.clone()));
         }

@@ -8,6 +8,7 @@ use axum::extract::FromRef;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::Authenticator;
 use crate::cache::Cache;
 use crate::metrics::Metrics;
 use crate::middleware::RateLimiter;
@@ -29,6 +30,8 @@ pub struct Shared {
     pub rate_limiter: Option<Arc<RateLimiter>>,
     /// The OpenAPI document, rendered once at start-up.
     pub openapi: Bytes,
+    /// Bearer-token checks on /users; `None` when AUTH_JWKS_PATH is unset.
+    pub auth: Option<Arc<Authenticator>>,
 }
 
 impl AppState {

@@ -73,6 +73,13 @@ pub fn router(state: AppState) -> Router {
         state.clone(),
         middleware::require_schema,
     ));
+    // Outside the schema check: an anonymous client learns nothing, not even "starting".
+    if let Some(auth) = state.auth.clone() {
+        users = users.route_layer(axum::middleware::from_fn_with_state(
+            auth,
+            crate::auth::require,
+        ));
+    }
     // Only when configured: the hot path pays nothing for a limiter that is off.
     if state.rate_limiter.is_some() {
         users = users.route_layer(axum::middleware::from_fn_with_state(
@@ -159,6 +166,7 @@ mod tests {
             },
             rate_limiter: None,
             openapi: openapi_json().unwrap().into(),
+            auth: None,
         }))
     }
 

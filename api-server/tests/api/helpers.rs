@@ -5,8 +5,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use api_server::config::{
-    CacheConfig, Config, DatabaseConfig, HttpLimits, LogFormat, MigrateMode, RateLimitConfig,
-    Secret, ServerConfig,
+    AuthConfig, CacheConfig, Config, DatabaseConfig, HttpLimits, LogFormat, MigrateMode,
+    RateLimitConfig, Secret, ServerConfig,
 };
 use api_server::startup::Application;
 use serde_json::{Value, json};
@@ -67,6 +67,8 @@ pub struct Options {
     /// Reach Postgres through a fault-injecting proxy (`TestApp::pg_proxy`).
     pub pg_proxy: bool,
     pub redis_timeout_ms: Option<u64>,
+    /// Bearer-token authentication (off by default, as in production).
+    pub auth: AuthConfig,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -109,6 +111,7 @@ pub fn config(url: &str, redis_url: Option<String>, options: &Options) -> Config
             shutdown_delay_seconds: options.shutdown_delay_seconds,
             http: options.http.clone().unwrap_or_default(),
         },
+        auth: options.auth.clone(),
     }
 }
 

@@ -2,6 +2,7 @@
 // Test helpers panic on purpose: a failed set-up step is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod auth;
 mod breaker;
 mod cache;
 mod clients;
@@ -15,4 +16,5 @@ mod raw;
 mod services;
 mod shutdown;
 mod startup;
+mod tokens;
 mod users;
