@@ -10,6 +10,8 @@ use crate::crd_funcs::DatabaseAuth;
 
 /// The api-server's HTTP port (container port `http`).
 pub const HTTP_PORT: i32 = 8080;
+/// The api-server's admin port: `/metrics`, `/healthz`, `/readyz`; probed, never in the Service.
+pub const ADMIN_PORT: i32 = 9090;
 /// Redis sidecar address, reachable only inside the pod.
 pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// How long the api-server drains in-flight requests after SIGTERM.
@@ -47,6 +49,7 @@ pub fn config_map(sapi: &ScalableApi) -> ConfigMap {
         set("RATE_LIMIT_BURST", burst.to_string());
     }
     set("PORT", HTTP_PORT.to_string());
+    set("ADMIN_PORT", ADMIN_PORT.to_string());
     set("LOG_FORMAT", "json".to_owned());
     set(
         "SHUTDOWN_TIMEOUT_SECONDS",
@@ -102,6 +105,7 @@ mod tests {
         assert_eq!(
             keys(&all),
             [
+                "ADMIN_PORT",
                 "CACHE_TTL_SECONDS",
                 "DB_ACQUIRE_TIMEOUT_MS",
                 "DB_POOL_MAX",

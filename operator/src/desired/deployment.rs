@@ -17,7 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::configmap::{HTTP_PORT, SHUTDOWN_TIMEOUT_SECONDS};
+use super::configmap::{ADMIN_PORT, HTTP_PORT, SHUTDOWN_TIMEOUT_SECONDS};
 use super::{CONFIG_HASH_ANNOTATION, Inputs, SpecError, child_meta, labels, redis, security};
 use crate::crd::ScalableApi;
 use crate::crd_funcs::DatabaseAuth;
@@ -129,12 +129,20 @@ fn api_container(sapi: &ScalableApi, inputs: &Inputs) -> Result<Container, SpecE
                 .clone()
                 .unwrap_or_else(|| inputs.pod.api_image.clone()),
         ),
-        ports: Some(vec![ContainerPort {
-            name: Some("http".into()),
-            container_port: HTTP_PORT,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("http".into()),
+                container_port: HTTP_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+            ContainerPort {
+                name: Some("admin".into()),
+                container_port: ADMIN_PORT,
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            },
+        ]),
         env_from: Some(vec![EnvFromSource {
             config_map_ref: Some(ConfigMapEnvSource {
                 name: sapi.config_map_name(),
@@ -219,7 +227,8 @@ fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe 
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("http".into()),
+            // The admin port: probes keep answering however busy or shed the API port is.
+            port: IntOrString::String("admin".into()),
             scheme: Some("HTTP".into()),
             ..HTTPGetAction::default()
         }),

@@ -102,14 +102,16 @@ fn api_container_uses_the_default_image_unless_spec_image_is_set() {
 }
 
 #[test]
-fn api_container_exposes_http_on_8080() {
+fn api_container_exposes_http_on_8080_and_admin_on_9090() {
     let ports = api(&deployment_of(&ScalableApi::test()))
         .ports
         .clone()
         .expect("ports");
-    assert_eq!(ports.len(), 1);
-    assert_eq!(ports[0].name.as_deref(), Some("http"));
-    assert_eq!(ports[0].container_port, 8080);
+    let named: Vec<(Option<&str>, i32)> = ports
+        .iter()
+        .map(|p| (p.name.as_deref(), p.container_port))
+        .collect();
+    assert_eq!(named, [(Some("http"), 8080), (Some("admin"), 9090)]);
 }
 
 #[test]
@@ -121,7 +123,8 @@ fn probes_are_healthz_for_liveness_and_readyz_for_readiness() {
             .as_ref()
             .and_then(|p| p.http_get.as_ref())
             .expect("httpGet");
-        assert_eq!(get.port, IntOrString::String("http".into()));
+        // The admin port, which /metrics shares with the probes, never the public one.
+        assert_eq!(get.port, IntOrString::String("admin".into()));
         get.path.clone()
     };
     assert_eq!(path(&c.liveness_probe).as_deref(), Some("/healthz"));
