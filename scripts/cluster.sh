@@ -396,6 +396,14 @@ EOF
       || fail kube-apiserver "installing the Gateway API CRD $crd failed"
   done
   wait_healthy kube-apiserver kctl wait --for=condition=Established --timeout=2s crd/httproutes.gateway.networking.k8s.io
+  # prometheus-operator's PodMonitor CRD (testenv/prometheus-operator pins the release).
+  local po
+  po="$(cd "$ROOT/testenv/prometheus-operator" && go mod download -json github.com/prometheus-operator/prometheus-operator \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')" || true
+  [[ -n "$po" && -d "$po/example/prometheus-operator-crd" ]] || fail kube-apiserver "downloading the prometheus-operator module failed"
+  kctl apply --server-side -f "$po/example/prometheus-operator-crd/monitoring.coreos.com_podmonitors.yaml" >/dev/null \
+    || fail kube-apiserver "installing the PodMonitor CRD failed"
+  wait_healthy kube-apiserver kctl wait --for=condition=Established --timeout=2s crd/podmonitors.monitoring.coreos.com
 
   cat >"$D/env" <<EOF
 export KUBECONFIG=$D/admin.kubeconfig

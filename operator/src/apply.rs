@@ -18,10 +18,12 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::{Mutex, PoisonError};
 
+use crate::controller::OptionalApis;
 use crate::crd::ScalableApi;
 use crate::desired::Children;
 use crate::error::{Error, Result};
 use crate::gateway_api::HTTPRoute;
+use crate::prometheus_operator::PodMonitor;
 
 pub mod covers;
 pub mod ownership;
@@ -283,31 +285,26 @@ struct Live {
     pdb: Option<PodDisruptionBudget>,
     ingress: Option<Ingress>,
     http_route: Option<HTTPRoute>,
+    pod_monitor: Option<PodMonitor>,
 }
 
-/// `gateway_api`: the cluster serves HTTPRoutes; otherwise there is none to read.
+/// `apis`: what the cluster serves; a kind it does not serve has nothing to read.
 async fn read_live(
     client: &Client,
     ns: &str,
     name: &str,
     cm_name: &str,
-    gateway_api: bool,
+    apis: OptionalApis,
 ) -> Result<Live> {
-    let route = async {
-        if gateway_api {
-            get_child(client, ns, name).await
-        } else {
-            Ok(None)
-        }
-    };
-    let (config_map, service, deployment, hpa, pdb, ingress, http_route) = futures::try_join!(
+    let (config_map, service, deployment, hpa, pdb, ingress, http_route, pod_monitor) = futures::try_join!(
         get_child(client, ns, cm_name),
         get_child(client, ns, name),
         get_child(client, ns, name),
         get_child(client, ns, name),
         get_child(client, ns, name),
         get_child(client, ns, name),
-        route,
+        get_served(client, ns, name, apis.gateway_api),
+        get_served(client, ns, name, apis.prometheus_operator),
     )?;
     Ok(Live {
         config_map,
@@ -317,7 +314,23 @@ async fn read_live(
         pdb,
         ingress,
         http_route,
+        pod_monitor,
     })
+}
+
+/// `get_child` of a kind of an optional API: nothing when the cluster does not serve it.
+async fn get_served<K>(client: &Client, ns: &str, name: &str, served: bool) -> Result<Option<K>>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    if served {
+        get_child(client, ns, name).await
+    } else {
+        Ok(None)
+    }
 }
 
 async fn get_child<K>(client: &Client, ns: &str, name: &str) -> Result<Option<K>>
@@ -353,17 +366,10 @@ pub async fn apply_children(
     sapi: &ScalableApi,
     children: &Children,
     records: &LastApplied,
-    gateway_api: bool,
+    apis: OptionalApis,
 ) -> Result<Pass> {
     let name = children.deployment.name_any();
-    let live = read_live(
-        client,
-        ns,
-        &name,
-        &children.config_map.name_any(),
-        gateway_api,
-    )
-    .await?;
+    let live = read_live(client, ns, &name, &children.config_map.name_any(), apis).await?;
     let checks = [
         (
             "ConfigMap",
@@ -401,7 +407,16 @@ pub async fn apply_children(
             children
                 .http_route
                 .as_ref()
-                .filter(|_| gateway_api)
+                .filter(|_| apis.gateway_api)
+                .map(|o| o.meta()),
+        ),
+        (
+            "PodMonitor",
+            live.pod_monitor.as_ref().map(|o| o.meta()),
+            children
+                .pod_monitor
+                .as_ref()
+                .filter(|_| apis.prometheus_operator)
                 .map(|o| o.meta()),
         ),
     ];
@@ -512,7 +527,7 @@ pub async fn apply_children(
     )
     .await
     .map_err(Error::ApplyIngress)?;
-    if gateway_api {
+    if apis.gateway_api {
         writes += ensure_optional(
             client,
             ns,
@@ -523,6 +538,18 @@ pub async fn apply_children(
         )
         .await
         .map_err(Error::ApplyHttpRoute)?;
+    }
+    if apis.prometheus_operator {
+        writes += ensure_optional(
+            client,
+            ns,
+            children.pod_monitor.as_ref(),
+            live.pod_monitor,
+            records,
+            &mine,
+        )
+        .await
+        .map_err(Error::ApplyPodMonitor)?;
     }
     let template_generation = records
         .get(&record_key(&children.deployment))

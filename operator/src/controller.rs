@@ -15,6 +15,7 @@
 //! policy                  poddisruptionbudgets          get list watch create patch delete
 //! networking.k8s.io       ingresses                     get list watch create patch delete
 //! gateway.networking.k8s.io  httproutes                 get list watch create patch delete
+//! monitoring.coreos.com   podmonitors                   get list watch create patch delete
 //! ""                      secrets                       get list watch
 //! events.k8s.io           events                        create patch
 //! coordination.k8s.io     leases                        get create update  (operator namespace only)
@@ -55,6 +56,7 @@ use crate::events;
 use crate::gateway_api::{self, HTTPRoute};
 use crate::metrics::Metrics;
 use crate::multi_namespace;
+use crate::prometheus_operator::{self, PodMonitor};
 use crate::retry::{self, Failures};
 use crate::status::{self, Observation, SecretState};
 
@@ -76,6 +78,15 @@ pub const MAX_CONCURRENT_RECONCILES: u16 = 32;
 /// Triggers for one object closer together than this become one reconcile: the watch
 /// events our own writes cause arrive in a burst just after the reconcile that caused them.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
+/// Optional APIs: each kind is applied and watched only when the cluster serves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OptionalApis {
+    /// Gateway API HTTPRoutes (`gateway.networking.k8s.io/v1`).
+    pub gateway_api: bool,
+    /// prometheus-operator PodMonitors (`monitoring.coreos.com/v1`).
+    pub prometheus_operator: bool,
+}
+
 /// Reporting controller name of our Events.
 pub const CONTROLLER_NAME: &str = "scalable-api-operator";
 
@@ -86,8 +97,8 @@ pub struct Settings {
     pub namespaces: Vec<String>,
     /// Images and ids of the pods (`--default-image`, `--default-cache-image`, `--pod-uid`).
     pub pod_defaults: PodDefaults,
-    /// The cluster serves Gateway API HTTPRoutes (`gateway_api::served`, checked at start).
-    pub gateway_api: bool,
+    /// Optional APIs the cluster serves (`optional_apis`, checked at start).
+    pub apis: OptionalApis,
     /// This replica's identity in Events (the pod name).
     pub instance: String,
     /// Re-check of a healthy object (`RESYNC_INTERVAL` unless set on the command line).
@@ -101,7 +112,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Metrics,
     pod_defaults: PodDefaults,
-    gateway_api: bool,
+    apis: OptionalApis,
     resync_interval: Duration,
     hash_key: HashKey,
     store: Store<ScalableApi>,
@@ -229,11 +240,16 @@ fn spec_changes(
     )
 }
 
-/// True when the cluster serves HTTPRoutes (for `Settings::gateway_api`).
-pub async fn gateway_api_served(client: &Client) -> bool {
-    let served = gateway_api::served(client).await;
-    tracing::info!(served, "Gateway API HTTPRoutes");
-    served
+/// The optional APIs the cluster serves, for `Settings` (checked once, at start).
+pub async fn optional_apis(client: &Client) -> OptionalApis {
+    let (gateway_api, prometheus_operator) = futures::join!(
+        gateway_api::served(client),
+        prometheus_operator::served(client)
+    );
+    OptionalApis {
+        gateway_api,
+        prometheus_operator,
+    }
 }
 
 /// The controller and its context; `run` and the tests add shutdown and drive it.
@@ -291,8 +307,13 @@ pub fn build(
         );
     // Only an API the cluster serves can be watched: without the Gateway API CRDs the
     // watch would fail for good.
-    let controller = if settings.gateway_api {
+    let controller = if settings.apis.gateway_api {
         controller.owns_stream(metadata_triggers::<HTTPRoute>(&client, &scopes, &ours))
+    } else {
+        controller
+    };
+    let controller = if settings.apis.prometheus_operator {
+        controller.owns_stream(metadata_triggers::<PodMonitor>(&client, &scopes, &ours))
     } else {
         controller
     };
@@ -305,7 +326,7 @@ pub fn build(
         client,
         metrics,
         pod_defaults: settings.pod_defaults,
-        gateway_api: settings.gateway_api,
+        apis: settings.apis,
         resync_interval: settings.resync_interval,
         hash_key: settings.hash_key,
         store,
@@ -375,7 +396,10 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         floor: sapi.replica_floor(),
         selector: sapi.selector_string(),
         url: sapi.url(),
-        http_route: sapi.spec.http_route.as_ref().map(|_| ctx.gateway_api),
+        http_route: sapi.spec.http_route.as_ref().map(|_| ctx.apis.gateway_api),
+        pod_monitor: sapi
+            .pod_monitor_wanted()
+            .then_some(ctx.apis.prometheus_operator),
     };
     if sapi.spec.suspend {
         apply::suspend_children(&ctx.client, &ns, sapi).await?;
@@ -407,7 +431,7 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         sapi,
         &children,
         &ctx.last_applied,
-        ctx.gateway_api,
+        ctx.apis,
     )
     .await
     {

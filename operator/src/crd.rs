@@ -178,6 +178,9 @@ pub struct ScalableApiSpec {
     /// HTTPRoute says so and everything else is applied as usual.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_route: Option<HttpRouteSpec>,
+    /// Scraping of the API's metrics (its admin port) by prometheus-operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<MonitoringSpec>,
     /// Where the pods run and what they carry: node selection, tolerations, affinity,
     /// spread, priority, pull secrets, labels, annotations, service account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,6 +195,20 @@ pub struct ScalableApiSpec {
     /// Pause reconciliation: children stay as they are and no HPA is applied.
     #[serde(default)]
     pub suspend: bool,
+}
+
+/// Metrics collection.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitoringSpec {
+    /// Make a PodMonitor (monitoring.coreos.com/v1) that scrapes `/metrics` on every pod's
+    /// admin port. Needs prometheus-operator's CRDs when the operator starts; without them the
+    /// condition PodMonitor says so and everything else is applied as usual.
+    #[serde(default)]
+    pub pod_monitor: bool,
+    /// Labels of the PodMonitor, e.g. the one your Prometheus' podMonitorSelector wants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_monitor_labels: Option<BTreeMap<String, String>>,
 }
 
 /// The Ingress `<name>`: one host and path prefix to the Service's port.

@@ -44,6 +44,11 @@ impl ScalableApi {
         self.spec.database.auth().map(DatabaseAuth::secret_ref)
     }
 
+    /// True when `spec.monitoring.podMonitor` asks for a PodMonitor.
+    pub fn pod_monitor_wanted(&self) -> bool {
+        self.spec.monitoring.as_ref().is_some_and(|m| m.pod_monitor)
+    }
+
     /// True when an HPA owns the replica count.
     pub fn autoscaling_enabled(&self) -> bool {
         self.spec.autoscaling.is_some()

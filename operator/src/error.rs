@@ -36,6 +36,8 @@ pub enum Error {
     ApplyIngress(#[source] kube::Error),
     #[error("applying or deleting the HTTPRoute failed: {0}")]
     ApplyHttpRoute(#[source] kube::Error),
+    #[error("applying or deleting the PodMonitor failed: {0}")]
+    ApplyPodMonitor(#[source] kube::Error),
     #[error("patching the ScalableApi status failed: {0}")]
     PatchStatus(#[source] kube::Error),
     #[error("creating the Kubernetes client failed: {0}")]
@@ -102,6 +104,7 @@ impl Error {
             Error::DeletePdb(_) => "delete_pdb",
             Error::ApplyIngress(_) => "apply_ingress",
             Error::ApplyHttpRoute(_) => "apply_httproute",
+            Error::ApplyPodMonitor(_) => "apply_podmonitor",
             Error::PatchStatus(_) => "patch_status",
             Error::CreateClient(_) => "create_client",
             Error::BindHttp(_) => "bind_http",
@@ -130,6 +133,7 @@ impl Error {
             | Error::DeletePdb(e)
             | Error::ApplyIngress(e)
             | Error::ApplyHttpRoute(e)
+            | Error::ApplyPodMonitor(e)
             | Error::PatchStatus(e)
             | Error::CreateClient(e)
             | Error::Lease(e)
@@ -150,6 +154,7 @@ impl Error {
             Error::ApplyPdb(_) | Error::DeletePdb(_) => Some("PodDisruptionBudget"),
             Error::ApplyIngress(_) => Some("Ingress"),
             Error::ApplyHttpRoute(_) => Some("HTTPRoute"),
+            Error::ApplyPodMonitor(_) => Some("PodMonitor"),
             _ => None,
         }
     }

@@ -5,6 +5,8 @@
 //! live route read through this type drops them; `covers` only compares what we send).
 
 use kube::{Client, CustomResource};
+
+use crate::discovery;
 use serde::{Deserialize, Serialize};
 
 pub const GROUP_VERSION: &str = "gateway.networking.k8s.io/v1";
@@ -51,15 +53,7 @@ pub struct BackendRef {
     pub port: i32,
 }
 
-/// True when the cluster serves HTTPRoutes (the Gateway API CRDs are installed). Checked once
-/// at start: the owns-watch of HTTPRoutes can only be made for an API that exists.
+/// True when the cluster serves HTTPRoutes (the Gateway API CRDs are installed).
 pub async fn served(client: &Client) -> bool {
-    match client.list_api_group_resources(GROUP_VERSION).await {
-        Ok(list) => list.resources.iter().any(|r| r.name == "httproutes"),
-        Err(kube::Error::Api(s)) if s.is_not_found() => false,
-        Err(e) => {
-            tracing::warn!(error = %e, "discovering the Gateway API failed; HTTPRoutes are off");
-            false
-        }
-    }
+    discovery::served(client, GROUP_VERSION, "httproutes").await
 }

@@ -9,6 +9,7 @@ pub mod controller;
 pub mod crd;
 mod crd_funcs;
 pub mod desired;
+mod discovery;
 pub mod error;
 mod events;
 #[cfg(test)]
@@ -19,6 +20,7 @@ mod http;
 pub mod leader;
 pub mod metrics;
 mod multi_namespace;
+pub mod prometheus_operator;
 pub mod render;
 mod retry;
 mod status;

@@ -118,6 +118,7 @@ fn documents(c: &Children) -> Result<Vec<Value>, RenderError> {
     docs.extend(c.pdb.as_ref().map(serde_json::to_value));
     docs.extend(c.ingress.as_ref().map(serde_json::to_value));
     docs.extend(c.http_route.as_ref().map(serde_json::to_value));
+    docs.extend(c.pod_monitor.as_ref().map(serde_json::to_value));
     docs.into_iter()
         .map(|d| d.map(sorted).map_err(yaml_err))
         .collect()

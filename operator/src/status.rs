@@ -18,6 +18,8 @@ pub mod types {
     pub const DATABASE_CONFIGURED: &str = "DatabaseConfigured";
     /// Only when `spec.httpRoute` is set: whether the cluster serves HTTPRoutes.
     pub const HTTP_ROUTE: &str = "HTTPRoute";
+    /// Only when `spec.monitoring.podMonitor` is true: whether the cluster serves PodMonitors.
+    pub const POD_MONITOR: &str = "PodMonitor";
     pub const PAUSED: &str = "Paused";
 }
 
@@ -48,6 +50,8 @@ pub mod reasons {
     pub const NOT_STALLED: &str = "NotStalled";
     pub const GATEWAY_API_SERVED: &str = "GatewayAPIServed";
     pub const GATEWAY_API_NOT_INSTALLED: &str = "GatewayAPINotInstalled";
+    pub const PROMETHEUS_OPERATOR_SERVED: &str = "PrometheusOperatorServed";
+    pub const PROMETHEUS_OPERATOR_NOT_INSTALLED: &str = "PrometheusOperatorNotInstalled";
 }
 
 /// What reconcile learned about the referenced Secret.
@@ -101,6 +105,30 @@ pub struct Observation<'a> {
     pub url: String,
     /// `Some(served)` when `spec.httpRoute` is set: whether the cluster serves HTTPRoutes.
     pub http_route: Option<bool>,
+    /// `Some(served)` when a PodMonitor is wanted: whether the cluster serves PodMonitors.
+    pub pod_monitor: Option<bool>,
+}
+
+/// The condition of a child of an optional API that the spec asks for.
+fn optional_api(
+    served: bool,
+    ok_reason: &str,
+    missing_reason: &str,
+    what: &str,
+    api: &str,
+    crds: &str,
+) -> State {
+    if served {
+        state(true, ok_reason, format!("the cluster serves {api}"))
+    } else {
+        state(
+            false,
+            missing_reason,
+            format!(
+                "{what} is set, but the cluster served no {api} when the operator started: install the {crds} CRDs, then restart the operator; everything else is applied"
+            ),
+        )
+    }
 }
 
 /// Longest message we copy from the API server or the Deployment: the Ready message becomes
@@ -350,19 +378,24 @@ pub fn compute(
         state(false, reasons::ACTIVE, "reconciling")
     };
     let route = obs.http_route.map(|served| {
-        if served {
-            state(
-                true,
-                reasons::GATEWAY_API_SERVED,
-                "the cluster serves gateway.networking.k8s.io/v1 HTTPRoutes",
-            )
-        } else {
-            state(
-                false,
-                reasons::GATEWAY_API_NOT_INSTALLED,
-                "spec.httpRoute is set, but the cluster served no gateway.networking.k8s.io/v1 HTTPRoutes when the operator started: install the Gateway API CRDs, then restart the operator; everything else is applied",
-            )
-        }
+        optional_api(
+            served,
+            reasons::GATEWAY_API_SERVED,
+            reasons::GATEWAY_API_NOT_INSTALLED,
+            "spec.httpRoute",
+            "gateway.networking.k8s.io/v1 HTTPRoutes",
+            "Gateway API",
+        )
+    });
+    let monitor = obs.pod_monitor.map(|served| {
+        optional_api(
+            served,
+            reasons::PROMETHEUS_OPERATOR_SERVED,
+            reasons::PROMETHEUS_OPERATOR_NOT_INSTALLED,
+            "spec.monitoring.podMonitor",
+            "monitoring.coreos.com/v1 PodMonitors",
+            "prometheus-operator",
+        )
     });
     let conditions = [
         (types::READY, ready),
@@ -373,6 +406,7 @@ pub fn compute(
     ]
     .into_iter()
     .chain(route.map(|r| (types::HTTP_ROUTE, r)))
+    .chain(monitor.map(|m| (types::POD_MONITOR, m)))
     .map(|(t, (ok, reason, message))| {
         let mut c = condition(t, ok, &reason, message, g);
         c.last_transition_time = transition_time(previous, &c, now);

@@ -108,11 +108,11 @@ pub async fn run_with(client: Client, args: RunArgs, timing: Timing) -> Result<(
         metrics.set_leader(lock.name(), true);
     }
 
-    let gateway_api = controller::gateway_api_served(&client).await;
+    let apis = controller::optional_apis(&client).await;
     let settings = Settings {
         namespaces: namespaces.clone(),
         pod_defaults: args.pod.pod_defaults(),
-        gateway_api,
+        apis,
         instance: identity,
         resync_interval: args.resync_interval(),
         hash_key,

@@ -23,6 +23,7 @@ pub mod httproute;
 pub mod ingress;
 pub mod labels;
 pub mod pdb;
+pub mod podmonitor;
 pub mod redis;
 pub mod security;
 pub mod service;
@@ -73,6 +74,7 @@ pub struct Children {
     pub pdb: Option<PodDisruptionBudget>,
     pub ingress: Option<Ingress>,
     pub http_route: Option<crate::gateway_api::HTTPRoute>,
+    pub pod_monitor: Option<crate::prometheus_operator::PodMonitor>,
 }
 
 /// A spec the operator cannot turn into children. Messages say what to change.
@@ -129,6 +131,7 @@ pub fn desired(sapi: &ScalableApi, inputs: &Inputs) -> Result<Children, SpecErro
         pdb: pdb::pdb(sapi),
         ingress: ingress::ingress(sapi),
         http_route: httproute::http_route(sapi),
+        pod_monitor: podmonitor::pod_monitor(sapi),
         config_map,
     })
 }

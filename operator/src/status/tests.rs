@@ -43,6 +43,7 @@ fn obs<'a>(secret: &'a SecretState, d: Option<&'a Deployment>) -> Observation<'a
         selector: "app.kubernetes.io/instance=a".into(),
         url: "http://a.ns.svc:80".into(),
         http_route: None,
+        pod_monitor: None,
     }
 }
 

@@ -20,6 +20,7 @@ mod helm;
 mod idle;
 mod leader;
 mod lifecycle;
+mod monitoring;
 mod namespaces;
 mod ownership;
 mod secrets;

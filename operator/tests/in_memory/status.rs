@@ -247,3 +247,28 @@ async fn an_http_route_without_the_gateway_api_is_a_condition_and_one_warning() 
         "no request for an API the cluster does not serve"
     );
 }
+
+#[tokio::test]
+async fn a_pod_monitor_without_prometheus_operator_is_a_condition_and_one_warning() {
+    let h = Harness::start().await;
+    create_db_secret(&h, "users").await;
+    let mut sapi = scalable_api("users").build();
+    sapi.spec.monitoring = serde_json::from_value(json!({"podMonitor": true})).expect("monitoring");
+    h.api::<operator::crd::ScalableApi>()
+        .create(&Default::default(), &sapi)
+        .await
+        .expect("create");
+    eventually("PodMonitor=False/PrometheusOperatorNotInstalled", || {
+        (condition(&h, "users", "PodMonitor")?.1 == "PrometheusOperatorNotInstalled").then_some(())
+    })
+    .await;
+    wait_for_event(&h, "the Warning", "users", "PrometheusOperatorNotInstalled").await;
+    assert!(h.object(DEPLOYMENTS, "users").is_some());
+    assert!(
+        h.fake
+            .requests()
+            .iter()
+            .all(|r| !r.path.contains("podmonitors")),
+        "no request for an API the cluster does not serve"
+    );
+}

@@ -235,9 +235,9 @@ impl Cluster {
     }
 
     /// Starts the controller restricted to this namespace (as `--namespace` does), with the
-    /// Gateway API on when the cluster serves it (as at the operator's start).
+    /// optional APIs the cluster serves (as at the operator's start).
     pub async fn start_operator(&mut self) {
-        let gateway_api = controller::gateway_api_served(&self.client).await;
+        let apis = controller::optional_apis(&self.client).await;
         let metrics = Metrics::register(&mut Registry::default());
         let settings = Settings {
             namespaces: vec![self.ns.clone()],
@@ -245,7 +245,7 @@ impl Cluster {
                 api_image: DEFAULT_TEST_IMAGE.to_owned(),
                 ..operator::desired::PodDefaults::default()
             },
-            gateway_api,
+            apis,
             instance: "test-operator".to_owned(),
             resync_interval: controller::RESYNC_INTERVAL,
             hash_key: HashKey::generate(),

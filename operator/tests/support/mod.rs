@@ -74,8 +74,8 @@ impl Harness {
                 api_image: DEFAULT_TEST_IMAGE.to_owned(),
                 ..operator::desired::PodDefaults::default()
             },
-            // The fake serves no Gateway API, like a cluster without its CRDs.
-            gateway_api: false,
+            // The fake serves no optional API, like a cluster without their CRDs.
+            apis: controller::OptionalApis::default(),
             instance: "test-operator".to_owned(),
             resync_interval: controller::RESYNC_INTERVAL,
             hash_key: HashKey::generate(),
