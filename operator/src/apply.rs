@@ -13,8 +13,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::{Mutex, PoisonError};
 
@@ -72,8 +72,15 @@ fn params() -> PatchParams {
 /// marker has not moved since is skipped without comparing; one whose marker moved (a
 /// scale, a status write, someone's edit) is compared field by field (`covers`). Lost on
 /// restart: the first pass then compares every child.
+///
+/// It also knows which optional children (HPA, PDB, Ingress, HTTPRoute, PodMonitor) it saw
+/// absent while they were not wanted, so later passes need not read them again: only this
+/// process creates them, and its own writes clear the mark.
 #[derive(Debug, Default)]
-pub struct LastApplied(Mutex<HashMap<String, Record>>);
+pub struct LastApplied {
+    records: Mutex<HashMap<String, Record>>,
+    absent: Mutex<HashSet<String>>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Record {
@@ -89,20 +96,36 @@ impl LastApplied {
     }
 
     fn put(&self, key: String, record: Record) {
+        self.absent().remove(&key);
         self.lock().insert(key, record);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Record>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.records.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn absent(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.absent.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn known_absent(&self, key: &str) -> bool {
+        self.absent().contains(key)
+    }
+
+    fn mark_absent(&self, key: String) {
+        self.lock().remove(&key);
+        self.absent().insert(key);
     }
 
     /// Drops the records of every ScalableApi `keep` says is gone.
     pub fn retain(&self, keep: impl Fn(&str, &str) -> bool) {
-        self.lock().retain(|key, _| {
+        let alive = |key: &String| {
             let mut parts = key.splitn(3, '/');
             let (_, ns, name) = (parts.next(), parts.next(), parts.next());
             keep(ns.unwrap_or_default(), name.unwrap_or_default())
-        });
+        };
+        self.lock().retain(|key, _| alive(key));
+        self.absent().retain(alive);
     }
 
     pub fn len(&self) -> usize {
@@ -115,12 +138,14 @@ impl LastApplied {
 }
 
 fn record_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
-    format!(
-        "{}/{}/{}",
-        K::kind(&()),
+    child_key::<K>(
         obj.meta().namespace.as_deref().unwrap_or_default(),
-        obj.meta().name.as_deref().unwrap_or_default()
+        obj.meta().name.as_deref().unwrap_or_default(),
     )
+}
+
+fn child_key<K: Resource<DynamicType = ()>>(ns: &str, name: &str) -> String {
+    format!("{}/{ns}/{name}", K::kind(&()))
 }
 
 /// Generation where the kind keeps one (spec changes only), else resourceVersion.
@@ -292,19 +317,27 @@ struct Live {
 async fn read_live(
     client: &Client,
     ns: &str,
-    name: &str,
-    cm_name: &str,
+    children: &Children,
     apis: OptionalApis,
+    records: &LastApplied,
 ) -> Result<Live> {
+    let name = &children.deployment.name_any();
+    let cm_name = &children.config_map.name_any();
+    let optional = Optional {
+        client,
+        ns,
+        name,
+        records,
+    };
     let (config_map, service, deployment, hpa, pdb, ingress, http_route, pod_monitor) = futures::try_join!(
         get_child(client, ns, cm_name),
         get_child(client, ns, name),
         get_child(client, ns, name),
-        get_child(client, ns, name),
-        get_child(client, ns, name),
-        get_child(client, ns, name),
-        get_served(client, ns, name, apis.gateway_api),
-        get_served(client, ns, name, apis.prometheus_operator),
+        optional.get(true, children.hpa.is_some()),
+        optional.get(true, children.pdb.is_some()),
+        optional.get(true, children.ingress.is_some()),
+        optional.get(apis.gateway_api, children.http_route.is_some()),
+        optional.get(apis.prometheus_operator, children.pod_monitor.is_some()),
     )?;
     Ok(Live {
         config_map,
@@ -318,18 +351,33 @@ async fn read_live(
     })
 }
 
-/// `get_child` of a kind of an optional API: nothing when the cluster does not serve it.
-async fn get_served<K>(client: &Client, ns: &str, name: &str, served: bool) -> Result<Option<K>>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    if served {
-        get_child(client, ns, name).await
-    } else {
-        Ok(None)
+/// Reads of the children that exist only when the spec asks for them.
+struct Optional<'a> {
+    client: &'a Client,
+    ns: &'a str,
+    name: &'a str,
+    records: &'a LastApplied,
+}
+
+impl Optional<'_> {
+    /// The live child, unless the cluster does not serve its kind (`served`), or it is not
+    /// `wanted` and an earlier pass saw it absent: then nothing is read.
+    async fn get<K>(&self, served: bool, wanted: bool) -> Result<Option<K>>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let key = child_key::<K>(self.ns, self.name);
+        if !served || (!wanted && self.records.known_absent(&key)) {
+            return Ok(None);
+        }
+        let live = get_child(self.client, self.ns, self.name).await?;
+        if live.is_none() && !wanted {
+            self.records.mark_absent(key);
+        }
+        Ok(live)
     }
 }
 
@@ -368,8 +416,7 @@ pub async fn apply_children(
     records: &LastApplied,
     apis: OptionalApis,
 ) -> Result<Pass> {
-    let name = children.deployment.name_any();
-    let live = read_live(client, ns, &name, &children.config_map.name_any(), apis).await?;
+    let live = read_live(client, ns, children, apis, records).await?;
     let checks = [
         (
             "ConfigMap",
@@ -475,6 +522,7 @@ pub async fn apply_children(
         // Autoscaling off: the HPA goes first, so it cannot change spec.replicas (the count
         // that now stays) after this pass.
         delete_ours(&hpas, h).await.map_err(Error::DeleteHpa)?;
+        records.mark_absent(record_key(h));
         writes += 1;
     }
 
@@ -513,6 +561,7 @@ pub async fn apply_children(
         }
         (None, Some(p)) if mine("PodDisruptionBudget", Some(p.meta())) => {
             delete_ours(&pdbs, &p).await.map_err(Error::DeletePdb)?;
+            records.mark_absent(record_key(&p));
             writes += 1;
         }
         (None, _) => {}
@@ -583,6 +632,7 @@ where
         (Some(d), live) => Ok(usize::from(ensure(&api, d, live, records).await?.written)),
         (None, Some(l)) if mine(&K::kind(&()), Some(l.meta())) => {
             delete_ours(&api, &l).await?;
+            records.mark_absent(record_key(&l));
             Ok(1)
         }
         (None, _) => Ok(0),

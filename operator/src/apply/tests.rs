@@ -198,3 +198,21 @@ fn records_of_deleted_objects_are_dropped() {
     assert_eq!(records.len(), 1);
     assert!(records.get("Deployment/ns/a").is_some());
 }
+
+#[test]
+fn an_optional_child_seen_absent_is_not_read_again_until_written() {
+    let records = LastApplied::default();
+    let key = "Ingress/ns/a".to_owned();
+    assert!(!records.known_absent(&key));
+    records.mark_absent(key.clone());
+    assert!(records.known_absent(&key));
+    records.put(key.clone(), record(1, "g1"));
+    assert!(!records.known_absent(&key), "our write clears the mark");
+    records.mark_absent(key.clone());
+    assert!(records.get(&key).is_none(), "deleted: the record goes");
+    records.retain(|_, name| name != "a");
+    assert!(
+        !records.known_absent(&key),
+        "forgotten with its ScalableApi"
+    );
+}

@@ -53,6 +53,14 @@ async fn an_unchanged_object_writes_no_status_and_changes_no_child() {
             .any(|r| r.method == "GET" && r.path.ends_with("/deployments/users")),
         "the reconcile read the children"
     );
+    let unwanted_reads: Vec<_> = requests
+        .iter()
+        .filter(|r| r.path.contains("/horizontalpodautoscalers/") || r.path.contains("/ingresses/"))
+        .collect();
+    assert!(
+        unwanted_reads.is_empty(),
+        "children the spec does not ask for, seen absent before, are not read again: {unwanted_reads:?}"
+    );
     assert!(
         child_writes.is_empty(),
         "an unchanged child is not written, got {child_writes:?}"
