@@ -1,5 +1,5 @@
 //! Server-side apply of the children, removal of children that left the desired set, and
-//! keeping `spec.replicas` within the autoscaling bounds (see docs/architecture.md).
+//! keeping `spec.replicas` within the autoscaling bounds (see docs/architecture/operator.md).
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -407,7 +407,7 @@ async fn owner_alive(client: &Client, ns: &str, sapi: &ScalableApi) -> Result<bo
 
 /// One pass over the children of `sapi`: read them, refuse any that is not ours, bring
 /// `spec.replicas` within the autoscaling bounds, write only what differs, delete the
-/// optional ones that are not wanted (an unwanted HPA first, see docs/architecture.md).
+/// optional ones that are not wanted (an unwanted HPA first, see docs/architecture/operator.md).
 pub async fn apply_children(
     client: &Client,
     ns: &str,

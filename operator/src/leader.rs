@@ -8,7 +8,7 @@
 //! a 409 Conflict is retried within that deadline.
 //!
 //! kube 5 ships no leader election; why kube-lease-manager is not used is in
-//! docs/architecture.md ("Dependency choices").
+//! docs/architecture/dependencies.md.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};

@@ -72,7 +72,7 @@ pub fn deployment(
         metadata: child_meta(sapi, sapi.name_any()),
         spec: Some(DeploymentSpec {
             // Always ours: the HPA scales the ScalableApi, not the Deployment, so nobody else
-            // writes this field (see docs/architecture.md, "Replicas").
+            // writes this field (see docs/architecture/operator.md, "Replicas").
             replicas: Some(sapi.deployment_replicas()),
             selector: LabelSelector {
                 match_labels: Some(selector),
