@@ -49,7 +49,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::apply::{self, FIELD_MANAGER, LastApplied, Pass};
-use crate::crd::ScalableApi;
+use crate::crd::{ScalableApi, SecretKeyRef};
 use crate::desired::{self, HashKey, Inputs, PodDefaults, labels};
 use crate::error::{Error, Result};
 use crate::events;
@@ -196,7 +196,7 @@ fn referencing(
     store
         .state()
         .iter()
-        .filter(|s| s.namespace() == ns && s.secret_ref().is_some_and(|r| r.name == name))
+        .filter(|s| s.namespace() == ns && s.secret_names().any(|n| n == name))
         .map(|s| ObjectRef::from_obj(&**s))
         .collect()
 }
@@ -382,6 +382,10 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         return Ok(Outcome::Deleting);
     }
     let secret = observe_secret(ctx, &ns, sapi).await?;
+    let jwks = match &sapi.spec.auth {
+        Some(auth) => Some(observe_key(ctx, &ns, &auth.jwt.jwks_secret_ref).await?),
+        None => None,
+    };
     let mut obs = Observation {
         generation: sapi.meta().generation,
         suspended: sapi.spec.suspend,
@@ -400,6 +404,7 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         pod_monitor: sapi
             .pod_monitor_wanted()
             .then_some(ctx.apis.prometheus_operator),
+        jwks: jwks.as_ref(),
     };
     if sapi.spec.suspend {
         apply::suspend_children(&ctx.client, &ns, sapi).await?;
@@ -409,9 +414,14 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         SecretState::Found { hash } => Some(hash.clone()),
         _ => None,
     };
+    let jwks_hash = match &jwks {
+        Some(SecretState::Found { hash }) => Some(hash.clone()),
+        _ => None,
+    };
     let inputs = Inputs {
         pod: ctx.pod_defaults.clone(),
         secret_hash,
+        jwks_hash,
     };
     let children = match desired::desired(sapi, &inputs) {
         Ok(children) => children,
@@ -420,7 +430,7 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
             return observe_only(ctx, sapi, &ns, obs, Outcome::InvalidSpec).await;
         }
     };
-    if !secret.is_usable() {
+    if !secret.is_usable() || jwks.as_ref().is_some_and(|j| !j.is_usable()) {
         // Existing children are left alone until the Secret is usable: a running stack
         // keeps serving while someone restores its Secret.
         return observe_only(ctx, sapi, &ns, obs, Outcome::WaitingForSecret).await;
@@ -516,6 +526,11 @@ async fn observe_secret(ctx: &Context, ns: &str, sapi: &ScalableApi) -> Result<S
     let Some(r) = sapi.secret_ref() else {
         return Ok(SecretState::Unreferenced);
     };
+    observe_key(ctx, ns, r).await
+}
+
+/// Whether a Secret key exists, and the keyed hash of its value (which rolls the pods).
+async fn observe_key(ctx: &Context, ns: &str, r: &SecretKeyRef) -> Result<SecretState> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let secret = secrets.get_opt(&r.name).await.map_err(Error::GetSecret)?;
     Ok(match secret {

@@ -33,7 +33,7 @@ pub mod messages {
     pub const DATABASE_URI_FORM: &str = "spec.database.uriSecretRef carries host, name and user in the URI: remove spec.database.host, spec.database.name and spec.database.user";
     pub const POOL_MIN_ABOVE_MAX: &str = "spec.database.pool.minConnections must be less than or equal to spec.database.pool.maxConnections";
     pub const INGRESS_PATH: &str = "spec.ingress.path must start with '/', such as / or /users";
-    pub const RESERVED_ENV: &str = "spec.env must not set a variable the operator sets from the spec (PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSSLMODE, DATABASE_URL, DB_POOL_MAX, DB_POOL_MIN, DB_ACQUIRE_TIMEOUT_MS, REDIS_URL, CACHE_TTL_SECONDS, RATE_LIMIT_RPS, RATE_LIMIT_BURST, PORT, ADMIN_PORT, LOG_FORMAT, SHUTDOWN_TIMEOUT_SECONDS): set spec.database, spec.cache or spec.rateLimit instead";
+    pub const RESERVED_ENV: &str = "spec.env must not set a variable the operator sets from the spec (PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSSLMODE, DATABASE_URL, DB_POOL_MAX, DB_POOL_MIN, DB_ACQUIRE_TIMEOUT_MS, REDIS_URL, CACHE_TTL_SECONDS, RATE_LIMIT_RPS, RATE_LIMIT_BURST, PORT, ADMIN_PORT, LOG_FORMAT, SHUTDOWN_TIMEOUT_SECONDS, AUTH_JWKS_PATH, AUTH_JWT_ISSUER, AUTH_JWT_AUDIENCE): set spec.database, spec.cache, spec.rateLimit or spec.auth instead";
     pub const RESERVED_POD_LABEL: &str = "spec.pod.labels must not set the app.kubernetes.io/name, instance, component, part-of or managed-by labels: the operator sets them, and name and instance select the pods";
     pub const RESERVED_POD_ANNOTATION: &str = "spec.pod.annotations must not set scalable.dev/config-hash: the operator sets it to roll the pods when the config or the database Secret changes";
     pub const MAX_MEMORY_QUANTITY: &str = "spec.cache.maxMemory must be a positive Kubernetes quantity of at most 64Gi, such as 64Mi or 1Gi (it is a per-pod Redis sidecar: the pod requests maxMemory + 32Mi of memory)";
@@ -60,10 +60,13 @@ pub const OPERATOR_ENV: &[&str] = &[
     "ADMIN_PORT",
     "LOG_FORMAT",
     "SHUTDOWN_TIMEOUT_SECONDS",
+    "AUTH_JWKS_PATH",
+    "AUTH_JWT_ISSUER",
+    "AUTH_JWT_AUDIENCE",
 ];
 
 /// CEL rule on `spec.env`: `OPERATOR_ENV` written out (a test keeps the two equal).
-pub const RESERVED_ENV_RULE: &str = "self.all(e, !(e.name in ['PGHOST', 'PGPORT', 'PGDATABASE', 'PGUSER', 'PGPASSWORD', 'PGSSLMODE', 'DATABASE_URL', 'DB_POOL_MAX', 'DB_POOL_MIN', 'DB_ACQUIRE_TIMEOUT_MS', 'REDIS_URL', 'CACHE_TTL_SECONDS', 'RATE_LIMIT_RPS', 'RATE_LIMIT_BURST', 'PORT', 'ADMIN_PORT', 'LOG_FORMAT', 'SHUTDOWN_TIMEOUT_SECONDS']))";
+pub const RESERVED_ENV_RULE: &str = "self.all(e, !(e.name in ['PGHOST', 'PGPORT', 'PGDATABASE', 'PGUSER', 'PGPASSWORD', 'PGSSLMODE', 'DATABASE_URL', 'DB_POOL_MAX', 'DB_POOL_MIN', 'DB_ACQUIRE_TIMEOUT_MS', 'REDIS_URL', 'CACHE_TTL_SECONDS', 'RATE_LIMIT_RPS', 'RATE_LIMIT_BURST', 'PORT', 'ADMIN_PORT', 'LOG_FORMAT', 'SHUTDOWN_TIMEOUT_SECONDS', 'AUTH_JWKS_PATH', 'AUTH_JWT_ISSUER', 'AUTH_JWT_AUDIENCE']))";
 
 /// CEL rule on `spec.pod.labels`: none of the labels the operator puts on every pod.
 pub const RESERVED_POD_LABEL_RULE: &str = "!('app.kubernetes.io/name' in self) && !('app.kubernetes.io/instance' in self) && !('app.kubernetes.io/component' in self) && !('app.kubernetes.io/part-of' in self) && !('app.kubernetes.io/managed-by' in self)";
@@ -178,6 +181,9 @@ pub struct ScalableApiSpec {
     /// HTTPRoute says so and everything else is applied as usual.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_route: Option<HttpRouteSpec>,
+    /// Bearer-token (OAuth 2.0 JWT) authentication of `/users`; unset: the API is open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
     /// Scraping of the API's metrics (its admin port) by prometheus-operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitoring: Option<MonitoringSpec>,
@@ -195,6 +201,29 @@ pub struct ScalableApiSpec {
     /// Pause reconciliation: children stay as they are and no HPA is applied.
     #[serde(default)]
     pub suspend: bool,
+}
+
+/// Authentication of the API's `/users` routes (probes and metrics stay open).
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// JWTs signed with RS256, ES256 or EdDSA; `users:read` / `users:write` scopes.
+    pub jwt: JwtAuth,
+}
+
+/// Which tokens the API accepts.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtAuth {
+    /// The `iss` every token must carry, exactly (AUTH_JWT_ISSUER).
+    #[schemars(length(min = 1, max = 2048))]
+    pub issuer: String,
+    /// A value the token's `aud` must contain (AUTH_JWT_AUDIENCE).
+    #[schemars(length(min = 1, max = 2048))]
+    pub audience: String,
+    /// Secret key (in this namespace) holding the issuer's JWKS, mounted as the file
+    /// AUTH_JWKS_PATH names; a new value rolls the pods.
+    pub jwks_secret_ref: SecretKeyRef,
 }
 
 /// Metrics collection.

@@ -44,6 +44,14 @@ impl ScalableApi {
         self.spec.database.auth().map(DatabaseAuth::secret_ref)
     }
 
+    /// Names of every Secret the pods read: the database's and the JWKS's.
+    pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        self.secret_ref()
+            .into_iter()
+            .chain(self.spec.auth.as_ref().map(|a| &a.jwt.jwks_secret_ref))
+            .map(|r| r.name.as_str())
+    }
+
     /// True when `spec.monitoring.podMonitor` asks for a PodMonitor.
     pub fn pod_monitor_wanted(&self) -> bool {
         self.spec.monitoring.as_ref().is_some_and(|m| m.pod_monitor)

@@ -37,6 +37,7 @@ impl ScalableApi {
                 rate_limit: None,
                 ingress: None,
                 http_route: None,
+                auth: None,
                 monitoring: None,
                 pod: None,
                 env: Vec::new(),

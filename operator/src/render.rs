@@ -63,6 +63,7 @@ pub fn render_file(args: &RenderArgs) -> Result<String, RenderError> {
     let inputs = Inputs {
         pod: args.pod.pod_defaults(),
         secret_hash: None,
+        jwks_hash: None,
     };
     render(&input, &path, &inputs)
 }

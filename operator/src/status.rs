@@ -16,6 +16,8 @@ pub mod types {
     /// True when progress needs a change by someone: the spec, a quota, a conflicting object.
     pub const STALLED: &str = "Stalled";
     pub const DATABASE_CONFIGURED: &str = "DatabaseConfigured";
+    /// Only when `spec.auth` is set: whether the JWKS Secret key exists.
+    pub const AUTH_CONFIGURED: &str = "AuthConfigured";
     /// Only when `spec.httpRoute` is set: whether the cluster serves HTTPRoutes.
     pub const HTTP_ROUTE: &str = "HTTPRoute";
     /// Only when `spec.monitoring.podMonitor` is true: whether the cluster serves PodMonitors.
@@ -44,6 +46,7 @@ pub mod reasons {
     pub const ROLLING_OUT: &str = "RollingOut";
     pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
     pub const WAITING_FOR_DATABASE: &str = "WaitingForDatabase";
+    pub const WAITING_FOR_JWKS: &str = "WaitingForJwks";
     pub const SUSPENDED: &str = "Suspended";
     pub const ACTIVE: &str = "Active";
     /// Stalled=False: nothing blocks the rollout.
@@ -107,6 +110,8 @@ pub struct Observation<'a> {
     pub http_route: Option<bool>,
     /// `Some(served)` when a PodMonitor is wanted: whether the cluster serves PodMonitors.
     pub pod_monitor: Option<bool>,
+    /// The JWKS Secret key, when `spec.auth` is set.
+    pub jwks: Option<&'a SecretState>,
 }
 
 /// The condition of a child of an optional API that the spec asks for.
@@ -168,7 +173,12 @@ fn condition(
 }
 
 fn database_configured(obs: &Observation<'_>) -> (bool, &'static str, String) {
-    match obs.secret {
+    secret_condition(obs.secret, "spec.database")
+}
+
+/// The state of a Secret key the spec names (`field`), as (ok, reason, message).
+fn secret_condition(secret: &SecretState, field: &str) -> (bool, &'static str, String) {
+    match secret {
         SecretState::Found { .. } => (
             true,
             reasons::SECRET_FOUND,
@@ -177,19 +187,17 @@ fn database_configured(obs: &Observation<'_>) -> (bool, &'static str, String) {
         SecretState::SecretNotFound { name } => (
             false,
             reasons::SECRET_NOT_FOUND,
-            format!(
-                "Secret {name:?} does not exist in this namespace: create it or fix spec.database"
-            ),
+            format!("Secret {name:?} does not exist in this namespace: create it or fix {field}"),
         ),
         SecretState::KeyNotFound { name, key } => (
             false,
             reasons::KEY_NOT_FOUND,
-            format!("Secret {name:?} has no key {key:?}: add the key or fix spec.database"),
+            format!("Secret {name:?} has no key {key:?}: add the key or fix {field}"),
         ),
         SecretState::Unreferenced => (
             false,
             reasons::INVALID_SPEC,
-            "spec.database names no Secret".into(),
+            format!("{field} names no Secret"),
         ),
     }
 }
@@ -266,6 +274,17 @@ fn readiness(obs: &Observation<'_>, db: &(bool, &'static str, String)) -> [State
                 true,
                 reasons::WAITING_FOR_DATABASE,
                 "waiting for the database Secret",
+            ),
+            not_stalled(),
+        ];
+    }
+    if let Some((false, reason, message)) = obs.jwks.map(|j| secret_condition(j, "spec.auth.jwt")) {
+        return [
+            state(false, reason, message),
+            state(
+                true,
+                reasons::WAITING_FOR_JWKS,
+                "waiting for the JWKS Secret",
             ),
             not_stalled(),
         ];
@@ -407,6 +426,10 @@ pub fn compute(
     .into_iter()
     .chain(route.map(|r| (types::HTTP_ROUTE, r)))
     .chain(monitor.map(|m| (types::POD_MONITOR, m)))
+    .chain(obs.jwks.map(|j| {
+        let (ok, reason, message) = secret_condition(j, "spec.auth.jwt");
+        (types::AUTH_CONFIGURED, state(ok, reason, message))
+    }))
     .map(|(t, (ok, reason, message))| {
         let mut c = condition(t, ok, &reason, message, g);
         c.last_transition_time = transition_time(previous, &c, now);

@@ -10,6 +10,10 @@ use crate::crd_funcs::DatabaseAuth;
 
 /// The api-server's HTTP port (container port `http`).
 pub const HTTP_PORT: i32 = 8080;
+/// Where the JWKS Secret key is mounted in the `api` container (`spec.auth.jwt`).
+pub const JWKS_DIR: &str = "/etc/scalable-api/jwks";
+pub const JWKS_FILE: &str = "jwks.json";
+
 /// The api-server's admin port: `/metrics`, `/healthz`, `/readyz`; probed, never in the Service.
 pub const ADMIN_PORT: i32 = 9090;
 /// Redis sidecar address, reachable only inside the pod.
@@ -51,6 +55,11 @@ pub fn config_map(sapi: &ScalableApi) -> ConfigMap {
     set("PORT", HTTP_PORT.to_string());
     set("ADMIN_PORT", ADMIN_PORT.to_string());
     set("LOG_FORMAT", "json".to_owned());
+    if let Some(auth) = &spec.auth {
+        set("AUTH_JWKS_PATH", format!("{JWKS_DIR}/{JWKS_FILE}"));
+        set("AUTH_JWT_ISSUER", auth.jwt.issuer.clone());
+        set("AUTH_JWT_AUDIENCE", auth.jwt.audience.clone());
+    }
     set(
         "SHUTDOWN_TIMEOUT_SECONDS",
         SHUTDOWN_TIMEOUT_SECONDS.to_string(),

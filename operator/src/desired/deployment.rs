@@ -8,21 +8,23 @@ use k8s_openapi::api::apps::v1::{
 };
 use k8s_openapi::api::core::v1::{
     ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
-    EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SecretKeySelector, SleepAction, TopologySpreadConstraint, Volume,
-    VolumeMount,
+    EnvVarSource, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SecretKeySelector, SecretVolumeSource, SleepAction,
+    TopologySpreadConstraint, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
-use super::configmap::{ADMIN_PORT, HTTP_PORT, SHUTDOWN_TIMEOUT_SECONDS};
+use super::configmap::{ADMIN_PORT, HTTP_PORT, JWKS_DIR, JWKS_FILE, SHUTDOWN_TIMEOUT_SECONDS};
 use super::{CONFIG_HASH_ANNOTATION, Inputs, SpecError, child_meta, labels, redis, security};
 use crate::crd::ScalableApi;
 use crate::crd_funcs::DatabaseAuth;
 
 pub const API_CONTAINER: &str = "api";
+/// The JWKS Secret's volume (`spec.auth.jwt`); the api-server re-reads the file on change.
+pub const JWKS_VOLUME: &str = "jwks";
 /// Time for endpoints to drop the pod before the api-server stops accepting connections.
 pub const PRE_STOP_SLEEP_SECONDS: i64 = 5;
 /// preStop sleep + the api-server's drain + margin, so the kubelet never SIGKILLs a drain.
@@ -37,6 +39,22 @@ pub fn deployment(
     let selector = labels::selector(sapi);
     let mut init_containers = Vec::new();
     let mut volumes = vec![empty_dir("tmp")];
+    if let Some(auth) = &spec.auth {
+        volumes.push(Volume {
+            name: JWKS_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(auth.jwt.jwks_secret_ref.name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: auth.jwt.jwks_secret_ref.key.clone(),
+                    path: JWKS_FILE.into(),
+                    ..KeyToPath::default()
+                }]),
+                optional: Some(false),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
     if spec.cache.enabled {
         init_containers.push(redis::sidecar(&spec.cache, &inputs.pod)?);
         volumes.push(empty_dir(redis::DATA_VOLUME));
@@ -182,11 +200,20 @@ fn api_container(sapi: &ScalableApi, inputs: &Inputs) -> Result<Container, SpecE
             ..Lifecycle::default()
         }),
         security_context: Some(security::container(inputs.pod.uid)),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tmp".into(),
-            mount_path: "/tmp".into(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(
+            std::iter::once(VolumeMount {
+                name: "tmp".into(),
+                mount_path: "/tmp".into(),
+                ..VolumeMount::default()
+            })
+            .chain(spec.auth.as_ref().map(|_| VolumeMount {
+                name: JWKS_VOLUME.into(),
+                mount_path: JWKS_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }))
+            .collect(),
+        ),
         ..Container::default()
     })
 }

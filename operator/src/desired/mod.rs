@@ -61,6 +61,8 @@ pub struct Inputs {
     /// `secret_hash()` of the referenced Secret key, keyed with the operator's `HashKey`;
     /// `None` when unknown (e.g. `render`, which reads no Secret).
     pub secret_hash: Option<String>,
+    /// `secret_hash()` of the JWKS Secret key (`spec.auth.jwt`), when there is one.
+    pub jwks_hash: Option<String>,
 }
 
 /// Every child of one ScalableApi. `hpa`, `pdb`, `ingress` and `http_route` are `None` when
@@ -119,7 +121,11 @@ pub enum SpecError {
 pub fn desired(sapi: &ScalableApi, inputs: &Inputs) -> Result<Children, SpecError> {
     check(sapi)?;
     let config_map = configmap::config_map(sapi);
-    let hash = config_hash(&config_map, inputs.secret_hash.as_deref());
+    let hash = config_hash(
+        &config_map,
+        inputs.secret_hash.as_deref(),
+        inputs.jwks_hash.as_deref(),
+    );
     Ok(Children {
         deployment: deployment::deployment(sapi, inputs, &hash)?,
         service: service::service(sapi),
@@ -262,7 +268,12 @@ pub fn secret_hash(secret: &Secret, key: &str, hash_key: &HashKey) -> Option<Str
 }
 
 /// Hash of the rendered ConfigMap data plus the Secret hash: the pod-template annotation.
-pub fn config_hash(config_map: &ConfigMap, secret_hash: Option<&str>) -> String {
+/// `jwks_hash` counts only when present, so objects without `spec.auth` keep their hash.
+pub fn config_hash(
+    config_map: &ConfigMap,
+    secret_hash: Option<&str>,
+    jwks_hash: Option<&str>,
+) -> String {
     let mut h = Sha256::new();
     // BTreeMap iteration is sorted, and NUL separators keep "a=bc" apart from "ab=c".
     for (k, v) in config_map.data.iter().flatten() {
@@ -273,6 +284,10 @@ pub fn config_hash(config_map: &ConfigMap, secret_hash: Option<&str>) -> String 
     }
     h.update(b"secret\0");
     h.update(secret_hash.unwrap_or("").as_bytes());
+    if let Some(jwks) = jwks_hash {
+        h.update(b"\0jwks\0");
+        h.update(jwks.as_bytes());
+    }
     // 128 bits are plenty to detect a change, and keep `kubectl describe` readable.
     hex(&h.finalize()[..16])
 }

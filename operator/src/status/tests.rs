@@ -44,6 +44,7 @@ fn obs<'a>(secret: &'a SecretState, d: Option<&'a Deployment>) -> Observation<'a
         url: "http://a.ns.svc:80".into(),
         http_route: None,
         pod_monitor: None,
+        jwks: None,
     }
 }
 
@@ -416,4 +417,29 @@ fn an_http_route_the_cluster_cannot_serve_is_a_condition_not_an_outage() {
     o.http_route = Some(true);
     let s = compute(&o, None, Timestamp::now());
     assert_eq!(get(&s, types::HTTP_ROUTE).status, "True");
+}
+
+#[test]
+fn a_missing_jwks_secret_is_not_ready_and_says_which() {
+    let d = deployment(3, 3);
+    let secret = found();
+    let missing = SecretState::SecretNotFound {
+        name: "idp-jwks".into(),
+    };
+    let mut o = obs(&secret, Some(&d));
+    o.jwks = Some(&missing);
+    let s = compute(&o, None, Timestamp::now());
+    let ready = get(&s, types::READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reasons::SECRET_NOT_FOUND)
+    );
+    assert!(ready.message.contains("spec.auth.jwt"), "{}", ready.message);
+    assert_eq!(get(&s, types::AUTH_CONFIGURED).status, "False");
+    assert_eq!(get(&s, types::DATABASE_CONFIGURED).status, "True");
+    let there = found();
+    o.jwks = Some(&there);
+    let s = compute(&o, None, Timestamp::now());
+    assert_eq!(get(&s, types::AUTH_CONFIGURED).status, "True");
+    assert_eq!(get(&s, types::READY).status, "True");
 }

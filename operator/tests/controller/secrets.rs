@@ -264,12 +264,12 @@ async fn the_config_hash_is_keyed_by_one_key_that_two_operator_processes_share()
     let annotation = config_hash(&deployment).expect("config-hash annotation");
     assert_eq!(
         annotation,
-        desired::config_hash(&config_map, Some(&keyed)),
+        desired::config_hash(&config_map, Some(&keyed), None),
         "the config hash is made with the key in the operator's Secret"
     );
     assert_ne!(
         annotation,
-        desired::config_hash(&config_map, Some(&unkeyed)),
+        desired::config_hash(&config_map, Some(&unkeyed), None),
         "the config hash must not be derived from the unkeyed SHA-256 of the password"
     );
     assert!(!annotation.contains(&unkeyed[..16]));
@@ -297,4 +297,53 @@ async fn the_config_hash_is_keyed_by_one_key_that_two_operator_processes_share()
         Some(annotation.as_str()),
         "the new leader hashes with the same key"
     );
+}
+
+#[tokio::test]
+async fn a_jwks_secret_is_awaited_then_mounted_and_a_new_value_rolls_the_pods() {
+    let c = Cluster::with_operator("jwks").await;
+    create_db_secret(&c, "users").await;
+    scalable_api("users")
+        .with(
+            "/spec/auth",
+            json!({"jwt": {"issuer": "https://issuer.test", "audience": "users-api",
+                "jwksSecretRef": {"name": "idp-jwks", "key": "jwks.json"}}}),
+        )
+        .create(&c)
+        .await;
+    // No JWKS yet: said so, with a Warning, and nothing applied (pods could not start).
+    c.wait_for_condition("users", "AuthConfigured", "False", "SecretNotFound")
+        .await;
+    c.wait_for_event("users", "SecretNotFound").await;
+    assert!(c.get::<Deployment>("users").await.is_none());
+
+    c.api::<Secret>()
+        .create(
+            &PostParams::default(),
+            &secret_in(&c.ns, "idp-jwks", "jwks.json", r#"{"keys":[]}"#),
+        )
+        .await
+        .expect("create the JWKS Secret");
+    c.wait_for_condition("users", "Ready", "True", "Available")
+        .await;
+    let before = c.get::<Deployment>("users").await.expect("Deployment");
+    let pod = before.spec.clone().unwrap().template.spec.unwrap();
+    assert!(pod.volumes.iter().flatten().any(|v| v
+        .secret
+        .as_ref()
+        .and_then(|s| s.secret_name.as_deref())
+        == Some("idp-jwks")));
+
+    c.api::<Secret>()
+        .patch(
+            "idp-jwks",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"jwks.json": r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#}})),
+        )
+        .await
+        .expect("rotate the JWKS");
+    c.wait_for::<Deployment>("users", "a new config hash", |d| {
+        config_hash(d) != config_hash(&before)
+    })
+    .await;
 }

@@ -92,6 +92,7 @@ fn api_container_uses_the_default_image_unless_spec_image_is_set() {
             ..PodDefaults::default()
         },
         secret_hash: None,
+        jwks_hash: None,
     };
     let d = desired(&ScalableApi::test(), &inputs)
         .expect("valid")
@@ -280,6 +281,7 @@ fn with_platform_uids_no_id_is_set_and_the_rest_stays_restricted() {
             ..PodDefaults::default()
         },
         secret_hash: None,
+        jwks_hash: None,
     };
     let d = desired(&ScalableApi::test(), &inputs)
         .expect("valid")
@@ -406,5 +408,94 @@ fn pod_options_and_extra_env_reach_the_pod_template() {
     assert_eq!(
         d.spec.unwrap().selector.match_labels,
         Some(labels::selector(&sapi))
+    );
+}
+
+#[test]
+fn auth_mounts_the_jwks_and_points_the_api_at_it() {
+    use crate::crd::{AuthSpec, JwtAuth, SecretKeyRef};
+    let mut sapi = ScalableApi::test();
+    sapi.spec.auth = Some(AuthSpec {
+        jwt: JwtAuth {
+            issuer: "https://issuer.example".into(),
+            audience: "users-api".into(),
+            jwks_secret_ref: SecretKeyRef {
+                name: "idp-jwks".into(),
+                key: "jwks.json".into(),
+            },
+        },
+    });
+    let c = desired(&sapi, &Inputs::default()).expect("valid");
+    let data = c.config_map.data.clone().unwrap();
+    assert_eq!(
+        data.get("AUTH_JWKS_PATH").map(String::as_str),
+        Some("/etc/scalable-api/jwks/jwks.json")
+    );
+    assert_eq!(
+        data.get("AUTH_JWT_ISSUER").map(String::as_str),
+        Some("https://issuer.example")
+    );
+    assert_eq!(
+        data.get("AUTH_JWT_AUDIENCE").map(String::as_str),
+        Some("users-api")
+    );
+    let p = pod(&c.deployment);
+    let volume = p
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == JWKS_VOLUME)
+        .expect("jwks volume");
+    let secret = volume.secret.as_ref().expect("secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("idp-jwks"));
+    assert_eq!(secret.items.as_ref().unwrap()[0].key, "jwks.json");
+    let mount = api(&c.deployment)
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == JWKS_VOLUME)
+        .expect("jwks mount");
+    assert_eq!(mount.mount_path, "/etc/scalable-api/jwks");
+    assert_eq!(mount.read_only, Some(true));
+    // Without auth: no volume, no variables.
+    let plain = deployment_of(&ScalableApi::test());
+    assert!(
+        pod(&plain)
+            .volumes
+            .iter()
+            .flatten()
+            .all(|v| v.name != JWKS_VOLUME)
+    );
+}
+
+#[test]
+fn a_new_jwks_rolls_the_pods_and_no_auth_keeps_the_old_hash() {
+    let hash = |jwks: Option<&str>| {
+        let inputs = Inputs {
+            secret_hash: Some("db".into()),
+            jwks_hash: jwks.map(str::to_owned),
+            ..Inputs::default()
+        };
+        let d = desired(&ScalableApi::test(), &inputs)
+            .expect("valid")
+            .deployment;
+        d.spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()[CONFIG_HASH_ANNOTATION]
+            .clone()
+    };
+    assert_ne!(hash(Some("k1")), hash(Some("k2")));
+    assert_ne!(hash(None), hash(Some("k1")));
+    let cm = desired(&ScalableApi::test(), &Inputs::default())
+        .unwrap()
+        .config_map;
+    assert_eq!(
+        crate::desired::config_hash(&cm, Some("db"), None),
+        hash(None),
+        "the same hash as before spec.auth existed"
     );
 }
