@@ -328,11 +328,13 @@ async fn a_jwks_secret_is_awaited_then_mounted_and_a_new_value_rolls_the_pods() 
         .await;
     let before = c.get::<Deployment>("users").await.expect("Deployment");
     let pod = before.spec.clone().unwrap().template.spec.unwrap();
-    assert!(pod.volumes.iter().flatten().any(|v| v
-        .secret
-        .as_ref()
-        .and_then(|s| s.secret_name.as_deref())
-        == Some("idp-jwks")));
+    assert!(
+        pod.volumes.iter().flatten().any(|v| v
+            .secret
+            .as_ref()
+            .and_then(|s| s.secret_name.as_deref())
+            == Some("idp-jwks"))
+    );
 
     c.api::<Secret>()
         .patch(
