@@ -551,21 +551,17 @@ pub async fn apply_children(
             .map_err(Error::ApplyHpa)?;
         writes += usize::from(e.written);
     }
-    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
-    match (&children.pdb, live.pdb) {
-        (Some(p), live_pdb) => {
-            let e = ensure(&pdbs, p, live_pdb, records)
-                .await
-                .map_err(Error::ApplyPdb)?;
-            writes += usize::from(e.written);
-        }
-        (None, Some(p)) if mine("PodDisruptionBudget", Some(p.meta())) => {
-            delete_ours(&pdbs, &p).await.map_err(Error::DeletePdb)?;
-            records.mark_absent(record_key(&p));
-            writes += 1;
-        }
-        (None, _) => {}
-    }
+    // A kind the cluster does not serve was not read (None) and is not wanted here either.
+    writes += ensure_optional(
+        client,
+        ns,
+        children.pdb.as_ref(),
+        live.pdb,
+        records,
+        &mine,
+        (Error::ApplyPdb, Error::DeletePdb),
+    )
+    .await?;
     writes += ensure_optional(
         client,
         ns,
@@ -573,33 +569,32 @@ pub async fn apply_children(
         live.ingress,
         records,
         &mine,
+        (Error::ApplyIngress, Error::ApplyIngress),
     )
-    .await
-    .map_err(Error::ApplyIngress)?;
-    if apis.gateway_api {
-        writes += ensure_optional(
-            client,
-            ns,
-            children.http_route.as_ref(),
-            live.http_route,
-            records,
-            &mine,
-        )
-        .await
-        .map_err(Error::ApplyHttpRoute)?;
-    }
-    if apis.prometheus_operator {
-        writes += ensure_optional(
-            client,
-            ns,
-            children.pod_monitor.as_ref(),
-            live.pod_monitor,
-            records,
-            &mine,
-        )
-        .await
-        .map_err(Error::ApplyPodMonitor)?;
-    }
+    .await?;
+    writes += ensure_optional(
+        client,
+        ns,
+        children.http_route.as_ref().filter(|_| apis.gateway_api),
+        live.http_route,
+        records,
+        &mine,
+        (Error::ApplyHttpRoute, Error::ApplyHttpRoute),
+    )
+    .await?;
+    writes += ensure_optional(
+        client,
+        ns,
+        children
+            .pod_monitor
+            .as_ref()
+            .filter(|_| apis.prometheus_operator),
+        live.pod_monitor,
+        records,
+        &mine,
+        (Error::ApplyPodMonitor, Error::ApplyPodMonitor),
+    )
+    .await?;
     let template_generation = records
         .get(&record_key(&children.deployment))
         .and_then(|r| r.template_generation);
@@ -610,8 +605,11 @@ pub async fn apply_children(
     })))
 }
 
-/// A child that exists only when asked for (Ingress, HTTPRoute): applied when wanted, else
-/// deleted when it is ours. Returns the writes made.
+/// Error constructors of a failed apply and a failed delete.
+type OnError = (fn(kube::Error) -> Error, fn(kube::Error) -> Error);
+
+/// A child that exists only when asked for (PDB, Ingress, HTTPRoute, PodMonitor): applied
+/// when wanted, else deleted when it is ours. Returns the writes made.
 async fn ensure_optional<K>(
     client: &Client,
     ns: &str,
@@ -619,7 +617,8 @@ async fn ensure_optional<K>(
     live: Option<K>,
     records: &LastApplied,
     mine: &impl Fn(&str, Option<&ObjectMeta>) -> bool,
-) -> Result<usize, kube::Error>
+    (apply_error, delete_error): OnError,
+) -> Result<usize>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -629,9 +628,12 @@ where
 {
     let api: Api<K> = Api::namespaced(client.clone(), ns);
     match (desired, live) {
-        (Some(d), live) => Ok(usize::from(ensure(&api, d, live, records).await?.written)),
+        (Some(d), live) => {
+            let e = ensure(&api, d, live, records).await.map_err(apply_error)?;
+            Ok(usize::from(e.written))
+        }
         (None, Some(l)) if mine(&K::kind(&()), Some(l.meta())) => {
-            delete_ours(&api, &l).await?;
+            delete_ours(&api, &l).await.map_err(delete_error)?;
             records.mark_absent(record_key(&l));
             Ok(1)
         }
