@@ -32,8 +32,20 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("method not allowed")]
     MethodNotAllowed,
-    #[error("conflict: {0}")]
-    Conflict(&'static str),
+    /// Another user has this e-mail address (ignoring case).
+    #[error("duplicate email")]
+    DuplicateEmail,
+    /// `If-Match` named a version the user no longer has (or the user is gone).
+    #[error("precondition failed")]
+    PreconditionFailed,
+    #[error("unsupported media type: expected {0}")]
+    UnsupportedMediaType(&'static str),
+    /// The same `Idempotency-Key` came with a different body.
+    #[error("idempotency key reused")]
+    IdempotencyKeyReused,
+    /// A request with the `Idempotency-Key` committed without its response (never ours).
+    #[error("idempotency key in use")]
+    IdempotencyKeyInUse,
     #[error("payload too large")]
     PayloadTooLarge,
     #[error("rate limited")]
@@ -56,11 +68,68 @@ pub enum ApiError {
     Auth(#[from] AuthError),
 }
 
+/// Where the problem types are documented; each type URI is this plus `#` and its slug.
+pub const PROBLEM_TYPES_DOC: &str =
+    "https://github.com/scalable-dev/scalable-api-operator/blob/main/docs/problems.md";
+
+/// Declares `ProblemType` from (variant, slug) pairs, so each slug is written once and each
+/// URI is a compile-time constant (a response allocates nothing for its type).
+macro_rules! problem_types {
+    ($($variant:ident => $slug:literal),* $(,)?) => {
+        /// Every problem `type` this API sends. The URIs are stable: clients may match on them.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum ProblemType {
+            $($variant),*
+        }
+
+        impl ProblemType {
+            pub const ALL: &[Self] = &[$(Self::$variant),*];
+
+            /// The anchor in docs/problems.md.
+            pub fn slug(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $slug),*
+                }
+            }
+
+            /// `PROBLEM_TYPES_DOC#slug`.
+            pub fn uri(self) -> &'static str {
+                match self {
+                    $(Self::$variant => concat!(
+                        "https://github.com/scalable-dev/scalable-api-operator/blob/main/docs/problems.md#",
+                        $slug
+                    )),*
+                }
+            }
+        }
+    };
+}
+
+problem_types!(
+    BadRequest => "bad-request",
+    Validation => "validation",
+    NotFound => "not-found",
+    MethodNotAllowed => "method-not-allowed",
+    DuplicateEmail => "duplicate-email",
+    PreconditionFailed => "precondition-failed",
+    UnsupportedMediaType => "unsupported-media-type",
+    IdempotencyKeyReused => "idempotency-key-reused",
+    IdempotencyKeyInUse => "idempotency-key-in-use",
+    PayloadTooLarge => "payload-too-large",
+    RateLimited => "rate-limited",
+    Unauthenticated => "unauthenticated",
+    Forbidden => "forbidden",
+    Unavailable => "unavailable",
+    Internal => "internal",
+);
+
 /// The problem document. Extension member `errors` lists invalid fields on a 422.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
-    #[schema(example = "about:blank")]
+    #[schema(
+        example = "https://github.com/scalable-dev/scalable-api-operator/blob/main/docs/problems.md#validation"
+    )]
     pub kind: &'static str,
     #[schema(example = "Unprocessable Entity")]
     pub title: &'static str,
@@ -79,7 +148,10 @@ impl ApiError {
             Self::Validation(_) | Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::DuplicateEmail | Self::IdempotencyKeyInUse => StatusCode::CONFLICT,
+            Self::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::Timeout | Self::Overloaded | Self::Starting => {
@@ -102,8 +174,19 @@ impl ApiError {
                 .map(|e| format!("{}: {}", e.field, e.message))
                 .collect::<Vec<_>>()
                 .join("; "),
-            Self::NotFound(what) | Self::Conflict(what) => (*what).to_owned(),
+            Self::NotFound(what) => (*what).to_owned(),
+            Self::DuplicateEmail => "a user with this email already exists".into(),
             Self::MethodNotAllowed => "this method is not allowed on this resource".into(),
+            Self::PreconditionFailed => {
+                "the user has changed (or is gone) since the ETag in If-Match".into()
+            }
+            Self::UnsupportedMediaType(expected) => format!("expected `Content-Type: {expected}`"),
+            Self::IdempotencyKeyReused => {
+                "this Idempotency-Key was used with a different request body".into()
+            }
+            Self::IdempotencyKeyInUse => {
+                "another request holds this Idempotency-Key; retry later".into()
+            }
             Self::PayloadTooLarge => "the request body is larger than 16 KiB".into(),
             Self::RateLimited { .. } => "too many requests from this client; retry later".into(),
             Self::Unavailable(_) => "the database is unavailable; retry later".into(),
@@ -139,10 +222,35 @@ impl ApiError {
         }
     }
 
+    /// The stable `type` of this kind of problem (docs/problems.md lists them).
+    pub fn kind(&self) -> ProblemType {
+        match self {
+            Self::BadRequest(_) => ProblemType::BadRequest,
+            Self::Validation(_) | Self::Unprocessable(_) => ProblemType::Validation,
+            Self::NotFound(_) => ProblemType::NotFound,
+            Self::MethodNotAllowed => ProblemType::MethodNotAllowed,
+            Self::DuplicateEmail => ProblemType::DuplicateEmail,
+            Self::PreconditionFailed => ProblemType::PreconditionFailed,
+            Self::UnsupportedMediaType(_) => ProblemType::UnsupportedMediaType,
+            Self::IdempotencyKeyReused => ProblemType::IdempotencyKeyReused,
+            Self::IdempotencyKeyInUse => ProblemType::IdempotencyKeyInUse,
+            Self::PayloadTooLarge => ProblemType::PayloadTooLarge,
+            Self::RateLimited { .. } => ProblemType::RateLimited,
+            Self::Unavailable(_) | Self::Timeout | Self::Overloaded | Self::Starting => {
+                ProblemType::Unavailable
+            }
+            Self::Internal(_) => ProblemType::Internal,
+            Self::Auth(AuthError::MissingToken | AuthError::InvalidToken(_)) => {
+                ProblemType::Unauthenticated
+            }
+            Self::Auth(AuthError::InsufficientScope(_)) => ProblemType::Forbidden,
+        }
+    }
+
     pub fn problem(&self) -> Problem {
         let status = self.status();
         Problem {
-            kind: "about:blank",
+            kind: self.kind().uri(),
             title: status.canonical_reason().unwrap_or("Error"),
             status: status.as_u16(),
             detail: self.detail(),
@@ -348,10 +456,30 @@ mod tests {
     }
 
     #[test]
+    fn every_problem_type_is_a_distinct_anchor_of_the_problems_doc() {
+        let uris: std::collections::HashSet<_> = ProblemType::ALL.iter().map(|t| t.uri()).collect();
+        assert_eq!(uris.len(), ProblemType::ALL.len());
+        for kind in ProblemType::ALL {
+            assert_eq!(kind.uri(), format!("{PROBLEM_TYPES_DOC}#{}", kind.slug()));
+        }
+    }
+
+    #[test]
+    fn the_problems_doc_has_a_section_for_every_type() {
+        let doc = include_str!("../../docs/problems.md");
+        for kind in ProblemType::ALL {
+            assert!(
+                doc.contains(&format!("\n### `{}`\n", kind.slug())),
+                "docs/problems.md has no section for {kind:?}"
+            );
+        }
+    }
+
+    #[test]
     fn on_constraint_leaves_other_errors_alone() {
         let result: Result<(), sqlx::Error> = Err(sqlx::Error::PoolTimedOut);
         let error = result
-            .on_constraint("users_email_key", |_| ApiError::Conflict("dup"))
+            .on_constraint("users_email_key", |_| ApiError::DuplicateEmail)
             .unwrap_err();
         assert_eq!(error.status(), StatusCode::SERVICE_UNAVAILABLE);
     }

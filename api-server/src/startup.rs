@@ -244,6 +244,7 @@ impl Application {
         if let Some(auth) = state.auth.clone() {
             tokio::spawn(auth.watch(shutdown.clone()));
         }
+        tokio::spawn(crate::db::idempotency::expire(db.clone(), shutdown.clone()));
         if let Some(limiter) = state.rate_limiter.clone() {
             tokio::spawn(forget_idle_clients(limiter, shutdown.clone()));
         }

@@ -91,6 +91,28 @@ pub enum AuthSetupError {
 struct Claims {
     #[serde(default)]
     scope: String,
+    #[serde(default)]
+    sub: Option<String>,
+}
+
+/// Who made a request: the verified token's `sub`, for handlers that keep per-client state
+/// (idempotency keys). A request extension, set by `require`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Principal(pub Option<String>);
+
+impl Principal {
+    /// The client's namespace for its own keys: its subject, or "" when the API is open or
+    /// the token has no `sub`.
+    pub fn scope(&self) -> &str {
+        self.0.as_deref().unwrap_or_default()
+    }
+}
+
+/// What a verified token says.
+#[derive(Debug)]
+pub struct Verified {
+    pub principal: Principal,
+    pub scopes: Scopes,
 }
 
 /// The scopes a verified token grants.
@@ -154,8 +176,8 @@ impl Authenticator {
         self.jwks.clone().watch(shutdown).await;
     }
 
-    /// Verifies `token` and returns the scopes it grants.
-    pub fn verify(&self, token: &str) -> Result<Scopes, TokenError> {
+    /// Verifies `token` and returns whose it is and the scopes it grants.
+    pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
         let header = jsonwebtoken::decode_header(token)?;
         let validation = self
             .validations
@@ -166,7 +188,12 @@ impl Authenticator {
         let mut refused = TokenError::UnknownKey;
         for key in keys.candidates(header.alg, header.kid.as_deref()) {
             match jsonwebtoken::decode::<Claims>(token, &key.decoding, validation) {
-                Ok(data) => return Ok(Scopes(data.claims.scope)),
+                Ok(data) => {
+                    return Ok(Verified {
+                        principal: Principal(data.claims.sub),
+                        scopes: Scopes(data.claims.scope),
+                    });
+                }
                 // Without a kid several keys may fit; only a bad signature means "try the next".
                 Err(error) => match TokenError::from(error) {
                     TokenError::Signature => refused = TokenError::Signature,
@@ -177,12 +204,16 @@ impl Authenticator {
         Err(refused)
     }
 
-    /// Lets the request through when its bearer token verifies and grants `scope`.
-    pub fn authorize(&self, headers: &HeaderMap, scope: &'static str) -> Result<(), AuthError> {
+    /// Who the request is from, when its bearer token verifies and grants `scope`.
+    pub fn authorize(
+        &self,
+        headers: &HeaderMap,
+        scope: &'static str,
+    ) -> Result<Principal, AuthError> {
         let token = bearer_token(headers)?;
-        let scopes = self.verify(token)?;
-        if scopes.grants(scope) {
-            Ok(())
+        let verified = self.verify(token)?;
+        if verified.scopes.grants(scope) {
+            Ok(verified.principal)
         } else {
             Err(AuthError::InsufficientScope(scope))
         }
@@ -223,11 +254,14 @@ pub fn required_scope(method: &Method) -> &'static str {
 /// Route layer for /users: 401 without a valid token, 403 without the method's scope.
 pub async fn require(
     State(auth): State<Arc<Authenticator>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     match auth.authorize(request.headers(), required_scope(request.method())) {
-        Ok(()) => next.run(request).await,
+        Ok(principal) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
         Err(error) => {
             // Debug only: refusals are the client's business, and a flood of them must not
             // flood the logs (the access log and metrics count them by status).

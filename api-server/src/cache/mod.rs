@@ -25,7 +25,6 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
 
-use crate::domain::User;
 use crate::metrics::Metrics;
 pub use breaker::Breaker;
 use breaker::{Outcome, Transition, Trip};
@@ -143,7 +142,8 @@ impl Cache {
         self.0.redis.is_some()
     }
 
-    /// The user's JSON: from Redis when possible, else from `load` (once per id at a time).
+    /// One user's cached value: from Redis when possible, else from `load` (once per id at a
+    /// time). The value is opaque here (the route decides what it holds).
     ///
     /// Cancel-safe: if every caller waiting on a load is dropped (clients gone), the load is
     /// dropped with them and the id's single-flight entry removed; a later caller starts anew.
@@ -154,7 +154,7 @@ impl Cache {
     ) -> Result<Option<Bytes>, Arc<sqlx::Error>>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Option<User>, sqlx::Error>>,
+        Fut: Future<Output = Result<Option<Bytes>, sqlx::Error>>,
     {
         if let Some(json) = self.lookup(id, true).await {
             return Ok(Some(json));
@@ -170,12 +170,9 @@ impl Cache {
                 let epoch = self.0.epoch.load(Ordering::Acquire);
                 let seen = self.stripe(id).load(Ordering::Acquire);
                 self.0.metrics.db_user_reads.inc();
-                let Some(user) = load().await.map_err(Arc::new)? else {
+                let Some(json) = load().await.map_err(Arc::new)? else {
                     return Ok(None);
                 };
-                let json = serde_json::to_vec(&user)
-                    .map(Bytes::from)
-                    .map_err(|e| Arc::new(sqlx::Error::Decode(Box::new(e))))?;
                 self.fill(id, epoch, seen, json.clone()).await;
                 Ok(Some(json))
             })

@@ -1,3 +1,4 @@
 //! All SQL lives here.
 
+pub mod idempotency;
 pub mod users;

@@ -1,75 +1,143 @@
 //! Queries on `users`. Ids are UUIDv7 (time-ordered), so keyset pagination by id returns
 //! users roughly in creation order and inserts land at the right edge of the index.
+//!
+//! Writes take an optional expected `version` (from `If-Match`): with one, the row changes
+//! only if its version is still that one, in the same statement, so no other write can slip
+//! in between the check and the change. The `users_versioned` trigger bumps the version.
 
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{NewUser, User};
+use crate::domain::{NewUser, User, UserPatch};
 use crate::extract::Page;
 
+/// The columns of `User`, as a macro so every statement stays a `&'static str`.
+macro_rules! columns {
+    () => {
+        "id, name, email, created_at, updated_at, version"
+    };
+}
+
 #[tracing::instrument(skip_all, fields(user_id = %id))]
-pub async fn insert(pool: &PgPool, id: Uuid, user: &NewUser) -> Result<User, sqlx::Error> {
-    sqlx::query_as::<_, User>(
-        "INSERT INTO users (id, name, email) VALUES ($1, $2, $3) \
-         RETURNING id, name, email, created_at, updated_at",
-    )
+pub async fn insert(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    user: &NewUser,
+) -> Result<User, sqlx::Error> {
+    sqlx::query_as::<_, User>(concat!(
+        "INSERT INTO users (id, name, email) VALUES ($1, $2, $3) RETURNING ",
+        columns!()
+    ))
     .bind(id)
     .bind(user.name.as_str())
     .bind(user.email.as_str())
-    .fetch_one(pool)
+    .fetch_one(db)
     .await
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %id))]
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as::<_, User>(
-        "SELECT id, name, email, created_at, updated_at FROM users WHERE id = $1",
-    )
-    .bind(id)
+    sqlx::query_as::<_, User>(concat!("SELECT ", columns!(), " FROM users WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The user with this e-mail address, ignoring case (the `users_email_key` index).
+#[tracing::instrument(skip_all)]
+pub async fn find_by_email(pool: &PgPool, email: &str) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as::<_, User>(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM users WHERE lower(email) = lower($1)"
+    ))
+    .bind(email)
     .fetch_optional(pool)
     .await
 }
 
-/// Replaces name and email. The `users_changed` trigger NOTIFYs in the same transaction.
+/// The current version, to check an `If-Match` against.
 #[tracing::instrument(skip_all, fields(user_id = %id))]
-pub async fn update(pool: &PgPool, id: Uuid, user: &NewUser) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as::<_, User>(
-        "UPDATE users SET name = $2, email = $3, updated_at = now() WHERE id = $1 \
-         RETURNING id, name, email, created_at, updated_at",
-    )
+pub async fn version(pool: &PgPool, id: Uuid) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT version FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Replaces name and email; `None` when there is no such user (at `expected`, if given).
+/// The `users_changed` trigger NOTIFYs in the same transaction.
+#[tracing::instrument(skip_all, fields(user_id = %id))]
+pub async fn update(
+    pool: &PgPool,
+    id: Uuid,
+    user: &NewUser,
+    expected: Option<i64>,
+) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as::<_, User>(concat!(
+        "UPDATE users SET name = $2, email = $3, updated_at = now() \
+         WHERE id = $1 AND ($4::bigint IS NULL OR version = $4) RETURNING ",
+        columns!()
+    ))
     .bind(id)
     .bind(user.name.as_str())
     .bind(user.email.as_str())
+    .bind(expected)
     .fetch_optional(pool)
     .await
 }
 
-/// Returns whether a row was deleted. The trigger NOTIFYs in the same transaction.
+/// Changes the fields the patch names (it must name one); `None` as for `update`.
 #[tracing::instrument(skip_all, fields(user_id = %id))]
-pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query("DELETE FROM users WHERE id = $1")
-        .bind(id)
-        .execute(pool)
-        .await?;
+pub async fn patch(
+    pool: &PgPool,
+    id: Uuid,
+    patch: &UserPatch,
+    expected: Option<i64>,
+) -> Result<Option<User>, sqlx::Error> {
+    sqlx::query_as::<_, User>(concat!(
+        "UPDATE users SET name = coalesce($2, name), email = coalesce($3, email), \
+         updated_at = now() \
+         WHERE id = $1 AND ($4::bigint IS NULL OR version = $4) RETURNING ",
+        columns!()
+    ))
+    .bind(id)
+    .bind(patch.name.as_ref().map(|n| n.as_str()))
+    .bind(patch.email.as_ref().map(|e| e.as_str()))
+    .bind(expected)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Returns whether a row was deleted (at `expected`, if given). The trigger NOTIFYs in the
+/// same transaction.
+#[tracing::instrument(skip_all, fields(user_id = %id))]
+pub async fn delete(pool: &PgPool, id: Uuid, expected: Option<i64>) -> Result<bool, sqlx::Error> {
+    let result =
+        sqlx::query("DELETE FROM users WHERE id = $1 AND ($2::bigint IS NULL OR version = $2)")
+            .bind(id)
+            .bind(expected)
+            .execute(pool)
+            .await?;
     Ok(result.rows_affected() > 0)
 }
 
-/// One page in id order, plus the cursor of the next page when there is one.
+/// One page in id order, plus the id of its last user when there is a next page.
 ///
 /// Asks for one row more than the limit to know whether a next page exists without a
 /// COUNT. Two statements rather than `($1 IS NULL OR id > $1)` so each has a plain index plan.
 #[tracing::instrument(skip_all, fields(limit = page.limit))]
 pub async fn list(pool: &PgPool, page: Page) -> Result<(Vec<User>, Option<Uuid>), sqlx::Error> {
     let fetch = i64::from(page.limit) + 1;
+    let first = concat!("SELECT ", columns!(), " FROM users ORDER BY id LIMIT $1");
+    let after = concat!(
+        "SELECT ",
+        columns!(),
+        " FROM users WHERE id > $1 ORDER BY id LIMIT $2"
+    );
     let query = match page.after {
-        None => sqlx::query_as::<_, User>(
-            "SELECT id, name, email, created_at, updated_at FROM users ORDER BY id LIMIT $1",
-        ),
-        Some(after) => sqlx::query_as::<_, User>(
-            "SELECT id, name, email, created_at, updated_at FROM users \
-             WHERE id > $1 ORDER BY id LIMIT $2",
-        )
-        .bind(after),
+        None => sqlx::query_as::<_, User>(first),
+        Some(id) => sqlx::query_as::<_, User>(after).bind(id),
     };
     let mut users = query.bind(fetch).fetch_all(pool).await?;
     let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);

@@ -6,5 +6,5 @@ mod user;
 mod user_name;
 
 pub use email::Email;
-pub use user::{FieldError, NewUser, User, UserBody};
+pub use user::{FieldError, NewUser, User, UserBody, UserPatch};
 pub use user_name::UserName;

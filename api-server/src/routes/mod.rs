@@ -1,6 +1,10 @@
 //! Router assembly: every route is merged here, in one place.
 
+mod conditional;
 pub mod health;
+mod openapi;
+
+use openapi::UsersContract;
 pub mod users;
 
 use axum::Router;
@@ -28,6 +32,7 @@ use crate::state::AppState;
         users::read,
         users::list,
         users::update,
+        users::patch,
         users::remove,
         health::healthz,
         health::readyz,
@@ -39,9 +44,11 @@ use crate::state::AppState;
         crate::domain::UserBody,
         crate::domain::FieldError,
         users::UserPage,
+        users::UserPatchBody,
         Problem,
         health::Readiness
-    ))
+    )),
+    modifiers(&UsersContract)
 )]
 pub struct ApiDoc;
 
@@ -209,13 +216,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_wrong_content_type_is_400_before_any_database_work() {
+    async fn a_wrong_content_type_is_415_before_any_database_work() {
         let (status, _, _) = send(post(
             "text/plain",
             r#"{"name":"a","email":"a@example.com"}"#,
         ))
         .await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }
 
     #[tokio::test]
