@@ -205,7 +205,10 @@ async fn ten_thousand_cancelled_misses_leave_no_single_flight_entry() {
             let (cache, pool) = (cache.clone(), pool.clone());
             tokio::spawn(async move {
                 let _ = cache
-                    .get_user(id, || api_server::db::users::get(&pool, id))
+                    .get_user(id, || async {
+                        let user = api_server::db::users::get(&pool, id).await?;
+                        Ok(user.map(|_| axum::body::Bytes::new()))
+                    })
                     .await;
             })
         })

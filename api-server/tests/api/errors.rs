@@ -20,13 +20,13 @@ fn bad_bodies() -> Vec<(&'static str, &'static str, String, u16)> {
             "wrong content type",
             "text/plain",
             r#"{"name":"x","email":"x@example.com"}"#.into(),
-            400,
+            415,
         ),
         (
             "form content type",
             "application/x-www-form-urlencoded",
             "name=x&email=x@example.com".into(),
-            400,
+            415,
         ),
         ("missing email", json, r#"{"name":"x"}"#.into(), 422),
         (
