@@ -35,7 +35,11 @@ lint: ## cargo fmt --check and clippy -D warnings
 
 ##@ Test
 .PHONY: test
-test: deps lint test-rust check-manifests ## Run every test that can run without Docker (installs PostgreSQL/Redis/helm, builds the control plane when missing)
+test: deps lint test-rust test-contract check-manifests ## Run every test that can run without Docker (installs PostgreSQL/Redis/helm, builds the control plane when missing)
+
+.PHONY: test-contract
+test-contract: ## schemathesis (PyPI) against a live api-server and its /openapi.json, open and with JWT authentication
+	scripts/contract-test.sh
 
 .PHONY: test-rust
 test-rust: ## Unit, API (real PostgreSQL + Redis) and controller (real control plane) tests

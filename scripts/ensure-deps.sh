@@ -7,6 +7,7 @@
 #   scripts/ensure-deps.sh k8s        helm + kubectl into .tools/bin, kubernetes-validate into .tools/venv
 #   scripts/ensure-deps.sh rust       cargo-nextest (crates.io, built once into ~/.cargo/bin)
 #   scripts/ensure-deps.sh cluster    Go, openssl and curl for the test control plane (apt)
+#   scripts/ensure-deps.sh contract   schemathesis and PyJWT into .tools/venv (PyPI), for make test-contract
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -92,6 +93,12 @@ ensure_rust() {
   fi
 }
 
+ensure_contract() {
+  venv_install schemathesis "schemathesis==4.32.5"
+  "$tools/venv/bin/python" -c 'import jwt, cryptography' 2>/dev/null \
+    || "$tools/venv/bin/pip" install -q "pyjwt[crypto]==2.15.1"
+}
+
 ensure_cluster() {
   command -v openssl >/dev/null || apt_install openssl
   command -v curl >/dev/null || apt_install curl
@@ -110,7 +117,8 @@ for what in "${@:-services}"; do
     k8s) ensure_k8s ;;
     rust) ensure_rust ;;
     cluster) ensure_cluster ;;
+    contract) ensure_contract ;;
     pg-bindir) pg_bindir ;;
-    *) echo "usage: $0 [services|bench|lint|k8s|rust|cluster|pg-bindir]..." >&2; exit 2 ;;
+    *) echo "usage: $0 [services|bench|lint|k8s|rust|cluster|contract|pg-bindir]..." >&2; exit 2 ;;
   esac
 done

@@ -150,8 +150,9 @@ pub struct PageQuery {
     /// Items per page, 1 to 500 (default 50).
     #[param(value_type = Option<u32>, minimum = 1, maximum = 500)]
     pub limit: Option<String>,
-    /// The `next` cursor of the previous page (opaque).
-    #[param(value_type = Option<String>)]
+    /// The `next` cursor of the previous page (opaque; the raw ids of earlier releases are
+    /// still accepted).
+    #[param(value_type = Option<String>, pattern = r"^(|A[Q-Za-f][A-Za-z0-9_-]{20}[AEIMQUYcgkosw048]|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")]
     pub after: Option<String>,
     /// Only the user with this address (case-insensitive): zero or one item. Not with `after`.
     #[param(value_type = Option<String>, format = "email")]

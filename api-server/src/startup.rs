@@ -132,10 +132,11 @@ impl Application {
             .rate_limit
             .quota()
             .map(|(rps, burst)| Arc::new(rate_limiter(rps, burst)));
-        let openapi = Bytes::from(routes::openapi_json().map_err(StartupError::OpenApi)?);
         let auth = Authenticator::from_config(&config.auth)
             .await?
             .map(Arc::new);
+        let openapi =
+            Bytes::from(routes::openapi_json(auth.is_some()).map_err(StartupError::OpenApi)?);
 
         let port = config.server.port;
         let listener = bind(port)

@@ -22,12 +22,21 @@ pub struct User {
     pub version: i64,
 }
 
+// The name's pattern is what `UserName::parse` accepts: something other than white space,
+// no control characters inside, white space around it trimmed. (Python's and ECMAScript's
+// `\s` also match U+001C..U+001F, which Rust's trim keeps: hence `[^\S\x1c-\x1f]` for the
+// trimmed ends.) No length bounds in the schema: they apply after trimming.
 /// The body of `POST /users` and `PUT /users/{id}`.
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 pub struct UserBody {
-    #[schema(example = "Ada Lovelace")]
+    /// 1 to 100 characters once white space around it is trimmed; no control characters.
+    #[schema(
+        example = "Ada Lovelace",
+        pattern = r"^[^\S\x1c-\x1f]*[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?[^\S\x1c-\x1f]*$"
+    )]
     pub name: String,
-    #[schema(example = "ada@example.com")]
+    /// `local@domain`, at most 254 characters once trimmed; unique ignoring case.
+    #[schema(example = "ada@example.com", format = "email")]
     pub email: String,
 }
 

@@ -19,13 +19,15 @@ fn etag(version: i64) -> Option<ETag> {
     format!("\"{version}\"").parse().ok()
 }
 
-/// Whether a GET with these headers gets a 304 for the user at `version`. A malformed
-/// `If-None-Match` is ignored (the full response is always a correct answer to a GET).
-pub fn not_modified(headers: &HeaderMap, version: i64) -> bool {
-    match (headers.typed_get::<IfNoneMatch>(), etag(version)) {
-        (Some(if_none_match), Some(etag)) => !if_none_match.precondition_passes(&etag),
-        _ => false,
-    }
+/// The `If-None-Match` of a GET; a malformed one is a 400 like a malformed `If-Match`.
+pub fn if_none_match(headers: &HeaderMap) -> Result<Option<IfNoneMatch>, ApiError> {
+    check_syntax(headers, &header::IF_NONE_MATCH)?;
+    Ok(headers.typed_get::<IfNoneMatch>())
+}
+
+/// Whether the user at `version` is one the client already holds (weak comparison).
+pub fn not_modified(if_none_match: &IfNoneMatch, version: i64) -> bool {
+    etag(version).is_some_and(|etag| !if_none_match.precondition_passes(&etag))
 }
 
 /// 304 Not Modified: no body, the validator repeated.
@@ -37,13 +39,59 @@ pub fn not_modified_response(version: i64) -> Response {
         .into_response()
 }
 
-/// The `If-Match` of a write. One that cannot be read is refused, and tags that cannot be
-/// parsed match nothing: writing without the condition the client asked for could lose an
-/// update.
+/// The `If-Match` of a write. A malformed one is refused: writing without the condition the
+/// client asked for could lose an update.
 pub fn if_match(headers: &HeaderMap) -> Result<Option<IfMatch>, ApiError> {
+    check_syntax(headers, &header::IF_MATCH)?;
     headers
         .typed_try_get::<IfMatch>()
-        .map_err(|_| ApiError::BadRequest("If-Match is not a list of entity tags or *".into()))
+        .map_err(|_| malformed(&header::IF_MATCH))
+}
+
+fn malformed(name: &header::HeaderName) -> ApiError {
+    ApiError::BadRequest(format!("{name} must be * or a list of quoted entity tags"))
+}
+
+/// The `headers` crate skips entity tags it cannot parse; a client that sent one meant
+/// something, so it hears that its header was not understood.
+fn check_syntax(headers: &HeaderMap, name: &header::HeaderName) -> Result<(), ApiError> {
+    let valid = headers
+        .get_all(name)
+        .iter()
+        .all(|value| is_entity_tags(value.as_bytes()));
+    if valid { Ok(()) } else { Err(malformed(name)) }
+}
+
+/// `*` or `1#entity-tag` (RFC 9110 8.8.3), with visible ASCII only inside the quotes.
+fn is_entity_tags(value: &[u8]) -> bool {
+    let ows = |rest: &[u8]| -> usize {
+        rest.iter()
+            .take_while(|b| matches!(b, b' ' | b'\t'))
+            .count()
+    };
+    if value.trim_ascii() == b"*" {
+        return true;
+    }
+    let mut rest = &value[ows(value)..];
+    loop {
+        rest = rest.strip_prefix(b"W/").unwrap_or(rest);
+        let Some(quoted) = rest.strip_prefix(b"\"") else {
+            return false;
+        };
+        let opaque = quoted
+            .iter()
+            .take_while(|&&b| b == 0x21 || (0x23..=0x7E).contains(&b))
+            .count();
+        let Some(after) = quoted[opaque..].strip_prefix(b"\"") else {
+            return false;
+        };
+        rest = &after[ows(after)..];
+        match rest.split_first() {
+            None => return true,
+            Some((b',', more)) => rest = &more[ows(more)..],
+            Some(_) => return false,
+        }
+    }
 }
 
 /// What a conditional write must find, once `If-Match` was compared with the stored version.
@@ -111,21 +159,63 @@ mod tests {
         assert_eq!(etag_value(7), "\"7\"");
     }
 
-    #[test]
-    fn if_none_match_with_the_current_tag_is_not_modified_also_weakly() {
-        for value in ["\"3\"", "W/\"3\"", "\"1\", \"3\"", "*"] {
-            assert!(
-                not_modified(&headers(header::IF_NONE_MATCH, value), 3),
-                "{value}"
-            );
-        }
-        assert!(!not_modified(&headers(header::IF_NONE_MATCH, "\"2\""), 3));
-        assert!(!not_modified(&HeaderMap::new(), 3));
+    fn parsed_if_none_match(value: &'static str) -> IfNoneMatch {
+        if_none_match(&headers(header::IF_NONE_MATCH, value))
+            .unwrap()
+            .unwrap()
     }
 
     #[test]
-    fn a_malformed_if_none_match_is_ignored() {
-        assert!(!not_modified(&headers(header::IF_NONE_MATCH, "3"), 3));
+    fn if_none_match_with_the_current_tag_is_not_modified_also_weakly() {
+        for value in ["\"3\"", "W/\"3\"", "\"1\", \"3\"", "*"] {
+            assert!(not_modified(&parsed_if_none_match(value), 3), "{value}");
+        }
+        assert!(!not_modified(&parsed_if_none_match("\"2\""), 3));
+        assert!(if_none_match(&HeaderMap::new()).unwrap().is_none());
+    }
+
+    #[test]
+    fn entity_tag_lists_follow_rfc_9110() {
+        for valid in [
+            "*",
+            " * ",
+            "\"a\"",
+            "W/\"a\"",
+            "\"\"",
+            "\"a,b\"",
+            "\"1\" ,\t\"2\"",
+            "W/\"1\", \"2\" ",
+        ] {
+            assert!(is_entity_tags(valid.as_bytes()), "{valid:?}");
+        }
+        for invalid in [
+            "",
+            "3",
+            "\"3",
+            "3\"",
+            "\"a\" \"b\"",
+            "\"a\",",
+            "w/\"a\"",
+            "\"a b\"",
+            "*, \"a\"",
+            "null",
+            "_n",
+        ] {
+            assert!(!is_entity_tags(invalid.as_bytes()), "{invalid:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_conditional_headers_are_bad_requests() {
+        for name in [header::IF_MATCH, header::IF_NONE_MATCH] {
+            let headers = headers(name.clone(), "3");
+            let result = if name == header::IF_MATCH {
+                if_match(&headers).map(|_| ())
+            } else {
+                if_none_match(&headers).map(|_| ())
+            };
+            assert!(matches!(result, Err(ApiError::BadRequest(_))), "{name}");
+        }
     }
 
     #[test]
@@ -160,14 +250,6 @@ mod tests {
             evaluate(&parsed_if_match("\"1\""), None),
             Err(ApiError::PreconditionFailed)
         ));
-    }
-
-    #[test]
-    fn an_if_match_without_a_valid_tag_matches_nothing() {
-        // The crate drops tags it cannot parse: an unquoted one can never match, so the
-        // write is refused rather than done unconditionally.
-        let error = evaluate(&parsed_if_match("3"), Some(3)).unwrap_err();
-        assert!(matches!(error, ApiError::PreconditionFailed));
     }
 
     #[test]

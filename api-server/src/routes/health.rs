@@ -88,7 +88,6 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, axum::Json<Re
 
 /// Prometheus metrics (OpenMetrics text).
 /// Served on the admin port only.
-#[utoipa::path(get, path = "/metrics", tag = "probes", responses((status = 200, description = "OpenMetrics text (admin port only)")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let idle = i64::try_from(state.db.num_idle()).unwrap_or(i64::MAX);
     let size = i64::from(state.db.size());

@@ -14,7 +14,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
-use utoipa::OpenApi;
+use utoipa::{Modify, OpenApi};
 
 use crate::error::{ApiError, Problem};
 use crate::extract::MAX_BODY_BYTES;
@@ -25,7 +25,8 @@ use crate::state::AppState;
 #[openapi(
     info(
         title = "api-server",
-        description = "The bundled user API of scalable-api-operator"
+        description = "The bundled user API of scalable-api-operator. This is the public port; \
+                       the admin port (ADMIN_PORT) serves /healthz, /readyz and /metrics."
     ),
     paths(
         users::create,
@@ -36,7 +37,6 @@ use crate::state::AppState;
         users::remove,
         health::healthz,
         health::readyz,
-        health::metrics,
         health::openapi
     ),
     components(schemas(
@@ -47,8 +47,7 @@ use crate::state::AppState;
         users::UserPatchBody,
         Problem,
         health::Readiness
-    )),
-    modifiers(&UsersContract)
+    ))
 )]
 pub struct ApiDoc;
 
@@ -64,8 +63,12 @@ fn json_body(body: impl IntoResponse) -> Response {
         .into_response()
 }
 
-pub fn openapi_json() -> Result<String, serde_json::Error> {
-    ApiDoc::openapi().to_json()
+/// The document `/openapi.json` serves: it declares the bearer scheme, 401 and 403 only
+/// when authentication is on, so it describes the server that serves it.
+pub fn openapi_json(authentication: bool) -> Result<String, serde_json::Error> {
+    let mut doc = ApiDoc::openapi();
+    UsersContract { authentication }.modify(&mut doc);
+    doc.to_json()
 }
 
 /// The admin port's router: probes and `/metrics`, nothing a client may reach.
@@ -172,7 +175,7 @@ mod tests {
                 Arc::new(health)
             },
             rate_limiter: None,
-            openapi: openapi_json().unwrap().into(),
+            openapi: openapi_json(false).unwrap().into(),
             auth: None,
         }))
     }

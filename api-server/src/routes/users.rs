@@ -173,6 +173,7 @@ mod cached {
     ), responses(
     (status = 200, description = "The user", body = User, headers(("ETag" = String, description = "The user's version, quoted"))),
     (status = 304, description = "Not modified: the ETag in If-None-Match is current", headers(("ETag" = String))),
+    (status = 400, description = "Malformed If-None-Match", body = Problem, content_type = "application/problem+json"),
     (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
 ))]
 pub async fn read(
@@ -180,6 +181,7 @@ pub async fn read(
     AppPath(Id(id)): AppPath<Id>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let if_none_match = conditional::if_none_match(&headers)?;
     let db = &state.db;
     let load = || async move {
         match db::users::get(db, id).await? {
@@ -193,7 +195,7 @@ pub async fn read(
     };
     let (version, json) = cached::decode(value)
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("a cached user is truncated")))?;
-    if conditional::not_modified(&headers, version) {
+    if if_none_match.is_some_and(|tags| conditional::not_modified(&tags, version)) {
         return Ok(conditional::not_modified_response(version));
     }
     with_etag(super::json_body(json), version)
@@ -202,6 +204,7 @@ pub async fn read(
 /// List users, keyset-paginated; or look one up by e-mail address.
 #[utoipa::path(get, path = "/users", tag = "users", params(PageQuery), responses(
     (status = 200, description = "A page of users (with `email`: zero or one)", body = UserPage),
+    (status = 400, description = "A malformed query string (e.g. a parameter twice)", body = Problem, content_type = "application/problem+json"),
     (status = 422, description = "Invalid limit, cursor or email", body = Problem, content_type = "application/problem+json"),
 ))]
 #[tracing::instrument(skip_all)]
@@ -310,13 +313,18 @@ pub async fn patch(
     user_response(&patched)
 }
 
-/// The body of `PATCH /users/{id}`: any subset of the fields.
+/// The body of `PATCH /users/{id}`: any subset of the fields (none may be null: every
+/// field of a user is required). For the OpenAPI document only; `UserPatch` parses.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UserPatchBody {
-    #[schema(example = "Ada King")]
-    pub name: Option<String>,
-    #[schema(example = "ada@example.org")]
-    pub email: Option<String>,
+    #[schema(
+        required = false,
+        example = "Ada King",
+        pattern = r"^[^\S\x1c-\x1f]*[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?[^\S\x1c-\x1f]*$"
+    )]
+    pub name: String,
+    #[schema(required = false, example = "ada@example.org", format = "email")]
+    pub email: String,
 }
 
 /// Delete a user.
