@@ -6,6 +6,7 @@ mod auth;
 mod breaker;
 mod cache;
 mod clients;
+mod coherence;
 mod database;
 mod errors;
 mod faults;
