@@ -124,6 +124,53 @@ async fn one_hundred_concurrent_reads_of_a_cold_id_make_one_query() {
     );
 }
 
+/// The fill script is cached by Redis; a Redis that lost it (restart, `SCRIPT FLUSH`) gets
+/// it again from the fill that meets NOSCRIPT, and that fill still stores.
+#[tokio::test]
+async fn a_fill_after_redis_lost_its_scripts_still_stores() {
+    // About the script fallback, not timeouts: Redis gets time to answer on a loaded machine.
+    let app = spawn_app_with(Options {
+        redis_timeout_ms: Some(250),
+        ..Options::default()
+    })
+    .await;
+    let id = app.create_user_id("Ada", "ada@example.com").await;
+    assert_eq!(app.get_user(&id).await.status(), 200); // the first fill loads the script
+    let client = redis::Client::open(app.redis.as_ref().unwrap().url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let put = app
+        .put_user(
+            &id,
+            &json!({ "name": "Ada L.", "email": "ada@example.com" }),
+        )
+        .await;
+    assert_eq!(put.status(), 200);
+    // The write's own NOTIFY evicts again; a fill racing it would rightly be refused.
+    eventually(Duration::from_secs(2), "the write's NOTIFY", || async {
+        app.metric("cache_invalidations_total{source=\"notify\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+
+    let read: Value = app.get_user(&id).await.json().await.unwrap(); // miss: NOSCRIPT, EVAL
+    assert_eq!(read["name"], "Ada L.");
+    let hits = app.metric("cache_hits_total").await;
+    let again: Value = app.get_user(&id).await.json().await.unwrap();
+    assert_eq!(again, read);
+    assert_eq!(app.metric("cache_hits_total").await, hits + 1.0, "stored");
+    assert_eq!(
+        app.metric("cache_flushes_total").await,
+        1.0,
+        "only the start-up flush"
+    );
+}
+
 /// Clients that disconnect while their read waits for Postgres drop the single-flight
 /// leader with every follower; the ids' entries must go with them.
 #[tokio::test]
