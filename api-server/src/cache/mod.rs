@@ -23,9 +23,10 @@
 //! tombstone with `SET NX` because a tombstone closes the race only while it lives (its TTL
 //! must outlast the slowest fill) and keeps fresh fills out until it expires; 256 counters
 //! cost nothing, never expire, and refuse only fills that were in flight during a write to
-//! the same stripe. The in-process stripe counters stay as a free pre-check (and cover a
-//! Redis that restarted empty between the lookup and the fill, when its generation would
-//! read absent again).
+//! the same stripe. The in-process stripe counters stay as a free pre-check: they save the
+//! round trip of a fill that would be refused, and they still refuse one whose Redis
+//! restarted empty after the eviction (its generation then reads absent, as it may have
+//! before the eviction).
 
 mod breaker;
 pub mod invalidation;
