@@ -59,6 +59,7 @@ pub struct Metrics {
     pub db_pool_connections: Family<StateLabel, Gauge>,
     pub rate_limited: Counter,
     pub listener_connected: Gauge,
+    pub listener_lost: Counter,
     pub http_connections: Gauge,
     pub http_connections_shed: Counter,
 }
@@ -157,6 +158,12 @@ impl Metrics {
             "1 while the LISTEN connection for invalidations is subscribed",
             listener_connected.clone(),
         );
+        let listener_lost = Counter::default();
+        registry.register(
+            "cache_listener_lost",
+            "LISTEN connections lost or stalled (heartbeat late); each bypasses, then flushes, the cache",
+            listener_lost.clone(),
+        );
         let http_connections = Gauge::default();
         registry.register(
             "http_connections",
@@ -184,6 +191,7 @@ impl Metrics {
             db_pool_connections,
             rate_limited,
             listener_connected,
+            listener_lost,
             http_connections,
             http_connections_shed,
         }
@@ -194,10 +202,11 @@ impl Metrics {
         self.http_requests.get_or_create(&labels).inc();
     }
 
-    pub fn invalidated(&self, source: &'static str) {
+    /// `ids` evictions from one source (a NOTIFY carries a batch).
+    pub fn invalidated(&self, source: &'static str, ids: u64) {
         self.cache_invalidations
             .get_or_create(&SourceLabel { source })
-            .inc();
+            .inc_by(ids);
     }
 
     pub fn set_pool(&self, in_use: i64, idle: i64) {

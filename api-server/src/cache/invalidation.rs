@@ -1,8 +1,11 @@
 //! Cross-replica invalidation: every replica LISTENs on `users_changed` over a dedicated
 //! connection and evicts the ids it hears from its own Redis.
 //!
-//! The `users_changed` trigger (migrations/0001_users.sql) NOTIFYs inside the writing
-//! transaction, so a notification exists exactly when a change committed. Notifications sent
+//! The `users_changed` and `users_deleted` triggers (migrations/0003_bulk_invalidation.sql)
+//! NOTIFY inside the writing transaction, so a notification exists exactly when a change
+//! committed. A payload is a comma-separated batch of ids (one id is a batch of one), evicted
+//! with one pipelined Redis call, or `*` (flush) for a TRUNCATE or a statement that changed
+//! more rows than evicting them is worth. Notifications sent
 //! while this connection is down are lost, so the cache is untrusted (bypassed) from the
 //! moment the connection drops until it is subscribed again, and then flushed before it is
 //! trusted again.
@@ -25,7 +28,7 @@ use super::Cache;
 use crate::metrics::Metrics;
 
 pub const CHANNEL: &str = "users_changed";
-/// Payload that asks for a whole flush (sent on TRUNCATE).
+/// Payload that asks for a whole flush (sent on TRUNCATE and bulk writes).
 pub const FLUSH_ALL: &str = "*";
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -117,6 +120,7 @@ pub async fn run(
         // Untrusted before the (possibly stalled) connection is dropped and replaced.
         cache.set_trusted(false);
         metrics.listener_connected.set(0);
+        metrics.listener_lost.inc();
         tracing::warn!(reason = %lost, "LISTEN connection lost; cache bypassed until resubscribed");
     }
 }
@@ -205,11 +209,15 @@ async fn subscribe(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
 
 async fn handle(cache: &Cache, payload: &str) {
     if payload == FLUSH_ALL {
-        cache.flush("users truncated");
+        cache.flush("users truncated or changed in bulk");
         return;
     }
-    match Uuid::try_parse(payload) {
-        Ok(id) => cache.evict(id, "notify").await,
-        Err(_) => tracing::warn!(payload, "ignoring an invalidation that is not a user id"),
+    let mut ids = Vec::new();
+    for part in payload.split(',') {
+        match Uuid::try_parse(part) {
+            Ok(id) => ids.push(id),
+            Err(_) => tracing::warn!(part, "ignoring an invalidation that is not a user id"),
+        }
     }
+    cache.evict_many(&ids, "notify").await;
 }

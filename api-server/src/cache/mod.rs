@@ -10,6 +10,23 @@
 //!   failures go to Postgres, and a circuit breaker (`breaker`) stops trying for a moment
 //!   when too many calls in a window fail or are slow. An eviction that cannot be confirmed
 //!   flushes, so nothing stale survives a Redis outage.
+//!
+//! **The fill race is closed in Redis.** A reader that read Postgres before a write
+//! committed must not store its old value after the writer's eviction. Each id belongs to
+//! one of `STRIPES` generation counters kept *in Redis* (`api-server:gen:<stripe>`). The
+//! lookup reads the value and its stripe's generation in one `MGET` (a hit stays one round
+//! trip); an eviction `INCR`s the generation and `UNLINK`s the key in one pipeline; a fill
+//! is one `EVALSHA` of a script that stores only if the generation still equals the one
+//! read before the Postgres query. Redis runs the script atomically, so either the eviction
+//! ran first (the generation moved: nothing is stored) or the fill did (the eviction deletes
+//! it). A fill that times out may still run later, and is still refused. Chosen over a
+//! tombstone with `SET NX` because a tombstone closes the race only while it lives (its TTL
+//! must outlast the slowest fill) and keeps fresh fills out until it expires; 256 counters
+//! cost nothing, never expire, and refuse only fills that were in flight during a write to
+//! the same stripe. The in-process stripe counters stay as a free pre-check: they save the
+//! round trip of a fill that would be refused, and they still refuse one whose Redis
+//! restarted empty after the eviction (its generation then reads absent, as it may have
+//! before the eviction).
 
 mod breaker;
 pub mod invalidation;
@@ -21,6 +38,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
+use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
@@ -37,11 +55,29 @@ pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(20);
 /// Bound on the PING behind `/readyz`'s `redis` field.
 const STATUS_TIMEOUT: Duration = Duration::from_millis(250);
 
-/// Invalidation counters, striped by id so that a write only disturbs fills of ids that
-/// share its stripe.
+/// Invalidation counters (in process and in Redis), striped by id so that a write only
+/// disturbs fills of ids that share its stripe.
 const STRIPES: usize = 256;
 
 const KEY_PREFIX: &str = "api-server:user";
+/// The stripes' generations in Redis. Not under the epoch: a flush must not reset them.
+const GENERATION_PREFIX: &str = "api-server:gen";
+
+/// Stores the value (KEYS[1], ARGV[2], TTL ARGV[3]) only if the generation (KEYS[2]) is
+/// still the one the reader saw before its Postgres query (ARGV[1]; "" when it was absent).
+const FILL_SCRIPT: &str = r"
+if (redis.call('GET', KEYS[2]) or '') == ARGV[1] then
+    redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+    return 1
+end
+return 0
+";
+
+/// A stripe's generation as read by a lookup ("" when absent), to be checked by the fill.
+type Generation = String;
+
+/// Test seam: runs after a fill decided to store and before its script is sent.
+type StoreHook = Arc<dyn Fn(Cache, Uuid) -> BoxFuture<'static, ()> + Send + Sync>;
 
 type Flight = Arc<OnceCell<Result<Option<Bytes>, Arc<sqlx::Error>>>>;
 
@@ -60,7 +96,28 @@ struct Inner {
     trusted: AtomicBool,
     invalidations: [AtomicU64; STRIPES],
     in_flight: Mutex<HashMap<Uuid, Flight>>,
+    /// SHA1 of `FILL_SCRIPT` as Redis reported it (no SHA1 code of our own needed).
+    fill_sha: std::sync::OnceLock<String>,
+    before_store: Mutex<Option<StoreHook>>,
     metrics: Arc<Metrics>,
+}
+
+/// What a lookup found.
+enum Lookup {
+    Hit(Bytes),
+    /// Not cached; a fill may store if the stripe is still at this generation.
+    Miss(Generation),
+    /// Redis not asked or not answering: no value, and no generation to fill against.
+    Unavailable,
+}
+
+/// Why a Redis call gave no result.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error("Redis does not have the script (restarted or SCRIPT FLUSH)")]
+    NoScript,
+    #[error("the Redis call failed or timed out")]
+    Failed,
 }
 
 /// What `/readyz` reports about the cache.
@@ -134,6 +191,8 @@ impl Cache {
             trusted: AtomicBool::new(false),
             invalidations: std::array::from_fn(|_| AtomicU64::new(0)),
             in_flight: Mutex::new(HashMap::new()),
+            fill_sha: std::sync::OnceLock::new(),
+            before_store: Mutex::new(None),
             metrics,
         }))
     }
@@ -156,24 +215,29 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<Bytes>, sqlx::Error>>,
     {
-        if let Some(json) = self.lookup(id, true).await {
+        if let Lookup::Hit(json) = self.lookup(id, true).await {
             return Ok(Some(json));
         }
         let flight = Joined::new(self, id);
         flight
             .cell()
             .get_or_init(|| async {
-                // A flight that just landed may have filled the key after our lookup.
-                if let Some(json) = self.lookup(id, false).await {
-                    return Ok(Some(json));
-                }
+                // A flight that just landed may have filled the key after our lookup. This
+                // lookup's generation is the one read last before the query.
+                let generation = match self.lookup(id, false).await {
+                    Lookup::Hit(json) => return Ok(Some(json)),
+                    Lookup::Miss(generation) => Some(generation),
+                    Lookup::Unavailable => None,
+                };
                 let epoch = self.0.epoch.load(Ordering::Acquire);
                 let seen = self.stripe(id).load(Ordering::Acquire);
                 self.0.metrics.db_user_reads.inc();
                 let Some(json) = load().await.map_err(Arc::new)? else {
                     return Ok(None);
                 };
-                self.fill(id, epoch, seen, json.clone()).await;
+                if let Some(generation) = generation {
+                    self.fill(id, epoch, seen, generation, json.clone()).await;
+                }
                 Ok(Some(json))
             })
             .await
@@ -185,20 +249,68 @@ impl Cache {
         self.flights().len()
     }
 
-    /// Forgets one user. Called after a local write commits and for every NOTIFY.
+    /// Forgets one user. Called after a local write commits.
     pub async fn evict(&self, id: Uuid, source: &'static str) {
-        // Order matters: bump the counter before deleting, so a fill that races with this
-        // eviction sees the bump after its SET and deletes its own (possibly stale) value.
-        self.stripe(id).fetch_add(1, Ordering::AcqRel);
-        self.flights().remove(&id);
-        self.0.metrics.invalidated(source);
+        self.evict_many(&[id], source).await;
+    }
+
+    /// Forgets these users with one pipelined Redis call (a NOTIFY carries up to 200 ids).
+    pub async fn evict_many(&self, ids: &[Uuid], source: &'static str) {
+        if ids.is_empty() {
+            return;
+        }
+        for &id in ids {
+            self.stripe(id).fetch_add(1, Ordering::AcqRel);
+        }
+        {
+            let mut flights = self.flights();
+            for id in ids {
+                flights.remove(id);
+            }
+        }
+        self.0.metrics.invalidated(source, ids.len() as u64);
         if self.0.redis.is_none() {
             return;
         }
-        let key = self.key(self.0.epoch.load(Ordering::Acquire), id);
-        if !self.delete(&key).await {
+        if !self.0.breaker.allow() {
+            self.flush("an eviction could not be confirmed");
+            return;
+        }
+        // Generations first: a fill's script that runs between the two sees the new one and
+        // stores nothing; one that ran before has its value unlinked.
+        let mut stripes: Vec<usize> = ids.iter().map(|&id| stripe_index(id)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        let mut pipe = redis::pipe();
+        for stripe in stripes {
+            pipe.cmd("INCR").arg(generation_key(stripe)).ignore();
+        }
+        let epoch = self.0.epoch.load(Ordering::Acquire);
+        let keys: Vec<String> = ids.iter().map(|&id| self.key(epoch, id)).collect();
+        pipe.cmd("UNLINK").arg(keys).ignore();
+        let evicted = self
+            .run::<(), _>("EVICT", self.0.timeout, |mut conn| async move {
+                pipe.query_async(&mut conn).await
+            })
+            .await;
+        if evicted.is_err() {
             self.flush("an eviction could not be confirmed");
         }
+    }
+
+    /// Test seam: `hook` runs in every fill after it decided to store and before its script
+    /// is sent, the window in which a racing write used to slip a stale value in. It gets
+    /// this cache (a hook that captured it would keep it alive).
+    #[doc(hidden)]
+    pub fn set_before_store_hook(
+        &self,
+        hook: impl Fn(Cache, Uuid) -> BoxFuture<'static, ()> + Send + Sync + 'static,
+    ) {
+        *self
+            .0
+            .before_store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(hook));
     }
 
     /// Makes every cached entry unreachable (new epoch).
@@ -230,87 +342,116 @@ impl Cache {
         let ping = redis::cmd("PING");
         let budget = self.0.timeout.max(STATUS_TIMEOUT);
         match self.call_within::<String>("PING", ping, budget).await {
-            Some(_) => CacheStatus::Up,
-            None => CacheStatus::Down,
+            Ok(_) => CacheStatus::Up,
+            Err(_) => CacheStatus::Down,
         }
     }
 
-    /// A cached value, or None on miss, error, open breaker or untrusted cache.
-    async fn lookup(&self, id: Uuid, count: bool) -> Option<Bytes> {
-        self.0.redis.as_ref()?;
+    /// A cached value, or a miss with the stripe's generation, in one round trip (`MGET`).
+    async fn lookup(&self, id: Uuid, count: bool) -> Lookup {
+        if self.0.redis.is_none() {
+            return Lookup::Unavailable;
+        }
         if !self.is_trusted() || !self.0.breaker.allow() {
             if count {
                 self.0.metrics.cache_bypassed.inc();
             }
-            return None;
+            return Lookup::Unavailable;
         }
-        let mut get = redis::cmd("GET");
-        get.arg(self.key(self.0.epoch.load(Ordering::Acquire), id));
-        match self.call::<Option<Vec<u8>>>("GET", get).await? {
-            Some(json) => {
+        let mut get = redis::cmd("MGET");
+        get.arg(self.key(self.0.epoch.load(Ordering::Acquire), id))
+            .arg(generation_key(stripe_index(id)));
+        match self
+            .call::<(Option<Vec<u8>>, Option<String>)>("MGET", get)
+            .await
+        {
+            Ok((Some(json), _)) => {
                 self.0.metrics.cache_hits.inc();
-                Some(Bytes::from(json))
+                Lookup::Hit(Bytes::from(json))
             }
-            None => {
+            Ok((None, generation)) => {
                 if count {
                     self.0.metrics.cache_misses.inc();
                 }
-                None
+                Lookup::Miss(generation.unwrap_or_default())
             }
+            Err(_) => Lookup::Unavailable,
         }
     }
 
-    /// Stores a value read from Postgres, unless the id was invalidated meanwhile.
-    async fn fill(&self, id: Uuid, epoch: u64, seen: u64, json: Bytes) {
-        let stripe = self.stripe(id);
+    /// Stores a value read from Postgres, unless the id was invalidated since `generation`
+    /// (checked by Redis, atomically with the store).
+    async fn fill(&self, id: Uuid, epoch: u64, seen: u64, generation: Generation, json: Bytes) {
+        // Free pre-checks: no round trip when we already know the fill would be refused.
         if self.0.redis.is_none()
             || !self.is_trusted()
-            || stripe.load(Ordering::Acquire) != seen
+            || self.stripe(id).load(Ordering::Acquire) != seen
             || !self.0.breaker.allow()
         {
             return;
         }
+        let hook = self
+            .0
+            .before_store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(hook) = hook {
+            hook(self.clone(), id).await;
+        }
         // The epoch is the one read before the query: if a flush happened since, this value
         // lands in the old, unreachable namespace instead of poisoning the new one.
-        let key = self.key(epoch, id);
-        let mut set = redis::cmd("SET");
-        set.arg(&key)
-            .arg(json.as_ref())
-            .arg("EX")
-            .arg(self.0.ttl_secs);
-        if self.call::<()>("SET", set).await.is_none() {
-            // A timed-out SET may still land, possibly after a racing writer's DEL, and we
-            // cannot delete it reliably: forget the whole generation instead.
-            if stripe.load(Ordering::Acquire) != seen {
-                self.flush("a raced fill could not be confirmed");
+        let keys = [self.key(epoch, id), generation_key(stripe_index(id))];
+        let ttl = self.0.ttl_secs;
+        let run = |script: Option<String>| {
+            let mut cmd = match &script {
+                Some(sha) => redis::cmd("EVALSHA").arg(sha).clone(),
+                None => redis::cmd("EVAL").arg(FILL_SCRIPT).clone(),
+            };
+            cmd.arg(2)
+                .arg(&keys)
+                .arg(&generation)
+                .arg(json.as_ref())
+                .arg(ttl);
+            cmd
+        };
+        let sha = self.0.fill_sha.get().cloned();
+        let stored = match sha {
+            Some(sha) => match self.call::<i64>("EVALSHA", run(Some(sha))).await {
+                // Redis lost its script cache: EVAL runs the script and caches it again.
+                Err(CallError::NoScript) => self.call::<i64>("EVAL", run(None)).await,
+                other => other,
+            },
+            None => {
+                // The first fill of this process learns the script's SHA1 in the same round
+                // trip as it runs the script.
+                let mut pipe = redis::pipe();
+                pipe.cmd("SCRIPT").arg("LOAD").arg(FILL_SCRIPT);
+                pipe.add_command(run(None));
+                let loaded = self
+                    .run::<(String, i64), _>("EVAL", self.0.timeout, |mut conn| async move {
+                        pipe.query_async(&mut conn).await
+                    })
+                    .await;
+                loaded.map(|(sha, stored)| {
+                    let _ = self.0.fill_sha.set(sha);
+                    stored
+                })
             }
-            return;
-        }
-        // Not a closed race: a writer that bumped the stripe between the check above and
-        // this SET reaching Redis may have had its DEL land first. Its old value is then
-        // readable until the DEL below lands (one Redis round trip). Closing that would mean
-        // the stripe counter in the key, i.e. a miss for every id of the stripe per write.
-        if stripe.load(Ordering::Acquire) != seen && !self.delete(&key).await {
-            self.flush("a raced fill could not be removed");
+        };
+        // A timed-out script may still run later; it is still refused if an eviction ran
+        // first, so there is nothing to clean up.
+        if matches!(stored, Ok(0)) {
+            tracing::debug!(%id, "fill refused: the id was invalidated during the read");
         }
     }
 
-    /// DEL with the usual timeout and breaker; true when Redis confirmed it.
-    async fn delete(&self, key: &str) -> bool {
-        if self.0.redis.is_none() {
-            return true;
-        }
-        if !self.0.breaker.allow() {
-            return false;
-        }
-        let mut del = redis::cmd("DEL");
-        del.arg(key);
-        self.call::<i64>("DEL", del).await.is_some()
-    }
-
-    /// One Redis command with the timeout; every outcome feeds the breaker. None on any
-    /// failure.
-    async fn call<T: redis::FromRedisValue>(&self, op: &'static str, cmd: redis::Cmd) -> Option<T> {
+    /// One Redis command with the timeout; every outcome feeds the breaker.
+    async fn call<T: redis::FromRedisValue>(
+        &self,
+        op: &'static str,
+        cmd: redis::Cmd,
+    ) -> Result<T, CallError> {
         self.call_within(op, cmd, self.0.timeout).await
     }
 
@@ -319,19 +460,41 @@ impl Cache {
         op: &'static str,
         cmd: redis::Cmd,
         budget: Duration,
-    ) -> Option<T> {
-        let mut conn = self.0.redis.as_ref()?.clone();
+    ) -> Result<T, CallError> {
+        self.run(op, budget, |mut conn| async move {
+            cmd.query_async::<T>(&mut conn).await
+        })
+        .await
+    }
+
+    /// Runs `request` (a command or a pipeline) on the shared connection within `budget`.
+    /// An answer, even NOSCRIPT, counts as a success for the breaker.
+    async fn run<T, Fut>(
+        &self,
+        op: &'static str,
+        budget: Duration,
+        request: impl FnOnce(ConnectionManager) -> Fut,
+    ) -> Result<T, CallError>
+    where
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let conn = self.0.redis.as_ref().ok_or(CallError::Failed)?.clone();
         let started = Instant::now();
-        let result = tokio::time::timeout(budget, cmd.query_async::<T>(&mut conn)).await;
-        let outcome = match &result {
-            Ok(Ok(_)) => Outcome::Ok(started.elapsed()),
+        let result = tokio::time::timeout(budget, request(conn)).await;
+        let (outcome, result) = match result {
+            Ok(Ok(value)) => (Outcome::Ok(started.elapsed()), Ok(value)),
+            Ok(Err(error))
+                if error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+            {
+                (Outcome::Ok(started.elapsed()), Err(CallError::NoScript))
+            }
             Ok(Err(error)) => {
                 tracing::debug!(op, %error, "redis operation failed");
-                Outcome::Failed
+                (Outcome::Failed, Err(CallError::Failed))
             }
             Err(_) => {
                 tracing::debug!(op, "redis operation timed out");
-                Outcome::Failed
+                (Outcome::Failed, Err(CallError::Failed))
             }
         };
         if outcome == Outcome::Failed {
@@ -340,7 +503,7 @@ impl Cache {
         if let Some(transition) = self.0.breaker.record(outcome) {
             self.breaker_moved(transition);
         }
-        result.ok()?.ok()
+        result
     }
 
     /// Logs and exports a breaker transition (only transitions: a request never logs).
@@ -381,9 +544,7 @@ impl Cache {
     }
 
     fn stripe(&self, id: Uuid) -> &AtomicU64 {
-        // UUIDv7's random tail spreads ids evenly over the stripes.
-        let index = usize::from(id.as_bytes()[15]) % STRIPES;
-        &self.0.invalidations[index]
+        &self.0.invalidations[stripe_index(id)]
     }
 
     fn flights(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Flight>> {
@@ -392,6 +553,15 @@ impl Cache {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+fn stripe_index(id: Uuid) -> usize {
+    // UUIDv7's random tail spreads ids evenly over the stripes.
+    usize::from(id.as_bytes()[15]) % STRIPES
+}
+
+fn generation_key(stripe: usize) -> String {
+    format!("{GENERATION_PREFIX}:{stripe}")
 }
 
 /// One caller's share of an id's single flight. Dropping it, on completion or on

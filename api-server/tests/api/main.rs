@@ -6,6 +6,7 @@ mod auth;
 mod breaker;
 mod cache;
 mod clients;
+mod coherence;
 mod contract;
 mod database;
 mod errors;
