@@ -4,13 +4,15 @@
 //! explains them.
 
 use std::fmt;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
+
+use crate::client_address::{ClientAddress, Source};
 
 /// Everything the server needs to start.
 #[derive(Debug, Clone, Parser)]
@@ -153,6 +155,52 @@ pub struct RateLimitConfig {
     /// Burst size per client IP (default: RATE_LIMIT_RPS). Needs RATE_LIMIT_RPS.
     #[arg(long = "rate-limit-burst", env = "RATE_LIMIT_BURST", requires = "rps")]
     pub burst: Option<NonZeroU32>,
+    /// Where the client IP comes from: the TCP peer, or a header the proxy in front sets.
+    /// Trust a header only when every request passes through that proxy, or any client can
+    /// pick its own address.
+    #[arg(
+        long = "rate-limit-client-address",
+        env = "RATE_LIMIT_CLIENT_ADDRESS",
+        value_enum,
+        default_value_t = Source::Peer
+    )]
+    pub client_address: Source,
+    /// Proxies in front that append to X-Forwarded-For or Forwarded: the client is that
+    /// many entries from the right (fewer entries: the peer). Ignored by peer and x-real-ip.
+    #[arg(long = "rate-limit-trusted-hops", env = "RATE_LIMIT_TRUSTED_HOPS", default_value_t = NonZeroU8::MIN, value_parser = parse_trusted_hops)]
+    pub trusted_hops: NonZeroU8,
+    /// Most clients with a bucket (40 to 80 bytes each); at the cap, clients without one
+    /// share a single bucket until idle buckets are dropped (every minute).
+    #[arg(long = "rate-limit-max-clients", env = "RATE_LIMIT_MAX_CLIENTS", default_value_t = DEFAULT_RATE_LIMIT_MAX_CLIENTS)]
+    pub max_clients: NonZeroUsize,
+}
+
+/// Default of `RATE_LIMIT_MAX_CLIENTS`: a few MiB of buckets at most.
+pub const DEFAULT_RATE_LIMIT_MAX_CLIENTS: NonZeroUsize =
+    NonZeroUsize::new(100_000).expect("non-zero");
+/// Largest `RATE_LIMIT_TRUSTED_HOPS`: a longer chain of proxies is a misconfiguration.
+pub const MAX_TRUSTED_HOPS: u8 = 16;
+
+fn parse_trusted_hops(s: &str) -> Result<NonZeroU8, String> {
+    s.trim()
+        .parse::<u8>()
+        .ok()
+        .filter(|n| (1..=MAX_TRUSTED_HOPS).contains(n))
+        .and_then(NonZeroU8::new)
+        .ok_or_else(|| format!("`{s}` is not a number of proxies from 1 to {MAX_TRUSTED_HOPS}"))
+}
+
+impl Default for RateLimitConfig {
+    /// No rate limit; the peer is the client.
+    fn default() -> Self {
+        Self {
+            rps: None,
+            burst: None,
+            client_address: Source::Peer,
+            trusted_hops: NonZeroU8::MIN,
+            max_clients: DEFAULT_RATE_LIMIT_MAX_CLIENTS,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -370,6 +418,13 @@ impl RateLimitConfig {
     pub fn quota(&self) -> Option<(NonZeroU32, NonZeroU32)> {
         self.rps.map(|rps| (rps, self.burst.unwrap_or(rps)))
     }
+
+    pub fn client_address(&self) -> ClientAddress {
+        ClientAddress {
+            source: self.client_address,
+            trusted_hops: self.trusted_hops,
+        }
+    }
 }
 
 impl ServerConfig {
@@ -487,6 +542,54 @@ mod tests {
     }
 
     #[test]
+    fn the_client_address_defaults_to_the_peer_with_one_hop() {
+        let config = parse(&["--rate-limit-rps", "10"]).unwrap().rate_limit;
+        assert_eq!(config.client_address(), ClientAddress::default());
+        assert_eq!(config.max_clients, DEFAULT_RATE_LIMIT_MAX_CLIENTS);
+        let default = RateLimitConfig::default();
+        assert_eq!(default.client_address(), config.client_address());
+        assert_eq!(default.max_clients, config.max_clients);
+    }
+
+    #[test]
+    fn every_client_address_source_is_accepted_by_its_name() {
+        for (name, source) in [
+            ("peer", Source::Peer),
+            ("x-forwarded-for", Source::XForwardedFor),
+            ("x-real-ip", Source::XRealIp),
+            ("forwarded", Source::Forwarded),
+        ] {
+            let config = parse(&["--rate-limit-client-address", name]).unwrap();
+            assert_eq!(config.rate_limit.client_address, source, "{name}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_client_address_source_names_the_valid_ones() {
+        let error = parse(&["--rate-limit-client-address", "xff"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("x-forwarded-for"), "{error}");
+    }
+
+    #[test]
+    fn trusted_hops_are_1_to_16() {
+        let hops = |n: &str| parse(&["--rate-limit-trusted-hops", n]);
+        assert_eq!(hops("2").unwrap().rate_limit.trusted_hops.get(), 2);
+        assert_eq!(hops("16").unwrap().rate_limit.trusted_hops.get(), 16);
+        for bad in ["0", "17", "-1", "two", ""] {
+            assert!(hops(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_zero_max_clients_is_rejected() {
+        assert!(parse(&["--rate-limit-max-clients", "0"]).is_err());
+        let config = parse(&["--rate-limit-max-clients", "5"]).unwrap();
+        assert_eq!(config.rate_limit.max_clients.get(), 5);
+    }
+
+    #[test]
     fn log_format_accepts_json_and_text_only() {
         assert_eq!(
             parse(&["--log-format", "text"]).unwrap().server.log_format,
@@ -591,6 +694,9 @@ mod tests {
             "REDIS_TIMEOUT_MS",
             "RATE_LIMIT_RPS",
             "RATE_LIMIT_BURST",
+            "RATE_LIMIT_CLIENT_ADDRESS",
+            "RATE_LIMIT_TRUSTED_HOPS",
+            "RATE_LIMIT_MAX_CLIENTS",
             "PORT",
             "ADMIN_PORT",
             "LOG_FORMAT",

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod client_address;
 pub mod config;
 pub mod db;
 pub mod domain;

@@ -58,6 +58,7 @@ pub struct Metrics {
     pub db_user_reads: Counter,
     pub db_pool_connections: Family<StateLabel, Gauge>,
     pub rate_limited: Counter,
+    pub rate_limit_clients: Gauge,
     pub listener_connected: Gauge,
     pub listener_lost: Counter,
     pub http_connections: Gauge,
@@ -152,6 +153,12 @@ impl Metrics {
             "Requests refused with 429",
             rate_limited.clone(),
         );
+        let rate_limit_clients = Gauge::default();
+        registry.register(
+            "rate_limit_clients",
+            "Clients with a rate-limit bucket of their own (at most RATE_LIMIT_MAX_CLIENTS)",
+            rate_limit_clients.clone(),
+        );
         let listener_connected = Gauge::default();
         registry.register(
             "cache_listener_connected",
@@ -190,6 +197,7 @@ impl Metrics {
             db_user_reads,
             db_pool_connections,
             rate_limited,
+            rate_limit_clients,
             listener_connected,
             listener_lost,
             http_connections,

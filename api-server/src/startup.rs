@@ -16,7 +16,7 @@ use crate::auth::{AuthSetupError, Authenticator};
 use crate::cache::{Cache, invalidation};
 use crate::config::{Config, ConfigError, DatabaseConfig, HttpLimits, MigrateMode};
 use crate::metrics::Metrics;
-use crate::middleware::{RateLimiter, rate_limiter};
+use crate::middleware::RateLimiter;
 use crate::probe::{self, Health};
 use crate::routes;
 use crate::schema;
@@ -128,10 +128,14 @@ impl Application {
             .map_err(StartupError::Redis)?,
             None => Cache::disabled(metrics.clone()),
         };
-        let rate_limiter: Option<Arc<RateLimiter>> = config
-            .rate_limit
-            .quota()
-            .map(|(rps, burst)| Arc::new(rate_limiter(rps, burst)));
+        let rate_limiter: Option<Arc<RateLimiter>> = config.rate_limit.quota().map(|quota| {
+            Arc::new(RateLimiter::new(
+                quota,
+                config.rate_limit.client_address(),
+                config.rate_limit.max_clients,
+                metrics.rate_limit_clients.clone(),
+            ))
+        });
         let auth = Authenticator::from_config(&config.auth)
             .await?
             .map(Arc::new);

@@ -33,9 +33,10 @@ pub mod messages {
     pub const DATABASE_URI_FORM: &str = "spec.database.uriSecretRef carries host, name and user in the URI: remove spec.database.host, spec.database.name and spec.database.user";
     pub const POOL_MIN_ABOVE_MAX: &str = "spec.database.pool.minConnections must be less than or equal to spec.database.pool.maxConnections";
     pub const INGRESS_PATH: &str = "spec.ingress.path must start with '/', such as / or /users";
-    pub const RESERVED_ENV: &str = "spec.env must not set a variable the operator sets from the spec (PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSSLMODE, DATABASE_URL, DB_POOL_MAX, DB_POOL_MIN, DB_ACQUIRE_TIMEOUT_MS, REDIS_URL, CACHE_TTL_SECONDS, RATE_LIMIT_RPS, RATE_LIMIT_BURST, PORT, ADMIN_PORT, LOG_FORMAT, SHUTDOWN_TIMEOUT_SECONDS, AUTH_JWKS_PATH, AUTH_JWT_ISSUER, AUTH_JWT_AUDIENCE): set spec.database, spec.cache, spec.rateLimit or spec.auth instead";
+    pub const RESERVED_ENV: &str = "spec.env must not set a variable the operator sets from the spec (PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSSLMODE, DATABASE_URL, DB_POOL_MAX, DB_POOL_MIN, DB_ACQUIRE_TIMEOUT_MS, REDIS_URL, CACHE_TTL_SECONDS, RATE_LIMIT_RPS, RATE_LIMIT_BURST, RATE_LIMIT_CLIENT_ADDRESS, RATE_LIMIT_TRUSTED_HOPS, RATE_LIMIT_MAX_CLIENTS, PORT, ADMIN_PORT, LOG_FORMAT, SHUTDOWN_TIMEOUT_SECONDS, AUTH_JWKS_PATH, AUTH_JWT_ISSUER, AUTH_JWT_AUDIENCE): set spec.database, spec.cache, spec.rateLimit or spec.auth instead";
     pub const RESERVED_POD_LABEL: &str = "spec.pod.labels must not set the app.kubernetes.io/name, instance, component, part-of or managed-by labels: the operator sets them, and name and instance select the pods";
     pub const RESERVED_POD_ANNOTATION: &str = "spec.pod.annotations must not set scalable.dev/config-hash: the operator sets it to roll the pods when the config or the database Secret changes";
+    pub const TRUSTED_HOPS_SOURCE: &str = "spec.rateLimit.clientAddress.trustedHops applies only to source XForwardedFor or Forwarded";
     pub const MAX_MEMORY_QUANTITY: &str = "spec.cache.maxMemory must be a positive Kubernetes quantity of at most 64Gi, such as 64Mi or 1Gi (it is a per-pod Redis sidecar: the pod requests maxMemory + 32Mi of memory)";
 }
 
@@ -56,6 +57,9 @@ pub const OPERATOR_ENV: &[&str] = &[
     "CACHE_TTL_SECONDS",
     "RATE_LIMIT_RPS",
     "RATE_LIMIT_BURST",
+    "RATE_LIMIT_CLIENT_ADDRESS",
+    "RATE_LIMIT_TRUSTED_HOPS",
+    "RATE_LIMIT_MAX_CLIENTS",
     "PORT",
     "ADMIN_PORT",
     "LOG_FORMAT",
@@ -66,7 +70,12 @@ pub const OPERATOR_ENV: &[&str] = &[
 ];
 
 /// CEL rule on `spec.env`: `OPERATOR_ENV` written out (a test keeps the two equal).
-pub const RESERVED_ENV_RULE: &str = "self.all(e, !(e.name in ['PGHOST', 'PGPORT', 'PGDATABASE', 'PGUSER', 'PGPASSWORD', 'PGSSLMODE', 'DATABASE_URL', 'DB_POOL_MAX', 'DB_POOL_MIN', 'DB_ACQUIRE_TIMEOUT_MS', 'REDIS_URL', 'CACHE_TTL_SECONDS', 'RATE_LIMIT_RPS', 'RATE_LIMIT_BURST', 'PORT', 'ADMIN_PORT', 'LOG_FORMAT', 'SHUTDOWN_TIMEOUT_SECONDS', 'AUTH_JWKS_PATH', 'AUTH_JWT_ISSUER', 'AUTH_JWT_AUDIENCE']))";
+pub const RESERVED_ENV_RULE: &str = "self.all(e, !(e.name in ['PGHOST', 'PGPORT', 'PGDATABASE', 'PGUSER', 'PGPASSWORD', 'PGSSLMODE', 'DATABASE_URL', 'DB_POOL_MAX', 'DB_POOL_MIN', 'DB_ACQUIRE_TIMEOUT_MS', 'REDIS_URL', 'CACHE_TTL_SECONDS', 'RATE_LIMIT_RPS', 'RATE_LIMIT_BURST', 'RATE_LIMIT_CLIENT_ADDRESS', 'RATE_LIMIT_TRUSTED_HOPS', 'RATE_LIMIT_MAX_CLIENTS', 'PORT', 'ADMIN_PORT', 'LOG_FORMAT', 'SHUTDOWN_TIMEOUT_SECONDS', 'AUTH_JWKS_PATH', 'AUTH_JWT_ISSUER', 'AUTH_JWT_AUDIENCE']))";
+
+/// CEL rule on `spec.rateLimit.clientAddress`: a hop count only for the list headers (an
+/// absent source is the default, Peer).
+pub const TRUSTED_HOPS_RULE: &str =
+    "!has(self.trustedHops) || (has(self.source) && self.source in ['XForwardedFor', 'Forwarded'])";
 
 /// CEL rule on `spec.pod.labels`: none of the labels the operator puts on every pod.
 pub const RESERVED_POD_LABEL_RULE: &str = "!('app.kubernetes.io/name' in self) && !('app.kubernetes.io/instance' in self) && !('app.kubernetes.io/component' in self) && !('app.kubernetes.io/part-of' in self) && !('app.kubernetes.io/managed-by' in self)";
@@ -550,6 +559,47 @@ pub struct RateLimit {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub burst: Option<i32>,
+    /// Where the client IP comes from (RATE_LIMIT_CLIENT_ADDRESS). Unset: the TCP peer, which
+    /// behind an Ingress or a Service without `externalTrafficPolicy: Local` is the proxy or
+    /// node for every client, so they all share one bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_address: Option<ClientAddress>,
+    /// Most clients with a bucket in each replica (RATE_LIMIT_MAX_CLIENTS, 40 to 80 bytes
+    /// each); past it, clients without one share a single bucket until idle ones are dropped
+    /// (every minute). Default 100000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub max_clients: Option<i32>,
+}
+
+/// Where the API reads the client's IP. Trust a header only when every request passes
+/// through the proxy that sets it; otherwise any client can name its own address.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
+#[x_kube(validation = Rule::new(TRUSTED_HOPS_RULE).message(messages::TRUSTED_HOPS_SOURCE))]
+#[serde(rename_all = "camelCase")]
+pub struct ClientAddress {
+    /// `Peer` (the TCP peer), `XForwardedFor` (the entry `trustedHops` from the right),
+    /// `XRealIP` (set by the one proxy in front, e.g. ingress-nginx), or `Forwarded`
+    /// (RFC 7239 `for=` of the element `trustedHops` from the right). A header that is
+    /// missing or does not parse counts as the peer. Default Peer.
+    #[serde(default)]
+    pub source: ClientAddressSource,
+    /// Proxies in front that append to X-Forwarded-For or Forwarded, e.g. 1 for an Ingress
+    /// (RATE_LIMIT_TRUSTED_HOPS). Only with XForwardedFor or Forwarded. Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16))]
+    pub trusted_hops: Option<i32>,
+}
+
+/// The sources of `spec.rateLimit.clientAddress`.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientAddressSource {
+    #[default]
+    Peer,
+    XForwardedFor,
+    #[serde(rename = "XRealIP")]
+    XRealIp,
+    Forwarded,
 }
 
 /// Observed state, written by the controller through the status subresource.

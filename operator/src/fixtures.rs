@@ -139,6 +139,8 @@ impl ScalableApi {
         self.spec.rate_limit = Some(RateLimit {
             requests_per_second: rps,
             burst,
+            client_address: None,
+            max_clients: None,
         });
         self
     }

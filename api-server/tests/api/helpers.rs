@@ -55,6 +55,9 @@ pub struct Options {
     /// A PostgreSQL server of our own (for tests that stop it).
     pub own_postgres: bool,
     pub rate_limit: Option<(u32, u32)>,
+    /// The rate limit's client address source, hops and cap (`rps`/`burst` come from
+    /// `rate_limit`).
+    pub rate_limit_keys: RateLimitConfig,
     pub acquire_timeout_ms: Option<u64>,
     /// Postgres `lock_timeout` of the request pool.
     pub lock_timeout_ms: Option<u64>,
@@ -102,6 +105,7 @@ pub fn config(url: &str, redis_url: Option<String>, options: &Options) -> Config
             burst: options
                 .rate_limit
                 .and_then(|(_, burst)| burst.try_into().ok()),
+            ..options.rate_limit_keys.clone()
         },
         server: ServerConfig {
             port: 0,

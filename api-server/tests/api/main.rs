@@ -14,6 +14,7 @@ mod faults;
 mod health;
 mod helpers;
 mod proxy;
+mod rate_limit;
 mod raw;
 mod services;
 mod shutdown;

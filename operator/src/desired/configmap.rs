@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::child_meta;
-use crate::crd::ScalableApi;
+use crate::crd::{ClientAddressSource, ScalableApi};
 use crate::crd_funcs::DatabaseAuth;
 
 /// The api-server's HTTP port (container port `http`).
@@ -51,6 +51,19 @@ pub fn config_map(sapi: &ScalableApi) -> ConfigMap {
         set("RATE_LIMIT_RPS", rl.requests_per_second.to_string());
         let burst = rl.burst.unwrap_or(rl.requests_per_second);
         set("RATE_LIMIT_BURST", burst.to_string());
+        // Only when given, so adding the fields to the CRD rolls no existing pods.
+        if let Some(client) = &rl.client_address {
+            set(
+                "RATE_LIMIT_CLIENT_ADDRESS",
+                client_address_value(client.source).to_owned(),
+            );
+            if let Some(hops) = client.trusted_hops {
+                set("RATE_LIMIT_TRUSTED_HOPS", hops.to_string());
+            }
+        }
+        if let Some(max) = rl.max_clients {
+            set("RATE_LIMIT_MAX_CLIENTS", max.to_string());
+        }
     }
     set("PORT", HTTP_PORT.to_string());
     set("ADMIN_PORT", ADMIN_PORT.to_string());
@@ -71,9 +84,20 @@ pub fn config_map(sapi: &ScalableApi) -> ConfigMap {
     }
 }
 
+/// The api-server's `RATE_LIMIT_CLIENT_ADDRESS` value for a source.
+fn client_address_value(source: ClientAddressSource) -> &'static str {
+    match source {
+        ClientAddressSource::Peer => "peer",
+        ClientAddressSource::XForwardedFor => "x-forwarded-for",
+        ClientAddressSource::XRealIp => "x-real-ip",
+        ClientAddressSource::Forwarded => "forwarded",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::ClientAddress;
 
     fn data(sapi: &ScalableApi) -> BTreeMap<String, String> {
         config_map(sapi).data.unwrap_or_default()
@@ -164,5 +188,67 @@ mod tests {
         assert_eq!(d.get("RATE_LIMIT_BURST").map(String::as_str), Some("50"));
         let d = data(&ScalableApi::test().with_rate_limit(50, Some(80)));
         assert_eq!(d.get("RATE_LIMIT_BURST").map(String::as_str), Some("80"));
+    }
+
+    fn with_client_address(
+        source: ClientAddressSource,
+        trusted_hops: Option<i32>,
+        max_clients: Option<i32>,
+    ) -> ScalableApi {
+        let mut sapi = ScalableApi::test().with_rate_limit(50, None);
+        if let Some(rl) = sapi.spec.rate_limit.as_mut() {
+            rl.client_address = Some(ClientAddress {
+                source,
+                trusted_hops,
+            });
+            rl.max_clients = max_clients;
+        }
+        sapi
+    }
+
+    #[test]
+    fn the_client_address_and_cap_are_left_to_the_api_server_unless_given() {
+        let d = data(&ScalableApi::test().with_rate_limit(50, None));
+        for absent in [
+            "RATE_LIMIT_CLIENT_ADDRESS",
+            "RATE_LIMIT_TRUSTED_HOPS",
+            "RATE_LIMIT_MAX_CLIENTS",
+        ] {
+            assert!(!d.contains_key(absent), "{absent}");
+        }
+    }
+
+    #[test]
+    fn each_client_address_source_becomes_the_api_servers_value() {
+        for (source, value) in [
+            (ClientAddressSource::Peer, "peer"),
+            (ClientAddressSource::XForwardedFor, "x-forwarded-for"),
+            (ClientAddressSource::XRealIp, "x-real-ip"),
+            (ClientAddressSource::Forwarded, "forwarded"),
+        ] {
+            let d = data(&with_client_address(source, None, None));
+            let get = |k: &str| d.get(k).map(String::as_str);
+            assert_eq!(get("RATE_LIMIT_CLIENT_ADDRESS"), Some(value), "{source:?}");
+            assert_eq!(get("RATE_LIMIT_TRUSTED_HOPS"), None, "{source:?}");
+        }
+    }
+
+    #[test]
+    fn trusted_hops_and_max_clients_are_passed_on_when_given() {
+        let d = data(&with_client_address(
+            ClientAddressSource::XForwardedFor,
+            Some(2),
+            Some(5000),
+        ));
+        let get = |k: &str| d.get(k).map(String::as_str);
+        assert_eq!(get("RATE_LIMIT_CLIENT_ADDRESS"), Some("x-forwarded-for"));
+        assert_eq!(get("RATE_LIMIT_TRUSTED_HOPS"), Some("2"));
+        assert_eq!(get("RATE_LIMIT_MAX_CLIENTS"), Some("5000"));
+    }
+
+    #[test]
+    fn no_client_address_without_a_rate_limit() {
+        let d = data(&ScalableApi::test());
+        assert!(!d.keys().any(|k| k.starts_with("RATE_LIMIT_")));
     }
 }

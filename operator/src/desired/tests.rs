@@ -306,7 +306,14 @@ fn name_must_be_a_dns_1035_label() {
 #[test]
 fn the_operators_env_names_cover_every_variable_it_sets() {
     // The fullest spec: every optional ConfigMap key is set.
-    let sapi = ScalableApi::test().with_rate_limit(10, Some(20));
+    let mut sapi = ScalableApi::test().with_rate_limit(10, Some(20));
+    if let Some(rl) = sapi.spec.rate_limit.as_mut() {
+        rl.client_address = Some(crate::crd::ClientAddress {
+            source: crate::crd::ClientAddressSource::XForwardedFor,
+            trusted_hops: Some(2),
+        });
+        rl.max_clients = Some(1000);
+    }
     let c = build(&sapi);
     for key in c.config_map.data.iter().flatten().map(|(k, _)| k) {
         assert!(crate::crd::OPERATOR_ENV.contains(&key.as_str()), "{key}");

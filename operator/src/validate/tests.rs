@@ -355,3 +355,56 @@ fn pod_labels_and_annotations_of_the_operator_are_refused() {
     );
     validate(&obj).expect("placement fields");
 }
+
+#[test]
+fn rate_limit_client_address_takes_a_source_and_hops_only_for_list_headers() {
+    let client = |v: Value| {
+        with(
+            "/spec/rateLimit",
+            Some(json!({"requestsPerSecond": 10, "clientAddress": v})),
+        )
+    };
+    let sapi = validate(&client(
+        json!({"source": "XForwardedFor", "trustedHops": 2}),
+    ))
+    .expect("X-Forwarded-For with 2 hops");
+    let address = sapi.spec.rate_limit.unwrap().client_address.unwrap();
+    assert_eq!(
+        address.source,
+        crate::crd::ClientAddressSource::XForwardedFor
+    );
+    assert_eq!(address.trusted_hops, Some(2));
+    for source in ["Peer", "XRealIP", "Forwarded"] {
+        validate(&client(json!({"source": source}))).expect(source);
+    }
+    validate(&client(json!({"source": "Forwarded", "trustedHops": 1}))).expect("Forwarded");
+    let sapi = validate(&client(json!({}))).expect("no source");
+    assert_eq!(
+        sapi.spec.rate_limit.unwrap().client_address.unwrap().source,
+        crate::crd::ClientAddressSource::Peer
+    );
+
+    for hops_without_a_list in [
+        json!({"source": "Peer", "trustedHops": 1}),
+        json!({"source": "XRealIP", "trustedHops": 1}),
+        json!({"trustedHops": 2}),
+    ] {
+        assert_rejected_with(&client(hops_without_a_list), messages::TRUSTED_HOPS_SOURCE);
+    }
+    let p = problems(&client(json!({"source": "XFF"})));
+    assert!(
+        p[0].starts_with("spec.rateLimit.clientAddress.source: Unsupported value"),
+        "{p:?}"
+    );
+    for hops in [0, 17] {
+        let p = problems(&client(
+            json!({"source": "XForwardedFor", "trustedHops": hops}),
+        ));
+        assert!(p[0].contains("trustedHops"), "{p:?}");
+    }
+    let p = problems(&with(
+        "/spec/rateLimit",
+        Some(json!({"requestsPerSecond": 10, "maxClients": 0})),
+    ));
+    assert!(p[0].contains("maxClients"), "{p:?}");
+}
