@@ -382,3 +382,55 @@ async fn a_missing_jwks_file_stops_the_start() {
 
     assert!(built.is_err());
 }
+
+#[tokio::test]
+async fn with_authentication_openapi_declares_the_bearer_scheme_and_its_refusals() {
+    let key = TestKey::es256();
+    let (app, _jwks) = spawn_app_trusting(&[&key]).await;
+
+    let doc = app.get_json("/openapi.json").await;
+
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let read = &doc["paths"]["/users/{id}"]["get"];
+    assert_eq!(read["security"], json!([{ "bearer": [READ] }]));
+    assert_eq!(
+        doc["paths"]["/users/{id}"]["delete"]["security"],
+        json!([{ "bearer": [WRITE] }])
+    );
+    assert!(read["responses"]["401"].is_object() && read["responses"]["403"].is_object());
+    assert!(
+        doc["paths"]["/healthz"]["get"]["security"].is_null(),
+        "probes stay open"
+    );
+}
+
+#[tokio::test]
+async fn one_idempotency_key_from_two_clients_is_two_requests() {
+    let key = TestKey::es256();
+    let (app, _jwks) = spawn_app_trusting(&[&key]).await;
+    let token_of = |sub: &str| {
+        let mut claims = claims(WRITE);
+        claims["sub"] = json!(sub);
+        key.sign(&claims)
+    };
+    let post = |token: String, email: &'static str| {
+        app.client
+            .post(app.url("/users"))
+            .bearer_auth(token)
+            .header("idempotency-key", "shared-key")
+            .json(&json!({ "name": "Ada", "email": email }))
+            .send()
+    };
+
+    let alice = post(token_of("alice"), "alice@example.com").await.unwrap();
+    let bob = post(token_of("bob"), "bob@example.com").await.unwrap();
+
+    // Bob's body differs from Alice's: within one client that would be a 422 reuse.
+    assert_eq!((alice.status().as_u16(), bob.status().as_u16()), (201, 201));
+    assert!(bob.headers().get("idempotent-replayed").is_none());
+    let bob: Value = bob.json().await.unwrap();
+    assert_eq!(bob["email"], "bob@example.com");
+}

@@ -106,19 +106,56 @@ async fn the_request_id_is_echoed_or_made() {
 }
 
 #[tokio::test]
-async fn openapi_describes_every_route() {
+async fn openapi_describes_every_public_route_and_what_it_answers() {
     let app = spawn_app().await;
     let doc = app.get_json("/openapi.json").await;
     let paths = doc["paths"].as_object().unwrap();
-    for path in ["/users", "/users/{id}", "/healthz", "/readyz", "/metrics"] {
+    for path in [
+        "/users",
+        "/users/{id}",
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+    ] {
         assert!(paths.contains_key(path), "{path} missing");
     }
-    for method in ["get", "put", "delete"] {
+    assert!(
+        !paths.contains_key("/metrics"),
+        "/metrics is on the admin port"
+    );
+    for method in ["get", "put", "patch", "delete"] {
         assert!(
             paths["/users/{id}"][method].is_object(),
             "{method} /users/{{id}} missing"
         );
     }
+    let statuses = |path: &str, method: &str| -> Vec<String> {
+        paths[path][method]["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let patch = statuses("/users/{id}", "patch");
+    for status in [
+        "200", "400", "404", "409", "412", "413", "415", "422", "429", "503",
+    ] {
+        assert!(
+            patch.contains(&status.to_owned()),
+            "PATCH lacks {status}: {patch:?}"
+        );
+    }
+    assert!(statuses("/users/{id}", "get").contains(&"304".to_owned()));
+    // Open: no token is asked for, so none is declared.
+    assert!(!patch.contains(&"401".to_owned()), "{patch:?}");
+    assert!(doc["components"]["securitySchemes"].is_null());
+    let read = &paths["/users/{id}"]["get"];
+    assert!(read["responses"]["200"]["headers"]["ETag"].is_object());
+    assert!(read["responses"]["503"]["headers"]["Retry-After"].is_object());
+    assert!(paths["/healthz"]["get"]["responses"]["200"]["headers"]["X-Request-Id"].is_object());
+    let create_params = paths["/users"]["post"]["parameters"].as_array().unwrap();
+    assert!(create_params.iter().any(|p| p["name"] == "Idempotency-Key"));
     assert!(doc["components"]["schemas"]["User"].is_object());
     assert!(doc["components"]["schemas"]["Problem"].is_object());
 }
