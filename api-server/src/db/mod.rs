@@ -1,3 +1,6 @@
 //! All SQL lives here.
 
+mod bounded;
 pub mod users;
+
+pub use bounded::{CallTimedOut, Db, breaks_connection, connection_lost, timed_out};

@@ -190,11 +190,13 @@ async fn ten_thousand_cancelled_misses_leave_no_single_flight_entry() {
     )
     .unwrap();
     // One connection, held here: every load waits for it, as behind a saturated pool.
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&app.pg.url(&app.database))
-        .await
-        .unwrap();
+    let pool = api_server::db::Db::from(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&app.pg.url(&app.database))
+            .await
+            .unwrap(),
+    );
     let held = pool.acquire().await.unwrap();
     // 5,000 ids, two readers each: leaders and followers are both cancelled.
     let ids: Vec<uuid::Uuid> = (0..5_000).map(|_| uuid::Uuid::now_v7()).collect();

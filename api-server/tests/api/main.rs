@@ -7,6 +7,7 @@ mod breaker;
 mod cache;
 mod clients;
 mod database;
+mod db_faults;
 mod errors;
 mod faults;
 mod health;
