@@ -153,25 +153,32 @@ impl Db {
         self.attempt(&mut call).await
     }
 
-    /// `SELECT 1` within `within`, not retried (a health check reports what it saw).
+    /// `SELECT 1`, waiting for a connection included, within `within`; not retried (a
+    /// health check reports what it saw).
     pub async fn probe(&self, within: Duration) -> Result<(), sqlx::Error> {
-        self.attempt_within(within, &mut |conn| {
+        let started = Instant::now();
+        let conn = tokio::time::timeout(within, self.pool.acquire())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        let left = within.saturating_sub(started.elapsed());
+        self.run_on(conn, left, &mut |conn| {
             sqlx::query("SELECT 1").execute(conn).map_ok(drop).boxed()
         })
         .await
     }
 
     async fn attempt<T>(&self, call: &mut impl Call<T>) -> Result<T, sqlx::Error> {
-        self.attempt_within(self.query_timeout, call).await
+        // Bounded by DB_ACQUIRE_TIMEOUT_MS, pings included.
+        let conn = self.pool.acquire().await?;
+        self.run_on(conn, self.query_timeout, call).await
     }
 
-    async fn attempt_within<T>(
+    async fn run_on<T>(
         &self,
+        mut conn: PoolConnection<Postgres>,
         within: Duration,
         call: &mut impl Call<T>,
     ) -> Result<T, sqlx::Error> {
-        // Bounded by DB_ACQUIRE_TIMEOUT_MS, pings included.
-        let mut conn: PoolConnection<Postgres> = self.pool.acquire().await?;
         let result = tokio::time::timeout(within, call(&mut conn))
             .await
             .unwrap_or_else(|_| Err(timed_out(within)));
