@@ -116,6 +116,21 @@ pub struct DatabaseConfig {
         default_value_t = 10_000
     )]
     pub idle_in_transaction_timeout_ms: u64,
+    /// Client-side bound on one database call of a request (a query, or the ping of a pooled
+    /// connection): past it the call is abandoned, its connection closed (never reused) and
+    /// the request gets 503. Unlike `statement_timeout` it also holds when Postgres cannot
+    /// answer at all (a black-holed network). Must be larger than DB_STATEMENT_TIMEOUT_MS,
+    /// so a slow statement is cancelled by Postgres first.
+    #[arg(long = "db-query-timeout-ms", env = "DB_QUERY_TIMEOUT_MS", default_value_t = 6000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub query_timeout_ms: u64,
+    /// A pooled connection idle at least this long is pinged before a request gets it
+    /// (0: every time). Connections idle since the last connection failure are pinged anyway.
+    #[arg(
+        long = "db-ping-after-idle-ms",
+        env = "DB_PING_AFTER_IDLE_MS",
+        default_value_t = 1000
+    )]
+    pub ping_after_idle_ms: u64,
     /// `true`: apply the embedded migrations at start-up (after the port is bound; /readyz is
     /// 503 until they are done). `false`: apply none, and be unready until another step (a Job
     /// running `MIGRATE=only`) has applied them all. `only`: apply them and exit.
@@ -323,6 +338,10 @@ pub enum ConfigError {
     DatabaseUrl(#[source] sqlx::Error),
     #[error("DB_POOL_MIN ({min}) is larger than DB_POOL_MAX ({max})")]
     PoolBounds { min: u32, max: u32 },
+    #[error(
+        "DB_QUERY_TIMEOUT_MS ({query}) must be larger than DB_STATEMENT_TIMEOUT_MS ({statement})"
+    )]
+    QueryTimeout { query: u64, statement: u64 },
 }
 
 impl DatabaseConfig {
@@ -342,6 +361,8 @@ impl DatabaseConfig {
             statement_timeout_ms: 5000,
             lock_timeout_ms: 2000,
             idle_in_transaction_timeout_ms: 10_000,
+            query_timeout_ms: 6000,
+            ping_after_idle_ms: 1000,
             migrate: MigrateMode::True,
         }
     }
@@ -350,6 +371,12 @@ impl DatabaseConfig {
     /// for the request pool. Migrations and the LISTEN connection go without them (a
     /// migration may rightly run long and wait for the advisory lock).
     pub fn request_options(&self) -> Result<PgConnectOptions, ConfigError> {
+        if self.statement_timeout_ms != 0 && self.query_timeout_ms <= self.statement_timeout_ms {
+            return Err(ConfigError::QueryTimeout {
+                query: self.query_timeout_ms,
+                statement: self.statement_timeout_ms,
+            });
+        }
         Ok(self.connect_options()?.options([
             ("statement_timeout", self.statement_timeout_ms.to_string()),
             ("lock_timeout", self.lock_timeout_ms.to_string()),
@@ -400,6 +427,14 @@ impl DatabaseConfig {
 
     pub fn acquire_timeout(&self) -> Duration {
         Duration::from_millis(self.acquire_timeout_ms)
+    }
+
+    pub fn query_timeout(&self) -> Duration {
+        Duration::from_millis(self.query_timeout_ms)
+    }
+
+    pub fn ping_after_idle(&self) -> Duration {
+        Duration::from_millis(self.ping_after_idle_ms)
     }
 }
 
@@ -485,6 +520,26 @@ mod tests {
             startup.contains("-c idle_in_transaction_session_timeout=10000"),
             "{startup}"
         );
+    }
+
+    #[test]
+    fn the_query_timeout_must_exceed_the_statement_timeout() {
+        let config = parse(&["--db-query-timeout-ms", "5000"]).unwrap();
+        assert!(matches!(
+            config.database.request_options(),
+            Err(ConfigError::QueryTimeout {
+                query: 5000,
+                statement: 5000
+            })
+        ));
+        let unbounded_statements = parse(&[
+            "--db-query-timeout-ms",
+            "100",
+            "--db-statement-timeout-ms",
+            "0",
+        ])
+        .unwrap();
+        assert!(unbounded_statements.database.request_options().is_ok());
     }
 
     #[test]
@@ -688,6 +743,8 @@ mod tests {
             "DB_STATEMENT_TIMEOUT_MS",
             "DB_LOCK_TIMEOUT_MS",
             "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+            "DB_QUERY_TIMEOUT_MS",
+            "DB_PING_AFTER_IDLE_MS",
             "MIGRATE",
             "REDIS_URL",
             "CACHE_TTL_SECONDS",

@@ -10,7 +10,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 /// How often the background check asks Postgres `SELECT 1`.
@@ -75,7 +74,7 @@ impl Health {
 
 /// Checks Postgres every [`CHECK_EVERY`] until `shutdown`, recording the outcome.
 pub async fn watch_postgres(
-    db: PgPool,
+    db: crate::db::Db,
     health: std::sync::Arc<Health>,
     shutdown: CancellationToken,
 ) {
@@ -85,8 +84,8 @@ pub async fn watch_postgres(
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = every.tick() => {
-                let ping = sqlx::query("SELECT 1").execute(&db);
-                let ok = matches!(tokio::time::timeout(CHECK_TIMEOUT, ping).await, Ok(Ok(_)));
+                // Through `Db` so a check cut off by the timeout closes its connection.
+                let ok = db.probe(CHECK_TIMEOUT).await.is_ok();
                 health.record(ok);
             }
         }

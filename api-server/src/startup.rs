@@ -6,15 +6,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
+use sqlx::PgPool;
 use sqlx::migrate::MigrateError;
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{Connection, PgPool};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthSetupError, Authenticator};
 use crate::cache::{Cache, invalidation};
 use crate::config::{Config, ConfigError, DatabaseConfig, HttpLimits, MigrateMode};
+use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::middleware::RateLimiter;
 use crate::probe::{self, Health};
@@ -27,8 +27,6 @@ pub use crate::schema::MIGRATOR;
 
 /// How often idle per-IP rate-limit buckets are dropped.
 const RATE_LIMIT_GC_EVERY: Duration = Duration::from_secs(60);
-/// A pooled connection idle at least this long is pinged before use.
-const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 /// Bound on closing the pool after the server stopped.
 const POOL_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -96,25 +94,8 @@ impl Application {
     /// long migration runs, instead of a startup probe killing the pod mid-migration.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         let options = config.database.connect_options()?;
-        let db = PgPoolOptions::new()
-            .max_connections(config.database.pool_max)
-            .min_connections(config.database.pool_min)
-            .acquire_timeout(config.database.acquire_timeout())
-            // By default sqlx pings every connection it hands out: one more round trip to
-            // Postgres per query (pings, with the one sqlx always does on release, were a
-            // fifth of the server's CPU on POST /users). Under load a connection was idle for
-            // microseconds; only one idle long enough to have gone stale (say, across a
-            // Postgres restart) is checked. Measured: +10-20% POST and list requests/s.
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= PING_IF_IDLE_FOR {
-                        conn.ping().await?;
-                    }
-                    Ok(true)
-                })
-            })
-            .connect_lazy_with(config.database.request_options()?);
+        // Bounded calls, pings and the read-retry policy: db/bounded.rs.
+        let db = Db::connect_lazy(&config.database)?;
         let migrations = schema::pool(options.clone(), config.database.acquire_timeout());
 
         let metrics = Arc::new(Metrics::new());
@@ -249,7 +230,10 @@ impl Application {
         if let Some(auth) = state.auth.clone() {
             tokio::spawn(auth.watch(shutdown.clone()));
         }
-        tokio::spawn(crate::db::idempotency::expire(db.clone(), shutdown.clone()));
+        tokio::spawn(crate::db::idempotency::expire(
+            db.pool().clone(),
+            shutdown.clone(),
+        ));
         if let Some(limiter) = state.rate_limiter.clone() {
             tokio::spawn(forget_idle_clients(limiter, shutdown.clone()));
         }

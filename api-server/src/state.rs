@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
 use crate::cache::Cache;
+use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::middleware::RateLimiter;
 use crate::probe::Health;
@@ -20,7 +21,7 @@ use crate::probe::Health;
 pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
-    pub db: PgPool,
+    pub db: Db,
     pub cache: Cache,
     pub metrics: Arc<Metrics>,
     /// Cancelled when shutdown begins; `/readyz` turns 503 at once.
@@ -50,7 +51,7 @@ impl Deref for AppState {
 
 impl FromRef<AppState> for PgPool {
     fn from_ref(state: &AppState) -> Self {
-        state.db.clone()
+        state.db.pool().clone()
     }
 }
 

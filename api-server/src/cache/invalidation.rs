@@ -199,12 +199,18 @@ impl Heartbeat {
     }
 }
 
+/// Bounded like a heartbeat: on a silent network LISTEN would wait for the kernel (minutes).
 async fn subscribe(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
-    let mut listener = PgListener::connect_with(pool).await?;
-    // Reconnect here (and flush) rather than silently inside try_recv.
-    listener.eager_reconnect(false);
-    listener.listen(CHANNEL).await?;
-    Ok(listener)
+    let subscribe = async {
+        let mut listener = PgListener::connect_with(pool).await?;
+        // Reconnect here (and flush) rather than silently inside try_recv.
+        listener.eager_reconnect(false);
+        listener.listen(CHANNEL).await?;
+        Ok(listener)
+    };
+    tokio::time::timeout(HEARTBEAT_TIMEOUT, subscribe)
+        .await
+        .map_err(|_| crate::db::timed_out(HEARTBEAT_TIMEOUT))?
 }
 
 async fn handle(cache: &Cache, payload: &str) {

@@ -7,7 +7,12 @@
 
 use std::time::Duration;
 
-use sqlx::{PgConnection, PgPool};
+use futures::FutureExt;
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::Db;
+use crate::domain::{NewUser, User};
 
 /// How long a key is remembered.
 pub const RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -32,9 +37,70 @@ pub enum Claim {
     Taken(Recorded),
 }
 
+/// What to record for a create: the response the client gets.
+pub struct Recording {
+    pub status: u16,
+    pub location: String,
+    pub body: Vec<u8>,
+}
+
+/// The outcome of `create_once`.
+#[derive(Debug)]
+pub enum Created {
+    /// This request created the user (and recorded its response).
+    New(User),
+    /// An earlier request holds the key: what it got, to replay or refuse.
+    Taken(Recorded),
+}
+
+/// Creates `user` once per `key` in `scope`: claims the key, inserts, records what `record`
+/// makes of the new user, commits; or returns what holds the key. One transaction, bounded
+/// as one database write. A failed insert (a duplicate e-mail) rolls the claim back with it.
+pub async fn create_once(
+    db: &Db,
+    scope: &str,
+    key: &str,
+    id: Uuid,
+    user: &NewUser,
+    record: fn(&User) -> Result<Recording, sqlx::Error>,
+) -> Result<Created, sqlx::Error> {
+    let request = request_of(user);
+    db.write(|conn| {
+        let (scope, key, request, user) = (
+            scope.to_owned(),
+            key.to_owned(),
+            request.clone(),
+            user.clone(),
+        );
+        async move {
+            let mut tx = conn.begin().await?;
+            if let Claim::Taken(recorded) = claim(&mut tx, &scope, &key, &request).await? {
+                return Ok(Created::Taken(recorded));
+            }
+            let created = super::users::insert_on(&mut tx, id, user).await?;
+            let recording = record(&created)?;
+            let Recording {
+                status,
+                location,
+                body,
+            } = &recording;
+            record_response(&mut tx, &scope, &key, *status, Some(location), body).await?;
+            tx.commit().await?;
+            Ok(Created::New(created))
+        }
+        .boxed()
+    })
+    .await
+}
+
+/// The validated body a key was claimed for, as `create_once` stores it.
+pub fn request_of(user: &NewUser) -> serde_json::Value {
+    serde_json::json!({ "name": user.name.as_str(), "email": user.email.as_str() })
+}
+
 /// Claims `key` in `scope` for `request`, or returns what holds it. An expired record is
 /// taken over as if it were absent, whether or not the clean-up has removed it yet.
-pub async fn claim(
+async fn claim(
     tx: &mut PgConnection,
     scope: &str,
     key: &str,
@@ -69,7 +135,7 @@ pub async fn claim(
 }
 
 /// Stores the response of the request that claimed `key`, before its transaction commits.
-pub async fn record(
+async fn record_response(
     tx: &mut PgConnection,
     scope: &str,
     key: &str,

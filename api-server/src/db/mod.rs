@@ -1,4 +1,7 @@
 //! All SQL lives here.
 
+mod bounded;
 pub mod idempotency;
 pub mod users;
+
+pub use bounded::{CallTimedOut, Db, breaks_connection, connection_lost, timed_out};

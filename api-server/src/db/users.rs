@@ -1,13 +1,19 @@
 //! Queries on `users`. Ids are UUIDv7 (time-ordered), so keyset pagination by id returns
 //! users roughly in creation order and inserts land at the right edge of the index.
 //!
+//! Each call goes through [`Db`]: bounded in time; reads are retried once when their
+//! connection was dead, writes never are (see `bounded.rs`). A call binds owned values,
+//! since a read may run twice.
+//!
 //! Writes take an optional expected `version` (from `If-Match`): with one, the row changes
 //! only if its version is still that one, in the same statement, so no other write can slip
 //! in between the check and the change. The `users_versioned` trigger bumps the version.
 
-use sqlx::{PgExecutor, PgPool};
+use futures::FutureExt;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
+use super::Db;
 use crate::domain::{NewUser, User, UserPatch};
 use crate::extract::Page;
 
@@ -19,10 +25,16 @@ macro_rules! columns {
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %id))]
-pub async fn insert(
-    db: impl PgExecutor<'_>,
+pub async fn insert(db: &Db, id: Uuid, user: &NewUser) -> Result<User, sqlx::Error> {
+    db.write(|conn| insert_on(conn, id, user.clone()).boxed())
+        .await
+}
+
+/// `insert` on a connection the caller holds (inside its transaction).
+pub async fn insert_on(
+    conn: &mut PgConnection,
     id: Uuid,
-    user: &NewUser,
+    user: NewUser,
 ) -> Result<User, sqlx::Error> {
     sqlx::query_as::<_, User>(concat!(
         "INSERT INTO users (id, name, email) VALUES ($1, $2, $3) RETURNING ",
@@ -31,94 +43,112 @@ pub async fn insert(
     .bind(id)
     .bind(user.name.as_str())
     .bind(user.email.as_str())
-    .fetch_one(db)
+    .fetch_one(conn)
     .await
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %id))]
-pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as::<_, User>(concat!("SELECT ", columns!(), " FROM users WHERE id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+pub async fn get(db: &Db, id: Uuid) -> Result<Option<User>, sqlx::Error> {
+    db.read(|conn| {
+        sqlx::query_as::<_, User>(concat!("SELECT ", columns!(), " FROM users WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(conn)
+            .boxed()
+    })
+    .await
 }
 
 /// The user with this e-mail address, ignoring case (the `users_email_key` index).
 #[tracing::instrument(skip_all)]
-pub async fn find_by_email(pool: &PgPool, email: &str) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as::<_, User>(concat!(
-        "SELECT ",
-        columns!(),
-        " FROM users WHERE lower(email) = lower($1)"
-    ))
-    .bind(email)
-    .fetch_optional(pool)
+pub async fn find_by_email(db: &Db, email: &str) -> Result<Option<User>, sqlx::Error> {
+    db.read(|conn| {
+        sqlx::query_as::<_, User>(concat!(
+            "SELECT ",
+            columns!(),
+            " FROM users WHERE lower(email) = lower($1)"
+        ))
+        .bind(email.to_owned())
+        .fetch_optional(conn)
+        .boxed()
+    })
     .await
 }
 
 /// The current version, to check an `If-Match` against.
 #[tracing::instrument(skip_all, fields(user_id = %id))]
-pub async fn version(pool: &PgPool, id: Uuid) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT version FROM users WHERE id = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+pub async fn version(db: &Db, id: Uuid) -> Result<Option<i64>, sqlx::Error> {
+    db.read(|conn| {
+        sqlx::query_scalar("SELECT version FROM users WHERE id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .boxed()
+    })
+    .await
 }
 
 /// Replaces name and email; `None` when there is no such user (at `expected`, if given).
 /// The `users_changed` trigger NOTIFYs in the same transaction.
 #[tracing::instrument(skip_all, fields(user_id = %id))]
 pub async fn update(
-    pool: &PgPool,
+    db: &Db,
     id: Uuid,
     user: &NewUser,
     expected: Option<i64>,
 ) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as::<_, User>(concat!(
-        "UPDATE users SET name = $2, email = $3, updated_at = now() \
-         WHERE id = $1 AND ($4::bigint IS NULL OR version = $4) RETURNING ",
-        columns!()
-    ))
-    .bind(id)
-    .bind(user.name.as_str())
-    .bind(user.email.as_str())
-    .bind(expected)
-    .fetch_optional(pool)
+    db.write(|conn| {
+        sqlx::query_as::<_, User>(concat!(
+            "UPDATE users SET name = $2, email = $3, updated_at = now() \
+             WHERE id = $1 AND ($4::bigint IS NULL OR version = $4) RETURNING ",
+            columns!()
+        ))
+        .bind(id)
+        .bind(user.name.as_str().to_owned())
+        .bind(user.email.as_str().to_owned())
+        .bind(expected)
+        .fetch_optional(conn)
+        .boxed()
+    })
     .await
 }
 
 /// Changes the fields the patch names (it must name one); `None` as for `update`.
 #[tracing::instrument(skip_all, fields(user_id = %id))]
 pub async fn patch(
-    pool: &PgPool,
+    db: &Db,
     id: Uuid,
     patch: &UserPatch,
     expected: Option<i64>,
 ) -> Result<Option<User>, sqlx::Error> {
-    sqlx::query_as::<_, User>(concat!(
-        "UPDATE users SET name = coalesce($2, name), email = coalesce($3, email), \
-         updated_at = now() \
-         WHERE id = $1 AND ($4::bigint IS NULL OR version = $4) RETURNING ",
-        columns!()
-    ))
-    .bind(id)
-    .bind(patch.name.as_ref().map(|n| n.as_str()))
-    .bind(patch.email.as_ref().map(|e| e.as_str()))
-    .bind(expected)
-    .fetch_optional(pool)
+    db.write(|conn| {
+        sqlx::query_as::<_, User>(concat!(
+            "UPDATE users SET name = coalesce($2, name), email = coalesce($3, email), \
+             updated_at = now() \
+             WHERE id = $1 AND ($4::bigint IS NULL OR version = $4) RETURNING ",
+            columns!()
+        ))
+        .bind(id)
+        .bind(patch.name.as_ref().map(|n| n.as_str().to_owned()))
+        .bind(patch.email.as_ref().map(|e| e.as_str().to_owned()))
+        .bind(expected)
+        .fetch_optional(conn)
+        .boxed()
+    })
     .await
 }
 
 /// Returns whether a row was deleted (at `expected`, if given). The trigger NOTIFYs in the
 /// same transaction.
 #[tracing::instrument(skip_all, fields(user_id = %id))]
-pub async fn delete(pool: &PgPool, id: Uuid, expected: Option<i64>) -> Result<bool, sqlx::Error> {
-    let result =
-        sqlx::query("DELETE FROM users WHERE id = $1 AND ($2::bigint IS NULL OR version = $2)")
-            .bind(id)
-            .bind(expected)
-            .execute(pool)
-            .await?;
+pub async fn delete(db: &Db, id: Uuid, expected: Option<i64>) -> Result<bool, sqlx::Error> {
+    let result = db
+        .write(|conn| {
+            sqlx::query("DELETE FROM users WHERE id = $1 AND ($2::bigint IS NULL OR version = $2)")
+                .bind(id)
+                .bind(expected)
+                .execute(conn)
+                .boxed()
+        })
+        .await?;
     Ok(result.rows_affected() > 0)
 }
 
@@ -127,19 +157,26 @@ pub async fn delete(pool: &PgPool, id: Uuid, expected: Option<i64>) -> Result<bo
 /// Asks for one row more than the limit to know whether a next page exists without a
 /// COUNT. Two statements rather than `($1 IS NULL OR id > $1)` so each has a plain index plan.
 #[tracing::instrument(skip_all, fields(limit = page.limit))]
-pub async fn list(pool: &PgPool, page: Page) -> Result<(Vec<User>, Option<Uuid>), sqlx::Error> {
+pub async fn list(db: &Db, page: Page) -> Result<(Vec<User>, Option<Uuid>), sqlx::Error> {
     let fetch = i64::from(page.limit) + 1;
-    let first = concat!("SELECT ", columns!(), " FROM users ORDER BY id LIMIT $1");
-    let after = concat!(
-        "SELECT ",
-        columns!(),
-        " FROM users WHERE id > $1 ORDER BY id LIMIT $2"
-    );
-    let query = match page.after {
-        None => sqlx::query_as::<_, User>(first),
-        Some(id) => sqlx::query_as::<_, User>(after).bind(id),
-    };
-    let mut users = query.bind(fetch).fetch_all(pool).await?;
+    let mut users = db
+        .read(|conn| {
+            let query = match page.after {
+                None => sqlx::query_as::<_, User>(concat!(
+                    "SELECT ",
+                    columns!(),
+                    " FROM users ORDER BY id LIMIT $1"
+                )),
+                Some(after) => sqlx::query_as::<_, User>(concat!(
+                    "SELECT ",
+                    columns!(),
+                    " FROM users WHERE id > $1 ORDER BY id LIMIT $2"
+                ))
+                .bind(after),
+            };
+            query.bind(fetch).fetch_all(conn).boxed()
+        })
+        .await?;
     let limit = usize::try_from(page.limit).unwrap_or(usize::MAX);
     let next = if users.len() > limit {
         users.truncate(limit);

@@ -165,7 +165,7 @@ mod tests {
             .unwrap();
         let metrics = Arc::new(Metrics::new());
         router(AppState::new(Shared {
-            db,
+            db: db.into(),
             cache: Cache::disabled(metrics.clone()),
             metrics,
             shutdown: CancellationToken::new(),

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use super::conditional::{self, Guard};
 use crate::auth::Principal;
 use crate::db;
-use crate::db::idempotency::{Claim, Recorded};
+use crate::db::idempotency::{Created, Recorded, Recording};
 use crate::domain::{NewUser, User, UserBody, UserPatch};
 use crate::error::{ApiError, Problem, ResultExt};
 use crate::extract::{
@@ -74,23 +74,23 @@ pub async fn create(
         return created_response(&created);
     };
     let scope = principal.as_ref().map_or("", |p| p.scope());
-    let request = serde_json::json!({ "name": user.name.as_str(), "email": user.email.as_str() });
-    let mut tx = state.db.begin().await?;
-    match db::idempotency::claim(&mut tx, scope, key, &request).await? {
-        Claim::Taken(recorded) => replay(recorded, &request),
-        Claim::Claimed => {
-            // On any error below the transaction rolls back, key claim included.
-            let created = db::users::insert(&mut *tx, Uuid::now_v7(), &user)
-                .await
-                .on_constraint(EMAIL_UNIQUE, |_| ApiError::DuplicateEmail)?;
-            let body = to_json(&created)?;
-            let location = location(created.id);
-            let status = StatusCode::CREATED.as_u16();
-            db::idempotency::record(&mut tx, scope, key, status, Some(&location), &body).await?;
-            tx.commit().await?;
-            created_response(&created)
-        }
+    let created =
+        db::idempotency::create_once(&state.db, scope, key, Uuid::now_v7(), &user, recording)
+            .await
+            .on_constraint(EMAIL_UNIQUE, |_| ApiError::DuplicateEmail)?;
+    match created {
+        Created::New(created) => created_response(&created),
+        Created::Taken(recorded) => replay(recorded, &db::idempotency::request_of(&user)),
     }
+}
+
+/// What an idempotent create records: the 201 it answers, so a repeat gets the same.
+fn recording(user: &User) -> Result<Recording, sqlx::Error> {
+    Ok(Recording {
+        status: StatusCode::CREATED.as_u16(),
+        location: location(user.id),
+        body: serde_json::to_vec(user).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+    })
 }
 
 /// The response recorded for an `Idempotency-Key`, if `request` is the one it was for.

@@ -186,11 +186,13 @@ async fn ten_thousand_cancelled_misses_leave_no_single_flight_entry() {
     )
     .unwrap();
     // One connection, held here: every load waits for it, as behind a saturated pool.
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(&app.pg.url(&app.database))
-        .await
-        .unwrap();
+    let pool = api_server::db::Db::from(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&app.pg.url(&app.database))
+            .await
+            .unwrap(),
+    );
     let held = pool.acquire().await.unwrap();
     // 5,000 ids, two readers each: leaders and followers are both cancelled.
     let ids: Vec<uuid::Uuid> = (0..5_000).map(|_| uuid::Uuid::now_v7()).collect();
@@ -287,8 +289,9 @@ async fn a_fill_that_read_the_row_before_a_write_and_its_eviction_stores_nothing
             })
         });
     }
+    let db = api_server::db::Db::from(pool.clone());
     let load = || async {
-        let user = api_server::db::users::get(&pool, id).await?;
+        let user = api_server::db::users::get(&db, id).await?;
         Ok(user.map(|u| axum::body::Bytes::from(serde_json::to_vec(&u).unwrap())))
     };
 

@@ -62,6 +62,11 @@ pub struct Options {
     /// Postgres `lock_timeout` of the request pool.
     pub lock_timeout_ms: Option<u64>,
     pub pool_max: Option<u32>,
+    /// `DB_QUERY_TIMEOUT_MS`; must exceed the statement timeout.
+    pub query_timeout_ms: Option<u64>,
+    pub statement_timeout_ms: Option<u64>,
+    /// `DB_PING_AFTER_IDLE_MS`.
+    pub ping_after_idle_ms: Option<u64>,
     pub migrate: Option<MigrateMode>,
     pub shutdown_delay_seconds: u64,
     pub http: Option<HttpLimits>,
@@ -92,6 +97,15 @@ pub fn config(url: &str, redis_url: Option<String>, options: &Options) -> Config
     database.acquire_timeout_ms = options.acquire_timeout_ms.unwrap_or(2000);
     if let Some(ms) = options.lock_timeout_ms {
         database.lock_timeout_ms = ms;
+    }
+    if let Some(ms) = options.query_timeout_ms {
+        database.query_timeout_ms = ms;
+    }
+    if let Some(ms) = options.statement_timeout_ms {
+        database.statement_timeout_ms = ms;
+    }
+    if let Some(ms) = options.ping_after_idle_ms {
+        database.ping_after_idle_ms = ms;
     }
     Config {
         database,

@@ -9,6 +9,7 @@ mod clients;
 mod coherence;
 mod contract;
 mod database;
+mod db_faults;
 mod errors;
 mod faults;
 mod health;
