@@ -78,7 +78,7 @@ base="http://127.0.0.1:$port"
 admin="http://127.0.0.1:$admin_port"
 log "starting api-server on $base (DB_POOL_MAX=$pool_max, cache on, no rate limit)"
 env -u RATE_LIMIT_RPS -u RATE_LIMIT_BURST \
-  PORT="$port" ADMIN_PORT="$admin_port" RUST_LOG=warn LOG_FORMAT=json DB_POOL_MAX="$pool_max" DB_POOL_MIN="$pool_max" \
+  BIND_ADDRESS=127.0.0.1 PORT="$port" ADMIN_PORT="$admin_port" RUST_LOG=warn LOG_FORMAT=json DB_POOL_MAX="$pool_max" DB_POOL_MIN="$pool_max" \
   CACHE_TTL_SECONDS=3600 "$server_bin" >"$work/server.log" 2>&1 &
 server_pid=$!
 

@@ -73,7 +73,7 @@ run_schemathesis() { # name, extra arguments...
   grep -E "^Seed:|passed|generated" "$work/$name.out" >&2 || true
 }
 
-export RUST_LOG=warn
+export RUST_LOG=warn BIND_ADDRESS=127.0.0.1
 start_server "$work/open.log"
 run_schemathesis open
 stop_server

@@ -28,6 +28,8 @@ trap 'exit 143' TERM
 unset DATABASE_URL
 eval "$("$services" env)"
 export PORT="${PORT:-8080}"
+# This host only, unless the caller asks for more (BIND_ADDRESS=:: for every interface).
+export BIND_ADDRESS="${BIND_ADDRESS:-127.0.0.1}"
 export LOG_FORMAT="${LOG_FORMAT:-text}"
 export RUST_LOG="${RUST_LOG:-info}"
 

@@ -220,7 +220,11 @@ impl Default for RateLimitConfig {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServerConfig {
-    /// TCP port to listen on (all interfaces); 0 picks a free one.
+    /// The address both ports bind. Unset: all interfaces (`[::]`, which takes IPv4 clients
+    /// too; `0.0.0.0` where IPv6 is unavailable). Set `127.0.0.1` to serve this host only.
+    #[arg(long = "bind-address", env = "BIND_ADDRESS")]
+    pub bind_address: Option<std::net::IpAddr>,
+    /// TCP port to listen on; 0 picks a free one.
     #[arg(long, env = "PORT", default_value_t = 8080)]
     pub port: u16,
     /// TCP port of `/metrics`, `/healthz` and `/readyz` for the kubelet and Prometheus (all

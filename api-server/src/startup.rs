@@ -1,7 +1,7 @@
 //! Building and running the server: `Application::build` / `port()` / `run_until_stopped()`.
 
 use std::future::IntoFuture;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,9 +63,14 @@ pub struct Application {
 /// Linux's `EAFNOSUPPORT`: a kernel built or booted without IPv6.
 const EAFNOSUPPORT: i32 = 97;
 
-/// Binds `[::]:port`, which on Linux (`net.ipv6.bindv6only = 0`, the default) accepts IPv4
-/// clients too, as IPv4-mapped addresses. Where IPv6 is unavailable, binds `0.0.0.0:port`.
-async fn bind(port: u16) -> std::io::Result<TcpListener> {
+/// Binds `address:port` when an address is given. Else `[::]:port`, which on Linux
+/// (`net.ipv6.bindv6only = 0`, the default) accepts IPv4 clients too, as IPv4-mapped
+/// addresses; where IPv6 is unavailable, `0.0.0.0:port`.
+async fn bind(address: Option<IpAddr>, port: u16) -> std::io::Result<TcpListener> {
+    if let Some(address) = address {
+        tracing::info!(%address, "bound to one address");
+        return TcpListener::bind((address, port)).await;
+    }
     match TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).await {
         Ok(listener) => {
             tracing::info!(address = "[::]", "bound to all interfaces, IPv6 and IPv4");
@@ -124,7 +129,8 @@ impl Application {
             Bytes::from(routes::openapi_json(auth.is_some()).map_err(StartupError::OpenApi)?);
 
         let port = config.server.port;
-        let listener = bind(port)
+        let address = config.server.bind_address;
+        let listener = bind(address, port)
             .await
             .map_err(|source| StartupError::Bind { port, source })?;
         let port = listener
@@ -132,12 +138,13 @@ impl Application {
             .map_err(|source| StartupError::Bind { port, source })?
             .port();
         let admin_port = config.server.admin_port;
-        let admin_listener = bind(admin_port)
-            .await
-            .map_err(|source| StartupError::Bind {
-                port: admin_port,
-                source,
-            })?;
+        let admin_listener =
+            bind(address, admin_port)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    port: admin_port,
+                    source,
+                })?;
         let admin_port = admin_listener
             .local_addr()
             .map_err(|source| StartupError::Bind {
@@ -358,7 +365,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_listener_accepts_ipv4_clients() {
-        let listener = bind(0).await.unwrap();
+        let listener = bind(None, 0).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let accepted = tokio::spawn(async move { listener.accept().await.map(|_| ()) });
         tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))

@@ -168,6 +168,7 @@ async fn the_server_answers_on_ipv6_as_well_as_ipv4() {
     }
     let app = spawn_app_with(Options {
         no_redis: true,
+        bind_all_interfaces: true,
         ..Options::default()
     })
     .await;
@@ -180,4 +181,23 @@ async fn the_server_answers_on_ipv6_as_well_as_ipv4() {
         .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(app.get("/healthz").await.status(), 200);
+}
+
+#[tokio::test]
+async fn a_bind_address_keeps_both_ports_to_it() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        return;
+    }
+    // The harness binds 127.0.0.1 (BIND_ADDRESS), as every server a test starts must.
+    let app = spawn_app_with(Options {
+        no_redis: true,
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(app.get("/healthz").await.status(), 200);
+    for base in [&app.address, &app.admin_address] {
+        let port = base.rsplit(':').next().unwrap();
+        let refused = std::net::TcpStream::connect(format!("[::1]:{port}"));
+        assert!(refused.is_err(), "port {port} answers on ::1");
+    }
 }

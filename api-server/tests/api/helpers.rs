@@ -75,6 +75,8 @@ pub struct Options {
     /// Reach Postgres through a fault-injecting proxy (`TestApp::pg_proxy`).
     pub pg_proxy: bool,
     pub redis_timeout_ms: Option<u64>,
+    /// Bind `[::]` (the production default) instead of 127.0.0.1.
+    pub bind_all_interfaces: bool,
     /// Bearer-token authentication (off by default, as in production).
     pub auth: AuthConfig,
 }
@@ -122,6 +124,9 @@ pub fn config(url: &str, redis_url: Option<String>, options: &Options) -> Config
             ..options.rate_limit_keys.clone()
         },
         server: ServerConfig {
+            // This host only, as every server a test starts; all interfaces only when asked.
+            bind_address: (!options.bind_all_interfaces)
+                .then_some(std::net::Ipv4Addr::LOCALHOST.into()),
             port: 0,
             admin_port: 0,
             log_format: LogFormat::Text,
