@@ -94,6 +94,13 @@ lint-helm: ## helm lint --strict on the chart (default and full values)
 docker-build: ## Build both container images (needs Docker; OPERATOR_IMAGE/API_IMAGE override the tags)
 	scripts/docker-build.sh
 
+.PHONY: images test-images
+images: ## Build the operator, api-server and Redis images without Docker (podman, a debootstrap base, host-built binaries)
+	scripts/images.sh build
+
+test-images: ## Run each image locked down (non-root, read-only, no capabilities) and check it answers
+	scripts/images.sh test
+
 kind-load: ## Load both images into the kind cluster (KIND_CLUSTER_NAME, default scalable-e2e)
 	e2e/scripts/setup-cluster.sh load \
 	  $${OPERATOR_IMAGE:-ghcr.io/scalable-dev/scalable-api-operator:$(VERSION)} \

@@ -8,6 +8,7 @@
 #   scripts/ensure-deps.sh rust       cargo-nextest (crates.io, built once into ~/.cargo/bin)
 #   scripts/ensure-deps.sh cluster    Go, openssl and curl for the test control plane (apt)
 #   scripts/ensure-deps.sh contract   schemathesis and PyJWT into .tools/venv (PyPI), for make test-contract
+#   scripts/ensure-deps.sh images     podman, runc and debootstrap (apt)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -93,6 +94,12 @@ ensure_rust() {
   fi
 }
 
+ensure_images() {
+  command -v podman >/dev/null || apt_install podman
+  command -v runc >/dev/null || apt_install runc
+  command -v debootstrap >/dev/null || apt_install debootstrap
+}
+
 ensure_contract() {
   venv_install schemathesis "schemathesis==4.32.5"
   "$tools/venv/bin/python" -c 'import jwt, cryptography' 2>/dev/null \
@@ -118,7 +125,8 @@ for what in "${@:-services}"; do
     rust) ensure_rust ;;
     cluster) ensure_cluster ;;
     contract) ensure_contract ;;
+    images) ensure_images ;;
     pg-bindir) pg_bindir ;;
-    *) echo "usage: $0 [services|bench|lint|k8s|rust|cluster|contract|pg-bindir]..." >&2; exit 2 ;;
+    *) echo "usage: $0 [services|bench|lint|k8s|rust|cluster|contract|images|pg-bindir]..." >&2; exit 2 ;;
   esac
 done

@@ -19,7 +19,7 @@ use crate::client_address::{ClientAddress, Source};
 #[command(
     name = "api-server",
     version,
-    about = "The bundled user API: axum on Postgres with a coherent Redis cache",
+    about = "The bundled user API: axum on Postgres with a Redis cache invalidated by Postgres NOTIFY",
     after_help = "Logging: RUST_LOG sets the filter (default: info,sqlx=warn,tower_http=info)."
 )]
 pub struct Config {

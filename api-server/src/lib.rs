@@ -1,4 +1,4 @@
-//! The bundled user API: axum on Postgres with a coherent Redis cache.
+//! The bundled user API: axum on Postgres with a Redis cache invalidated by Postgres NOTIFY.
 //!
 //! `main.rs` only reads the config, sets up logging and runs [`startup::Application`].
 
