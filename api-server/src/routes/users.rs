@@ -68,9 +68,12 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let user = NewUser::try_from(body).map_err(ApiError::Validation)?;
     let Some(key) = idempotency_key(&headers)? else {
-        let created = db::users::insert(&state.db, Uuid::now_v7(), &user)
-            .await
-            .on_constraint(EMAIL_UNIQUE, |_| ApiError::DuplicateEmail)?;
+        let created = match state.events {
+            Some(_) => db::outbox::insert(&state.db, Uuid::now_v7(), &user).await,
+            None => db::users::insert(&state.db, Uuid::now_v7(), &user).await,
+        }
+        .on_constraint(EMAIL_UNIQUE, |_| ApiError::DuplicateEmail)?;
+        state.wrote();
         return created_response(&created);
     };
     let scope = principal.as_ref().map_or("", |p| p.scope());
@@ -80,14 +83,17 @@ pub async fn create(
         Claim::Taken(recorded) => replay(recorded, &request),
         Claim::Claimed => {
             // On any error below the transaction rolls back, key claim included.
-            let created = db::users::insert(&mut *tx, Uuid::now_v7(), &user)
-                .await
-                .on_constraint(EMAIL_UNIQUE, |_| ApiError::DuplicateEmail)?;
+            let created = match state.events {
+                Some(_) => db::outbox::insert(&mut *tx, Uuid::now_v7(), &user).await,
+                None => db::users::insert(&mut *tx, Uuid::now_v7(), &user).await,
+            }
+            .on_constraint(EMAIL_UNIQUE, |_| ApiError::DuplicateEmail)?;
             let body = to_json(&created)?;
             let location = location(created.id);
             let status = StatusCode::CREATED.as_u16();
             db::idempotency::record(&mut tx, scope, key, status, Some(&location), &body).await?;
             tx.commit().await?;
+            state.wrote();
             created_response(&created)
         }
     }
@@ -263,12 +269,15 @@ pub async fn update(
 ) -> Result<Response, ApiError> {
     let user = NewUser::try_from(body).map_err(ApiError::Validation)?;
     let guard = guard(&state, id, &headers).await?;
-    let updated = db::users::update(&state.db, id, &user, guard.expected())
-        .await
-        .on_constraint(EMAIL_UNIQUE, |_| ApiError::DuplicateEmail)?
-        .ok_or_else(|| guard.missed(ApiError::NotFound(NO_SUCH_USER)))?;
+    let updated = match state.events {
+        Some(_) => db::outbox::update(&state.db, id, &user, guard.expected()).await,
+        None => db::users::update(&state.db, id, &user, guard.expected()).await,
+    }
+    .on_constraint(EMAIL_UNIQUE, |_| ApiError::DuplicateEmail)?
+    .ok_or_else(|| guard.missed(ApiError::NotFound(NO_SUCH_USER)))?;
     // Evict here too (not only on our own NOTIFY) so this replica reads its own write at once.
     state.cache.evict(id, "local").await;
+    state.wrote();
     user_response(&updated)
 }
 
@@ -305,11 +314,14 @@ pub async fn patch(
         }
         return user_response(&user);
     }
-    let patched = db::users::patch(&state.db, id, &patch, guard.expected())
-        .await
-        .on_constraint(EMAIL_UNIQUE, |_| ApiError::DuplicateEmail)?
-        .ok_or_else(not_found)?;
+    let patched = match state.events {
+        Some(_) => db::outbox::patch(&state.db, id, &patch, guard.expected()).await,
+        None => db::users::patch(&state.db, id, &patch, guard.expected()).await,
+    }
+    .on_constraint(EMAIL_UNIQUE, |_| ApiError::DuplicateEmail)?
+    .ok_or_else(not_found)?;
     state.cache.evict(id, "local").await;
+    state.wrote();
     user_response(&patched)
 }
 
@@ -344,10 +356,15 @@ pub async fn remove(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let guard = guard(&state, id, &headers).await?;
-    if !db::users::delete(&state.db, id, guard.expected()).await? {
+    let deleted = match state.events {
+        Some(_) => db::outbox::delete(&state.db, id, guard.expected()).await?,
+        None => db::users::delete(&state.db, id, guard.expected()).await?,
+    };
+    if !deleted {
         return Err(guard.missed(ApiError::NotFound(NO_SUCH_USER)));
     }
     state.cache.evict(id, "local").await;
+    state.wrote();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -10,6 +10,7 @@ mod coherence;
 mod contract;
 mod database;
 mod errors;
+mod events;
 mod faults;
 mod health;
 mod helpers;
