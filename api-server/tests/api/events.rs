@@ -180,6 +180,26 @@ fn of_user(events: &[Value], user: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Whether every user in `wanted` has an event among `seen`.
+fn covers(seen: &[Received], wanted: &HashSet<String>) -> bool {
+    let got: HashSet<&str> = seen
+        .iter()
+        .map(|r| r.event["subject"].as_str().unwrap())
+        .collect();
+    wanted.iter().all(|id| got.contains(id.as_str()))
+}
+
+/// `PATCH /users/{id}` with a merge patch.
+async fn patch(app: &TestApp, id: &str, body: String) -> reqwest::Response {
+    app.client
+        .patch(app.url(&format!("/users/{id}")))
+        .header("content-type", "application/merge-patch+json")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn has_created(seen: &[Received], user: &str) -> bool {
     seen.iter()
         .any(|r| r.event["subject"] == user && r.event["type"] == "dev.scalable.user.created")
@@ -246,14 +266,7 @@ async fn writes_publish_cloudevents_in_commit_order() {
         .await;
     assert_eq!(put.status(), 200);
     let put: Value = put.json().await.unwrap();
-    let patched = app
-        .client
-        .patch(app.url(&format!("/users/{id}")))
-        .header("content-type", "application/merge-patch+json")
-        .body(r#"{"name": "Ada Lovelace"}"#)
-        .send()
-        .await
-        .unwrap();
+    let patched = patch(&app, &id, r#"{"name": "Ada Lovelace"}"#.to_owned()).await;
     assert_eq!(patched.status(), 200);
     let patched: Value = patched.json().await.unwrap();
     assert_eq!(app.delete_user(&id).await.status(), 204);
@@ -443,13 +456,7 @@ async fn a_broker_outage_delays_events_but_loses_none() {
         .until(
             Duration::from_secs(90),
             "all 40 events after the restart",
-            |seen| {
-                let got: HashSet<String> = seen
-                    .iter()
-                    .map(|r| r.event["subject"].as_str().unwrap().to_owned())
-                    .collect();
-                wanted.is_subset(&got)
-            },
+            |seen| covers(seen, &wanted),
         )
         .await;
     assert_eq!(
@@ -516,13 +523,7 @@ async fn a_replica_dying_before_it_publishes_hands_over_to_another() {
         .until(
             Duration::from_secs(30),
             "every event from the second replica",
-            |seen| {
-                let got: HashSet<String> = seen
-                    .iter()
-                    .map(|r| r.event["subject"].as_str().unwrap().to_owned())
-                    .collect();
-                wanted.is_subset(&got)
-            },
+            |seen| covers(seen, &wanted),
         )
         .await;
     let took = died.elapsed();
@@ -562,24 +563,11 @@ async fn two_replicas_never_reorder_a_users_events() {
         async move {
             for round in 0..ROUNDS {
                 let app = replicas[round % 2];
-                let response = app
-                    .client
-                    .patch(app.url(&format!("/users/{id}")))
-                    .header("content-type", "application/merge-patch+json")
-                    .body(format!(r#"{{"name": "round {round}"}}"#))
-                    .send()
-                    .await
-                    .unwrap();
+                let response = patch(app, &id, format!(r#"{{"name": "round {round}"}}"#)).await;
                 if response.status() != 200 {
                     // The cut-off replica cannot write; the change goes through the other.
-                    let response = fallback
-                        .client
-                        .patch(fallback.url(&format!("/users/{id}")))
-                        .header("content-type", "application/merge-patch+json")
-                        .body(format!(r#"{{"name": "round {round}"}}"#))
-                        .send()
-                        .await
-                        .unwrap();
+                    let response =
+                        patch(fallback, &id, format!(r#"{{"name": "round {round}"}}"#)).await;
                     assert_eq!(response.status(), 200);
                 }
             }
