@@ -17,8 +17,8 @@ help: ## Show this help
 
 ##@ Development
 .PHONY: deps
-deps: ## Install what the tests need when missing (PostgreSQL, Redis, shellcheck, helm, kubectl, kubernetes-validate, cargo-nextest)
-	scripts/ensure-deps.sh services lint k8s rust cluster
+deps: ## Install what the tests need when missing (PostgreSQL, Redis, the Kafka broker, shellcheck, helm, kubectl, kubernetes-validate, cargo-nextest)
+	scripts/ensure-deps.sh services kafka lint k8s rust cluster
 
 .PHONY: render
 render: ## Print the Kubernetes objects one ScalableApi becomes, without a cluster (FILE=examples/production.yaml)

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Throwaway local PostgreSQL and Redis for `make run-api` and `make bench-api`.
+# Throwaway local PostgreSQL and Redis for `make run-api` and `make bench-api`, and with
+# KAFKA=1 an Apache Kafka broker too (KRaft, single node; jars from Maven Central through
+# scripts/ensure-deps.sh kafka, run by the JDK on the machine) for user events.
 #
 #   scripts/dev-services.sh start    start both (idempotent), write the env file
 #   scripts/dev-services.sh stop     stop both (idempotent); the data directory is kept
 #   scripts/dev-services.sh status   report what runs; exit 0 only when both run
 #   scripts/dev-services.sh env      print `export` lines for the running services
+#                                    (EVENTS_KAFKA_BROKERS=127.0.0.1:PORT when Kafka runs)
 #   scripts/dev-services.sh clean    stop both and delete the state directory
 #   scripts/dev-services.sh free-port  print a TCP port that is free on 127.0.0.1
 #
@@ -24,6 +27,9 @@ redis_dir="$run_dir/redis"
 redis_pidfile="$redis_dir/redis.pid"
 redis_portfile="$redis_dir/port"
 env_file="$run_dir/env"
+kafka_dir="$run_dir/kafka"
+kafka_pidfile="$kafka_dir/kafka.pid"
+kafka_portfile="$kafka_dir/port"
 pg_db="users"
 pg_user="postgres"
 
@@ -148,6 +154,70 @@ redis_stop() {
   rm -f "$redis_pidfile"
 }
 
+# --- Kafka (KAFKA=1) ------------------------------------------------------------------------
+
+kafka_pid() { cat "$kafka_pidfile" 2>/dev/null; }
+
+kafka_running() {
+  local pid; pid="$(kafka_pid)"
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && grep -q kafka.Kafka "/proc/$pid/cmdline" 2>/dev/null
+}
+
+kafka_port() { cat "$kafka_portfile" 2>/dev/null; }
+
+kafka_start() {
+  mkdir -p "$kafka_dir"
+  if kafka_running; then log "Kafka already running on port $(kafka_port)"; return 0; fi
+  local home cp port controller
+  home="$("$root/scripts/ensure-deps.sh" kafka-home)"
+  cp="$home/libs/*"
+  # Ports are chosen once, at format time: the quorum's address is part of the config.
+  if [ ! -f "$kafka_dir/server.properties" ]; then
+    port="$(free_port)"; controller="$(free_port)"
+    cat >"$kafka_dir/server.properties" <<EOF
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$controller
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$controller
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$kafka_dir/logs
+num.partitions=3
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+group.initial.rebalance.delay.ms=0
+EOF
+    echo "$port" >"$kafka_portfile"
+    java -cp "$cp" kafka.tools.StorageTool format -t "$(java -cp "$cp" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)" \
+      -c "$kafka_dir/server.properties" >"$kafka_dir/format.log" 2>&1 \
+      || { cat "$kafka_dir/format.log" >&2; exit 1; }
+  fi
+  port="$(kafka_port)"
+  nohup java -Xms256m -Xmx512m -cp "$cp" kafka.Kafka "$kafka_dir/server.properties" \
+    >"$kafka_dir/kafka.log" 2>&1 </dev/null &
+  echo $! >"$kafka_pidfile"
+  for _ in $(seq 600); do
+    if port_in_use "$port"; then log "Kafka running on 127.0.0.1:$port (log $kafka_dir/kafka.log)"; return 0; fi
+    kafka_running || break
+    sleep 0.1
+  done
+  log "Kafka did not listen on port $port"; tail -n 20 "$kafka_dir/kafka.log" >&2; exit 1
+}
+
+kafka_stop() {
+  if kafka_running; then
+    local pid; pid="$(kafka_pid)"
+    kill "$pid"
+    for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid"; fi
+    log "Kafka stopped"
+  fi
+  rm -f "$kafka_pidfile"
+}
+
 # --- env file -------------------------------------------------------------------------------
 
 write_env() {
@@ -160,6 +230,7 @@ PGUSER=$pg_user
 PGSSLMODE=disable
 REDIS_URL=redis://127.0.0.1:$(redis_port)
 EOF
+  if kafka_running; then echo "EVENTS_KAFKA_BROKERS=127.0.0.1:$(kafka_port)" >>"$tmp"; fi
   mv "$tmp" "$env_file"
 }
 
@@ -168,10 +239,12 @@ case "$cmd" in
   start)
     pg_start
     redis_start
+    if [ "${KAFKA:-0}" = 1 ]; then kafka_start; fi
     write_env
     log "env file: $env_file"
     ;;
   stop)
+    kafka_stop
     redis_stop
     pg_stop
     rm -f "$env_file"
@@ -180,6 +253,7 @@ case "$cmd" in
     rc=0
     if pg_running; then echo "postgres: running on 127.0.0.1:$(pg_port) (data $pg_data)"; else echo "postgres: stopped"; rc=3; fi
     if redis_running; then echo "redis: running on 127.0.0.1:$(redis_port) (pid $(redis_pid))"; else echo "redis: stopped"; rc=3; fi
+    if kafka_running; then echo "kafka: running on 127.0.0.1:$(kafka_port) (pid $(kafka_pid))"; else echo "kafka: stopped (started with KAFKA=1)"; fi
     exit "$rc"
     ;;
   env)
@@ -192,6 +266,7 @@ case "$cmd" in
     free_port
     ;;
   clean)
+    kafka_stop
     redis_stop
     pg_stop
     rm -rf "$run_dir"

@@ -9,6 +9,9 @@
 #   scripts/ensure-deps.sh cluster    Go, openssl and curl for the test control plane (apt)
 #   scripts/ensure-deps.sh contract   schemathesis and PyJWT into .tools/venv (PyPI), for make test-contract
 #   scripts/ensure-deps.sh images     podman, runc and debootstrap (apt)
+#   scripts/ensure-deps.sh kafka      the Apache Kafka broker's jars (Maven Central, testenv/kafka/pom.xml)
+#                                     into ~/.cache/scalable-api-operator/kafka-<version>; a JDK and Maven (apt)
+#   scripts/ensure-deps.sh kafka-home the same, then print that directory (its libs/ holds the jars)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -116,6 +119,37 @@ ensure_cluster() {
   fi
 }
 
+# The broker for the event tests and dev-services.sh: jars from Maven Central run by the JDK
+# on the machine. Outside the repo so every worktree and a second run share one copy; the
+# marker holds the pom's hash, so a changed pom installs again.
+kafka_home() {
+  local version
+  version="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$root/testenv/kafka/pom.xml")"
+  echo "${XDG_CACHE_HOME:-$HOME/.cache}/scalable-api-operator/kafka-$version"
+}
+
+ensure_kafka() {
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  command -v mvn >/dev/null || apt_install maven
+  local home want
+  home="$(kafka_home)"
+  want="$(sha256sum "$root/testenv/kafka/pom.xml" | cut -d' ' -f1)"
+  [ "$(cat "$home/.installed" 2>/dev/null)" = "$want" ] && return 0
+  mkdir -p "$home"
+  # Test processes start in parallel: one installs, the others wait for it.
+  exec 9>"$home.lock"
+  flock 9
+  if [ "$(cat "$home/.installed" 2>/dev/null)" != "$want" ]; then
+    echo "installing the Kafka broker's jars from Maven Central into $home (once)" >&2
+    rm -rf "$home/libs.tmp" "$home/libs"
+    mvn -q -B -Dstyle.color=never -f "$root/testenv/kafka/pom.xml" dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$home/libs.tmp" >&2
+    mv "$home/libs.tmp" "$home/libs"
+    echo "$want" >"$home/.installed"
+  fi
+  exec 9>&-
+}
+
 for what in "${@:-services}"; do
   case "$what" in
     services) ensure_services ;;
@@ -126,7 +160,9 @@ for what in "${@:-services}"; do
     cluster) ensure_cluster ;;
     contract) ensure_contract ;;
     images) ensure_images ;;
+    kafka) ensure_kafka ;;
+    kafka-home) ensure_kafka; kafka_home ;;
     pg-bindir) pg_bindir ;;
-    *) echo "usage: $0 [services|bench|lint|k8s|rust|cluster|contract|images|pg-bindir]..." >&2; exit 2 ;;
+    *) echo "usage: $0 [services|bench|lint|k8s|rust|cluster|contract|images|kafka|kafka-home|pg-bindir]..." >&2; exit 2 ;;
   esac
 done

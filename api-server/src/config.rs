@@ -33,6 +33,132 @@ pub struct Config {
     pub server: ServerConfig,
     #[command(flatten)]
     pub auth: AuthConfig,
+    #[command(flatten)]
+    pub events: EventsConfig,
+}
+
+/// User events on Kafka through the transactional outbox (docs/configuration.md, "Events").
+#[derive(Debug, Clone, Args)]
+pub struct EventsConfig {
+    /// Kafka bootstrap brokers, comma-separated host:port; setting it turns user events on.
+    /// Unset: no outbox rows are written and nothing is published.
+    #[arg(long = "events-kafka-brokers", env = "EVENTS_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// The topic user events are published to (keyed by user id).
+    #[arg(long = "events-topic", env = "EVENTS_TOPIC", default_value = DEFAULT_EVENTS_TOPIC)]
+    pub topic: String,
+    /// The CloudEvents `source` of every event (and the producer's client.id).
+    #[arg(long = "events-source", env = "EVENTS_SOURCE", default_value = DEFAULT_EVENTS_SOURCE)]
+    pub source: String,
+    /// How the relay talks to the brokers.
+    #[arg(long = "events-kafka-security-protocol", env = "EVENTS_KAFKA_SECURITY_PROTOCOL", value_enum, default_value_t = SecurityProtocol::Plaintext)]
+    pub security_protocol: SecurityProtocol,
+    /// PEM file of the CA certificates that sign the brokers' (ssl, sasl_ssl); default:
+    /// the system's.
+    #[arg(
+        long = "events-kafka-ssl-ca-location",
+        env = "EVENTS_KAFKA_SSL_CA_LOCATION"
+    )]
+    pub ssl_ca_location: Option<PathBuf>,
+    /// PEM client certificate, for brokers that authenticate clients by TLS (mTLS).
+    #[arg(
+        long = "events-kafka-ssl-certificate-location",
+        env = "EVENTS_KAFKA_SSL_CERTIFICATE_LOCATION",
+        requires = "ssl_key_location"
+    )]
+    pub ssl_certificate_location: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    #[arg(
+        long = "events-kafka-ssl-key-location",
+        env = "EVENTS_KAFKA_SSL_KEY_LOCATION",
+        requires = "ssl_certificate_location"
+    )]
+    pub ssl_key_location: Option<PathBuf>,
+    /// SASL mechanism (sasl_plaintext, sasl_ssl).
+    #[arg(long = "events-kafka-sasl-mechanism", env = "EVENTS_KAFKA_SASL_MECHANISM", value_enum, default_value_t = SaslMechanism::ScramSha512)]
+    pub sasl_mechanism: SaslMechanism,
+    #[arg(
+        long = "events-kafka-sasl-username",
+        env = "EVENTS_KAFKA_SASL_USERNAME"
+    )]
+    pub sasl_username: Option<String>,
+    #[arg(
+        long = "events-kafka-sasl-password",
+        env = "EVENTS_KAFKA_SASL_PASSWORD",
+        hide_env_values = true
+    )]
+    pub sasl_password: Option<Secret>,
+}
+
+pub const DEFAULT_EVENTS_TOPIC: &str = "users.events";
+/// The service's name: what the operator's Service and Deployment are called by default.
+pub const DEFAULT_EVENTS_SOURCE: &str = "api-server";
+
+impl Default for EventsConfig {
+    /// Events off.
+    fn default() -> Self {
+        Self {
+            kafka_brokers: None,
+            topic: DEFAULT_EVENTS_TOPIC.to_owned(),
+            source: DEFAULT_EVENTS_SOURCE.to_owned(),
+            security_protocol: SecurityProtocol::Plaintext,
+            ssl_ca_location: None,
+            ssl_certificate_location: None,
+            ssl_key_location: None,
+            sasl_mechanism: SaslMechanism::ScramSha512,
+            sasl_username: None,
+            sasl_password: None,
+        }
+    }
+}
+
+impl EventsConfig {
+    /// The brokers, when events are on (set and not blank).
+    pub fn brokers(&self) -> Option<&str> {
+        self.kafka_brokers
+            .as_deref()
+            .map(str::trim)
+            .filter(|b| !b.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Self::Plaintext => "plaintext",
+            Self::Ssl => "ssl",
+            Self::SaslPlaintext => "sasl_plaintext",
+            Self::SaslSsl => "sasl_ssl",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SaslMechanism {
+    #[value(name = "PLAIN")]
+    Plain,
+    #[value(name = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[value(name = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    pub fn as_librdkafka(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
 }
 
 /// OAuth 2.0 bearer JWTs on /users (docs/configuration.md, "Authentication").

@@ -3,6 +3,8 @@
 //! Label values are `&'static str` or integers picked from fixed sets, so recording a
 //! request allocates nothing and the number of series is bounded.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -63,7 +65,18 @@ pub struct Metrics {
     pub listener_lost: Counter,
     pub http_connections: Gauge,
     pub http_connections_shed: Counter,
+    pub events_backlog: Gauge,
+    pub events_oldest_age_seconds: Gauge<f64, AtomicU64>,
+    pub events_published: Counter,
+    pub events_failed: Counter,
+    pub events_relay_leader: Gauge,
+    pub events_publish_lag: Histogram,
 }
+
+/// Publish lag buckets (commit to broker acknowledgement), 1 ms to 60 s.
+const LAG_BUCKETS: [f64; 16] = [
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0,
+];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -183,6 +196,44 @@ impl Metrics {
             "Connections over HTTP_MAX_CONNECTIONS, answered 503 or closed",
             http_connections_shed.clone(),
         );
+        // User events (issue 13). The backlog gauges are set by the replica that leads the
+        // relay; the others report 0, so take the max over replicas.
+        let events_backlog = Gauge::default();
+        registry.register(
+            "events_outbox_backlog",
+            "Outbox rows not yet published to Kafka (sampled every second by the leading relay)",
+            events_backlog.clone(),
+        );
+        let events_oldest_age_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "events_outbox_oldest_age_seconds",
+            "Age of the oldest unpublished outbox row (0 when none; set by the leading relay)",
+            events_oldest_age_seconds.clone(),
+        );
+        let events_published = Counter::default();
+        registry.register(
+            "events_published",
+            "User events the broker acknowledged",
+            events_published.clone(),
+        );
+        let events_failed = Counter::default();
+        registry.register(
+            "events_failed",
+            "User event sends that failed (the row stays and is sent again)",
+            events_failed.clone(),
+        );
+        let events_relay_leader = Gauge::default();
+        registry.register(
+            "events_relay_leader",
+            "1 while this replica holds the relay lock and publishes",
+            events_relay_leader.clone(),
+        );
+        let events_publish_lag = Histogram::new(LAG_BUCKETS);
+        registry.register(
+            "events_publish_lag_seconds",
+            "From the writing transaction to the broker's acknowledgement",
+            events_publish_lag.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -202,6 +253,12 @@ impl Metrics {
             listener_lost,
             http_connections,
             http_connections_shed,
+            events_backlog,
+            events_oldest_age_seconds,
+            events_published,
+            events_failed,
+            events_relay_leader,
+            events_publish_lag,
         }
     }
 

@@ -15,6 +15,7 @@ use crate::auth::{AuthSetupError, Authenticator};
 use crate::cache::{Cache, invalidation};
 use crate::config::{Config, ConfigError, DatabaseConfig, HttpLimits, MigrateMode};
 use crate::db::Db;
+use crate::events::{self, Events, relay::Relay};
 use crate::metrics::Metrics;
 use crate::middleware::RateLimiter;
 use crate::probe::{self, Health};
@@ -58,6 +59,8 @@ pub struct Application {
     http_limits: HttpLimits,
     migrations: PgPool,
     migrate: MigrateMode,
+    /// The outbox relay, when events are on.
+    relay: Option<Relay>,
 }
 
 /// Linux's `EAFNOSUPPORT`: a kernel built or booted without IPv6.
@@ -162,7 +165,25 @@ impl Application {
             rate_limiter,
             openapi,
             auth,
+            events: config.events.brokers().map(|_| Events::new()),
         });
+        let relay = match (config.events.brokers(), &state.events) {
+            (Some(brokers), Some(events)) => {
+                let mut producer = rdkafka::ClientConfig::new();
+                for (name, value) in events::producer_settings(&config.events, brokers) {
+                    producer.set(name, value);
+                }
+                Some(Relay {
+                    connect: options.clone(),
+                    producer,
+                    topic: config.events.topic.clone(),
+                    source: config.events.source.clone(),
+                    metrics: state.metrics.clone(),
+                    events: events.clone(),
+                })
+            }
+            _ => None,
+        };
         Ok(Self {
             port,
             listener,
@@ -175,6 +196,7 @@ impl Application {
             http_limits: config.server.http,
             migrations,
             migrate: config.database.migrate,
+            relay,
         })
     }
 
@@ -207,6 +229,7 @@ impl Application {
             http_limits,
             migrations,
             migrate,
+            relay,
         } = self;
         let shutdown = state.shutdown.clone();
         let db = state.db.clone();
@@ -241,6 +264,10 @@ impl Application {
             db.pool().clone(),
             shutdown.clone(),
         ));
+        // Not part of readiness: a broker outage only grows the outbox.
+        if let Some(relay) = relay {
+            tokio::spawn(relay.run(shutdown.clone()));
+        }
         if let Some(limiter) = state.rate_limiter.clone() {
             tokio::spawn(forget_idle_clients(limiter, shutdown.clone()));
         }

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Authenticator;
 use crate::cache::Cache;
 use crate::db::Db;
+use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::middleware::RateLimiter;
 use crate::probe::Health;
@@ -33,11 +34,20 @@ pub struct Shared {
     pub openapi: Bytes,
     /// Bearer-token checks on /users; `None` when AUTH_JWKS_PATH is unset.
     pub auth: Option<Arc<Authenticator>>,
+    /// User events (an outbox row per write); `None` when EVENTS_KAFKA_BROKERS is unset.
+    pub events: Option<Arc<Events>>,
 }
 
 impl AppState {
     pub fn new(shared: Shared) -> Self {
         Self(Arc::new(shared))
+    }
+
+    /// After a committed write: wakes this replica's relay (a no-op without events).
+    pub fn wrote(&self) {
+        if let Some(events) = &self.events {
+            events.written.notify_one();
+        }
     }
 }
 

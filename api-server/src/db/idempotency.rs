@@ -62,6 +62,7 @@ pub async fn create_once(
     key: &str,
     id: Uuid,
     user: &NewUser,
+    events: bool,
     record: fn(&User) -> Result<Recording, sqlx::Error>,
 ) -> Result<Created, sqlx::Error> {
     let request = request_of(user);
@@ -77,7 +78,7 @@ pub async fn create_once(
             if let Claim::Taken(recorded) = claim(&mut tx, &scope, &key, &request).await? {
                 return Ok(Created::Taken(recorded));
             }
-            let created = super::users::insert_on(&mut tx, id, user).await?;
+            let created = super::users::insert_on(&mut tx, id, user, events).await?;
             let recording = record(&created)?;
             let Recording {
                 status,

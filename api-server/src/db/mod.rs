@@ -2,6 +2,7 @@
 
 mod bounded;
 pub mod idempotency;
+pub mod outbox;
 pub mod users;
 
 pub use bounded::{CallTimedOut, Db, breaks_connection, connection_lost, timed_out};

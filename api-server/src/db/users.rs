@@ -8,12 +8,16 @@
 //! Writes take an optional expected `version` (from `If-Match`): with one, the row changes
 //! only if its version is still that one, in the same statement, so no other write can slip
 //! in between the check and the change. The `users_versioned` trigger bumps the version.
+//!
+//! With `events` (EVENTS_KAFKA_BROKERS set) a write runs `outbox`'s form of its statement,
+//! which also records the event in the same statement; without, the plain one (no outbox
+//! row at all). Both take the same binds.
 
 use futures::FutureExt;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::Db;
+use super::{Db, outbox};
 use crate::domain::{NewUser, User, UserPatch};
 use crate::extract::Page;
 
@@ -25,8 +29,8 @@ macro_rules! columns {
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %id))]
-pub async fn insert(db: &Db, id: Uuid, user: &NewUser) -> Result<User, sqlx::Error> {
-    db.write(|conn| insert_on(conn, id, user.clone()).boxed())
+pub async fn insert(db: &Db, id: Uuid, user: &NewUser, events: bool) -> Result<User, sqlx::Error> {
+    db.write(|conn| insert_on(conn, id, user.clone(), events).boxed())
         .await
 }
 
@@ -35,16 +39,18 @@ pub async fn insert_on(
     conn: &mut PgConnection,
     id: Uuid,
     user: NewUser,
+    events: bool,
 ) -> Result<User, sqlx::Error> {
-    sqlx::query_as::<_, User>(concat!(
+    const PLAIN: &str = concat!(
         "INSERT INTO users (id, name, email) VALUES ($1, $2, $3) RETURNING ",
         columns!()
-    ))
-    .bind(id)
-    .bind(user.name.as_str())
-    .bind(user.email.as_str())
-    .fetch_one(conn)
-    .await
+    );
+    sqlx::query_as::<_, User>(if events { outbox::INSERT } else { PLAIN })
+        .bind(id)
+        .bind(user.name.as_str())
+        .bind(user.email.as_str())
+        .fetch_one(conn)
+        .await
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %id))]
@@ -94,19 +100,21 @@ pub async fn update(
     id: Uuid,
     user: &NewUser,
     expected: Option<i64>,
+    events: bool,
 ) -> Result<Option<User>, sqlx::Error> {
+    const PLAIN: &str = concat!(
+        "UPDATE users SET name = $2, email = $3, updated_at = now() \
+         WHERE id = $1 AND ($4::bigint IS NULL OR version = $4) RETURNING ",
+        columns!()
+    );
     db.write(|conn| {
-        sqlx::query_as::<_, User>(concat!(
-            "UPDATE users SET name = $2, email = $3, updated_at = now() \
-             WHERE id = $1 AND ($4::bigint IS NULL OR version = $4) RETURNING ",
-            columns!()
-        ))
-        .bind(id)
-        .bind(user.name.as_str().to_owned())
-        .bind(user.email.as_str().to_owned())
-        .bind(expected)
-        .fetch_optional(conn)
-        .boxed()
+        sqlx::query_as::<_, User>(if events { outbox::UPDATE } else { PLAIN })
+            .bind(id)
+            .bind(user.name.as_str().to_owned())
+            .bind(user.email.as_str().to_owned())
+            .bind(expected)
+            .fetch_optional(conn)
+            .boxed()
     })
     .await
 }
@@ -118,20 +126,22 @@ pub async fn patch(
     id: Uuid,
     patch: &UserPatch,
     expected: Option<i64>,
+    events: bool,
 ) -> Result<Option<User>, sqlx::Error> {
+    const PLAIN: &str = concat!(
+        "UPDATE users SET name = coalesce($2, name), email = coalesce($3, email), \
+         updated_at = now() \
+         WHERE id = $1 AND ($4::bigint IS NULL OR version = $4) RETURNING ",
+        columns!()
+    );
     db.write(|conn| {
-        sqlx::query_as::<_, User>(concat!(
-            "UPDATE users SET name = coalesce($2, name), email = coalesce($3, email), \
-             updated_at = now() \
-             WHERE id = $1 AND ($4::bigint IS NULL OR version = $4) RETURNING ",
-            columns!()
-        ))
-        .bind(id)
-        .bind(patch.name.as_ref().map(|n| n.as_str().to_owned()))
-        .bind(patch.email.as_ref().map(|e| e.as_str().to_owned()))
-        .bind(expected)
-        .fetch_optional(conn)
-        .boxed()
+        sqlx::query_as::<_, User>(if events { outbox::PATCH } else { PLAIN })
+            .bind(id)
+            .bind(patch.name.as_ref().map(|n| n.as_str().to_owned()))
+            .bind(patch.email.as_ref().map(|e| e.as_str().to_owned()))
+            .bind(expected)
+            .fetch_optional(conn)
+            .boxed()
     })
     .await
 }
@@ -139,17 +149,25 @@ pub async fn patch(
 /// Returns whether a row was deleted (at `expected`, if given). The trigger NOTIFYs in the
 /// same transaction.
 #[tracing::instrument(skip_all, fields(user_id = %id))]
-pub async fn delete(db: &Db, id: Uuid, expected: Option<i64>) -> Result<bool, sqlx::Error> {
-    let result = db
+pub async fn delete(
+    db: &Db,
+    id: Uuid,
+    expected: Option<i64>,
+    events: bool,
+) -> Result<bool, sqlx::Error> {
+    let deleted: i64 = db
         .write(|conn| {
-            sqlx::query("DELETE FROM users WHERE id = $1 AND ($2::bigint IS NULL OR version = $2)")
+            let plain = "WITH changed AS (DELETE FROM users WHERE id = $1 \
+                 AND ($2::bigint IS NULL OR version = $2) RETURNING 1) \
+                 SELECT count(*) FROM changed";
+            sqlx::query_scalar(if events { outbox::DELETE } else { plain })
                 .bind(id)
                 .bind(expected)
-                .execute(conn)
+                .fetch_one(conn)
                 .boxed()
         })
         .await?;
-    Ok(result.rows_affected() > 0)
+    Ok(deleted > 0)
 }
 
 /// One page in id order, plus the id of its last user when there is a next page.

@@ -177,6 +177,7 @@ mod tests {
             rate_limiter: None,
             openapi: openapi_json(false).unwrap().into(),
             auth: None,
+            events: None,
         }))
     }
 

@@ -67,19 +67,31 @@ pub async fn create(
     AppJson(body): AppJson<UserBody>,
 ) -> Result<Response, ApiError> {
     let user = NewUser::try_from(body).map_err(ApiError::Validation)?;
+    let events = state.events.is_some();
     let Some(key) = idempotency_key(&headers)? else {
-        let created = db::users::insert(&state.db, Uuid::now_v7(), &user)
+        let created = db::users::insert(&state.db, Uuid::now_v7(), &user, events)
             .await
             .on_constraint(EMAIL_UNIQUE, |_| ApiError::DuplicateEmail)?;
+        state.wrote();
         return created_response(&created);
     };
     let scope = principal.as_ref().map_or("", |p| p.scope());
-    let created =
-        db::idempotency::create_once(&state.db, scope, key, Uuid::now_v7(), &user, recording)
-            .await
-            .on_constraint(EMAIL_UNIQUE, |_| ApiError::DuplicateEmail)?;
+    let created = db::idempotency::create_once(
+        &state.db,
+        scope,
+        key,
+        Uuid::now_v7(),
+        &user,
+        events,
+        recording,
+    )
+    .await
+    .on_constraint(EMAIL_UNIQUE, |_| ApiError::DuplicateEmail)?;
     match created {
-        Created::New(created) => created_response(&created),
+        Created::New(created) => {
+            state.wrote();
+            created_response(&created)
+        }
         Created::Taken(recorded) => replay(recorded, &db::idempotency::request_of(&user)),
     }
 }
@@ -263,12 +275,14 @@ pub async fn update(
 ) -> Result<Response, ApiError> {
     let user = NewUser::try_from(body).map_err(ApiError::Validation)?;
     let guard = guard(&state, id, &headers).await?;
-    let updated = db::users::update(&state.db, id, &user, guard.expected())
+    let events = state.events.is_some();
+    let updated = db::users::update(&state.db, id, &user, guard.expected(), events)
         .await
         .on_constraint(EMAIL_UNIQUE, |_| ApiError::DuplicateEmail)?
         .ok_or_else(|| guard.missed(ApiError::NotFound(NO_SUCH_USER)))?;
     // Evict here too (not only on our own NOTIFY) so this replica reads its own write at once.
     state.cache.evict(id, "local").await;
+    state.wrote();
     user_response(&updated)
 }
 
@@ -305,11 +319,13 @@ pub async fn patch(
         }
         return user_response(&user);
     }
-    let patched = db::users::patch(&state.db, id, &patch, guard.expected())
+    let events = state.events.is_some();
+    let patched = db::users::patch(&state.db, id, &patch, guard.expected(), events)
         .await
         .on_constraint(EMAIL_UNIQUE, |_| ApiError::DuplicateEmail)?
         .ok_or_else(not_found)?;
     state.cache.evict(id, "local").await;
+    state.wrote();
     user_response(&patched)
 }
 
@@ -344,10 +360,12 @@ pub async fn remove(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let guard = guard(&state, id, &headers).await?;
-    if !db::users::delete(&state.db, id, guard.expected()).await? {
+    let events = state.events.is_some();
+    if !db::users::delete(&state.db, id, guard.expected(), events).await? {
         return Err(guard.missed(ApiError::NotFound(NO_SUCH_USER)));
     }
     state.cache.evict(id, "local").await;
+    state.wrote();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -5,8 +5,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use api_server::config::{
-    AuthConfig, CacheConfig, Config, DatabaseConfig, HttpLimits, LogFormat, MigrateMode,
-    RateLimitConfig, Secret, ServerConfig,
+    AuthConfig, CacheConfig, Config, DatabaseConfig, EventsConfig, HttpLimits, LogFormat,
+    MigrateMode, RateLimitConfig, Secret, ServerConfig,
 };
 use api_server::startup::Application;
 use serde_json::{Value, json};
@@ -79,6 +79,8 @@ pub struct Options {
     pub bind_all_interfaces: bool,
     /// Bearer-token authentication (off by default, as in production).
     pub auth: AuthConfig,
+    /// User events (off by default, as in production).
+    pub events: Option<EventsConfig>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -135,6 +137,7 @@ pub fn config(url: &str, redis_url: Option<String>, options: &Options) -> Config
             http: options.http.clone().unwrap_or_default(),
         },
         auth: options.auth.clone(),
+        events: options.events.clone().unwrap_or_default(),
     }
 }
 

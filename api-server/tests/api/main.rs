@@ -11,6 +11,7 @@ mod contract;
 mod database;
 mod db_faults;
 mod errors;
+mod events;
 mod faults;
 mod health;
 mod helpers;

@@ -4,7 +4,7 @@
 //! file lock); each server copies it, which takes a fraction of a second, so every nextest
 //! process can afford its own server. As root, postgres runs as the `postgres` user.
 //! A watchdog shell stops the servers if the test process dies without cleaning up. Redis
-//! is in `redis.rs`.
+//! is in `redis.rs`, Kafka in `kafka.rs`.
 
 use std::fs::{self, File};
 use std::net::TcpListener;
@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+mod kafka;
 mod redis;
+pub use kafka::KafkaServer;
 pub use redis::RedisServer;
 
 const START_ATTEMPTS: usize = 5;
