@@ -58,12 +58,15 @@ cluster-down: ## Stop the control plane started by cluster-up and remove its sta
 	scripts/cluster.sh down
 
 ##@ Run and benchmark
-.PHONY: run-api bench-api bench-limits bench-operator
+.PHONY: run-api bench-api bench-limits bench-operator bench-events
 run-api: ## Run api-server on :8080 (PORT=...) against a throwaway local PostgreSQL + Redis, installed and started as needed
 	scripts/run-api.sh
 
 bench-api: ## Load-test a release build with wrk (64 connections): healthz, cached GET, POST, list; prints req/s, p50, p99, RSS
 	scripts/bench-api.sh
+
+bench-events: ## POST /users with user events off, then on (a local Kafka broker): req/s and the publish lag p50/p99
+	scripts/bench-events.sh
 
 bench-operator: ## COUNT (default 1000) ScalableApis on a fresh real control plane: time to Ready, peak RSS, API requests by verb, idle cost
 	$(CARGO) build --release --locked -p scalable-api-operator --bin scalable-api-operator --example cluster_scale

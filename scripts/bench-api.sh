@@ -17,6 +17,9 @@
 # autovacuum is not busy with), plus optional post-nosync (POST /users while Postgres
 # runs with synchronous_commit=off, to separate the app's cost from the disk's fsync rate)
 # BENCH_NO_BUILD=1 (use the existing target/release/api-server; BENCH_SERVER_BIN=path another binary).
+# KAFKA=1 also starts a Kafka broker (dev-services.sh), so the server publishes user events:
+# after the scenarios it waits for the outbox to drain and prints the events published and
+# the publish lag (commit to broker acknowledgement, p50/p99 from the server's histogram).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -201,7 +204,40 @@ for s in $scenarios; do
   log "$s: $rps req/s, p50 $p50 ms, p99 $p99 ms, non-2xx $non2xx, socket errors $sockerr, $total requests"
 done
 
-curl -fsS "$admin/metrics" >"$work/metrics.txt" 2>/dev/null || true
+events_line=""
+if [ -n "${EVENTS_KAFKA_BROKERS:-}" ]; then
+  log "events: waiting (at most 120 s) for the outbox to drain"
+  for _ in $(seq 600); do
+    backlog="$(curl -fsS "$admin/metrics" | awk '$1 == "events_outbox_backlog" {print $2}')"
+    [ "${backlog:-1}" = 0 ] && break
+    sleep 0.2
+  done
+  curl -fsS "$admin/metrics" >"$work/metrics.txt"
+  # histogram_quantile as Prometheus computes it: linear within the bucket that holds q.
+  lag() {
+    awk -v q="$1" '
+      /^events_publish_lag_seconds_bucket/ {
+        match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+        n++; bound[n] = (le == "+Inf") ? -1 : le + 0; count[n] = $NF + 0
+      }
+      END {
+        total = count[n]; if (!total) { print "n/a"; exit }
+        rank = q * total; prev_b = 0; prev_c = 0
+        for (i = 1; i <= n; i++) {
+          if (count[i] >= rank) {
+            if (bound[i] < 0) { printf "> %.0f ms", prev_b * 1000; exit }
+            printf "%.1f ms", 1000 * (prev_b + (bound[i] - prev_b) * (rank - prev_c) / (count[i] - prev_c)); exit
+          }
+          prev_b = bound[i]; prev_c = count[i]
+        }
+      }' "$work/metrics.txt"
+  }
+  published="$(awk '$1 == "events_published_total" {print $2}' "$work/metrics.txt")"
+  failed_events="$(awk '$1 == "events_failed_total" {print $2}' "$work/metrics.txt")"
+  events_line="Events on (broker $EVENTS_KAFKA_BROKERS): ${published:-0} published, ${failed_events:-0} failed, outbox backlog at the end ${backlog:-?}; publish lag (commit to broker acknowledgement) p50 $(lag 0.5), p99 $(lag 0.99)."
+else
+  curl -fsS "$admin/metrics" >"$work/metrics.txt" 2>/dev/null || true
+fi
 # Cross-check from the server's side: every request it answered with a status other than 2xx.
 server_non2xx=$(awk '/^http_requests_total\{/ && !/status="2[0-9][0-9]"/ {n += $NF} END {print n + 0}' "$work/metrics.txt")
 hwm=$(awk '/^VmHWM/{printf "%.1f MiB", $2/1024}' "/proc/$server_pid/status")
@@ -217,5 +253,6 @@ rss=$(awk '/^VmRSS/{printf "%.1f MiB", $2/1024}' "/proc/$server_pid/status")
   printf '%s\n' "${rows[@]}"
   echo
   echo "api-server peak RSS (VmHWM): $hwm; RSS at the end: $rss. Seeding $seed users took ${seed_secs} s. Non-2xx answers counted by the server's /metrics over the whole run: $server_non2xx."
+  if [ -n "$events_line" ]; then echo "$events_line"; fi
   echo "non-2xx: responses >= 400 plus socket errors (wrk). CPU µs per request: user + system time of each process during the measured run divided by its requests. Ceiling: $(nproc) cores / the sum of those costs, the rate the machine could sustain if nothing else ran. Machine busy: all CPUs, including other programs."
 } | tee "$work/results.md"
