@@ -98,7 +98,7 @@ docker-build: ## Build both container images (needs Docker; OPERATOR_IMAGE/API_I
 	scripts/docker-build.sh
 
 .PHONY: images test-images
-images: ## Build the operator, api-server and Redis images without Docker (podman, a debootstrap base, host-built binaries)
+images: ## Build the operator, api-server, Redis and PostgreSQL images without Docker (podman, a debootstrap base, host-built binaries)
 	scripts/images.sh build
 
 test-images: ## Run each image locked down (non-root, read-only, no capabilities) and check it answers

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # `make images` / `make test-images`: the images, built here without Docker.
 #
-#   scripts/images.sh build   the operator and api-server images from docker/Dockerfile, and
-#                             the cache sidecar's Redis image from docker/redis.Dockerfile
+#   scripts/images.sh build   the operator and api-server images from docker/Dockerfile, the
+#                             cache sidecar's Redis image (docker/redis.Dockerfile) and the
+#                             PostgreSQL of examples/postgres-dev.yaml (docker/postgres.Dockerfile)
 #   scripts/images.sh test    runs each image as its non-root user, read-only root filesystem,
 #                             no capabilities, and checks it answers: operator --version,
-#                             api-server /healthz against a local PostgreSQL, Redis PING
+#                             api-server /readyz against a local PostgreSQL, Redis PING, and
+#                             a query as the PostgreSQL image's own user and database
 #
 # No registry can be reached here, so the bases are made locally: a Debian 12 (bookworm)
 # root filesystem from debootstrap (cached in ~/.cache/scalable-api-operator), imported
@@ -26,6 +28,7 @@ BASE_IMAGE="${BASE_IMAGE:-localhost/scalable-api-operator/debian-base:bookworm}"
 OPERATOR_IMAGE="${OPERATOR_IMAGE:-ghcr.io/scalable-dev/scalable-api-operator:$version}"
 API_IMAGE="${API_IMAGE:-ghcr.io/scalable-dev/api-server:$version}"
 REDIS_IMAGE="${REDIS_IMAGE:-localhost/scalable-api-operator/redis:7.0}"
+POSTGRES_IMAGE="${POSTGRES_IMAGE:-localhost/scalable-api-operator/postgres:15}"
 # Containers get no default rlimits: setting them needs CAP_SYS_RESOURCE, which this
 # machine's root lacks. A file of our own, so the system's containers.conf is left alone.
 mkdir -p "$cache"
@@ -77,7 +80,10 @@ build() {
   log "building $REDIS_IMAGE"
   podman build --quiet --network host -f docker/redis.Dockerfile --build-arg BASE="$BASE_IMAGE" \
     -t "$REDIS_IMAGE" docker/ >/dev/null
-  log "built $OPERATOR_IMAGE, $API_IMAGE, $REDIS_IMAGE"
+  log "building $POSTGRES_IMAGE"
+  podman build --quiet --network host -f docker/postgres.Dockerfile --build-arg BASE="$BASE_IMAGE" \
+    -t "$POSTGRES_IMAGE" docker/ >/dev/null
+  log "built $OPERATOR_IMAGE, $API_IMAGE, $REDIS_IMAGE, $POSTGRES_IMAGE"
 }
 
 # What every check runs with: the image's own non-root user, nothing writable but /tmp,
@@ -99,11 +105,12 @@ wait_for() {
 
 test_images() {
   local failed=0 name
-  for image in "$OPERATOR_IMAGE" "$API_IMAGE" "$REDIS_IMAGE"; do
+  local images=("$OPERATOR_IMAGE" "$API_IMAGE" "$REDIS_IMAGE" "$POSTGRES_IMAGE")
+  for image in "${images[@]}"; do
     podman image exists "$image" || { log "$image is missing: run scripts/images.sh build"; exit 1; }
   done
   local user
-  for image in "$OPERATOR_IMAGE" "$API_IMAGE" "$REDIS_IMAGE"; do
+  for image in "${images[@]}"; do
     user="$(podman image inspect --format '{{.Config.User}}' "$image")"
     case "$user" in ""|0|0:*|root|root:*) log "FAIL $image runs as root ('$user')"; failed=1 ;; esac
   done
@@ -127,6 +134,32 @@ test_images() {
     podman logs "$name" >&2 || true; failed=1
   fi
   podman stop -t 2 "$name" >/dev/null 2>&1 || true
+
+  # PostgreSQL as examples/postgres-dev.yaml runs it: uid 999, PGDATA in a subdirectory of
+  # its volume, the socket directory and /tmp writable, nothing else.
+  # Host directories owned by 999 stand for the volumes (podman 4.3 ignores a tmpfs mode).
+  local pg_port pg_dirs
+  pg_port="$(free_port)"
+  pg_dirs="$(mktemp -d)"
+  mkdir -p "$pg_dirs/data" "$pg_dirs/run"
+  chown 999:999 "$pg_dirs/data" "$pg_dirs/run"
+  name="images-test-postgres-$$"
+  podman run -d "${locked_down[@]}" --network host --name "$name" --user 999:999 \
+    -v "$pg_dirs/data:/var/lib/postgresql/data" -v "$pg_dirs/run:/var/run/postgresql" \
+    -e POSTGRES_USER=app -e POSTGRES_DB=app -e POSTGRES_PASSWORD=images-test \
+    -e PGDATA=/var/lib/postgresql/data/pgdata \
+    "$POSTGRES_IMAGE" -c listen_addresses=127.0.0.1 -c port="$pg_port" -c max_connections=200 >/dev/null
+  if wait_for "PostgreSQL" env PGPASSWORD=images-test psql -h 127.0.0.1 -p "$pg_port" -U app -d app -tAc "SELECT 1"; then
+    out="$(PGPASSWORD=images-test psql -h 127.0.0.1 -p "$pg_port" -U app -d app -tAc "SHOW max_connections")"
+    log "ok   PostgreSQL: app@app answers with a password on 127.0.0.1:$pg_port (max_connections $out)"
+    if ! podman exec "$name" pg_isready -h 127.0.0.1 -p "$pg_port" -U app -d app >/dev/null; then
+      log "FAIL pg_isready inside the image"; failed=1
+    fi
+  else
+    podman logs "$name" >&2 || true; failed=1
+  fi
+  podman stop -t 5 "$name" >/dev/null 2>&1 || true
+  rm -rf "$pg_dirs"
 
   local work; work="$(mktemp -d)"; chmod 755 "$work"
   export DEV_SERVICES_DIR="$work/services"
