@@ -122,11 +122,14 @@ impl EventsConfig {
     }
 }
 
+/// Spelled as librdkafka's `security.protocol` (and docs/configuration.md) spell them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SecurityProtocol {
     Plaintext,
     Ssl,
+    #[value(name = "sasl_plaintext", alias = "sasl-plaintext")]
     SaslPlaintext,
+    #[value(name = "sasl_ssl", alias = "sasl-ssl")]
     SaslSsl,
 }
 
@@ -618,6 +621,24 @@ mod tests {
             "9000",
         ];
         Config::try_parse_from(base.iter().chain(extra))
+    }
+
+    #[test]
+    fn kafka_security_protocols_are_spelled_as_librdkafka_spells_them() {
+        for (given, expected) in [
+            ("plaintext", SecurityProtocol::Plaintext),
+            ("ssl", SecurityProtocol::Ssl),
+            ("sasl_plaintext", SecurityProtocol::SaslPlaintext),
+            ("sasl_ssl", SecurityProtocol::SaslSsl),
+            ("sasl-ssl", SecurityProtocol::SaslSsl),
+        ] {
+            let config = parse(&["--events-kafka-security-protocol", given]).unwrap();
+            assert_eq!(config.events.security_protocol, expected, "{given}");
+            assert_eq!(
+                SecurityProtocol::from_str(expected.as_librdkafka(), false),
+                Ok(expected)
+            );
+        }
     }
 
     #[test]
