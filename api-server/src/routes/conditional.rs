@@ -10,13 +10,18 @@ use headers::{ETag, HeaderMapExt, IfMatch, IfNoneMatch};
 
 use crate::error::ApiError;
 
-/// The strong entity tag of a user at `version`.
+/// The strong entity tag of a user at `version`: the number, quoted.
+fn quoted(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// `quoted` as a header value (digits and quotes are always a valid one).
 pub fn etag_value(version: i64) -> HeaderValue {
-    HeaderValue::from_str(&format!("\"{version}\"")).unwrap_or(HeaderValue::from_static("\"0\""))
+    HeaderValue::try_from(quoted(version)).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
 fn etag(version: i64) -> Option<ETag> {
-    format!("\"{version}\"").parse().ok()
+    quoted(version).parse().ok()
 }
 
 /// The `If-None-Match` of a GET; a malformed one is a 400 like a malformed `If-Match`.

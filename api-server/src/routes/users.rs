@@ -253,6 +253,13 @@ async fn guard(state: &AppState, id: Uuid, headers: &HeaderMap) -> Result<Guard,
     }
 }
 
+/// After a committed change of `id`: this replica forgets it at once (not only on its own
+/// NOTIFY, so it reads its own write) and its event relay is woken.
+async fn changed(state: &AppState, id: Uuid) {
+    state.cache.evict(id, "local").await;
+    state.wrote();
+}
+
 /// Replace a user's name and email.
 #[utoipa::path(put, path = "/users/{id}", request_body = UserBody, tag = "users", params(
         ("id" = Uuid, Path),
@@ -280,9 +287,7 @@ pub async fn update(
         .await
         .on_constraint(EMAIL_UNIQUE, |_| ApiError::DuplicateEmail)?
         .ok_or_else(|| guard.missed(ApiError::NotFound(NO_SUCH_USER)))?;
-    // Evict here too (not only on our own NOTIFY) so this replica reads its own write at once.
-    state.cache.evict(id, "local").await;
-    state.wrote();
+    changed(&state, id).await;
     user_response(&updated)
 }
 
@@ -324,8 +329,7 @@ pub async fn patch(
         .await
         .on_constraint(EMAIL_UNIQUE, |_| ApiError::DuplicateEmail)?
         .ok_or_else(not_found)?;
-    state.cache.evict(id, "local").await;
-    state.wrote();
+    changed(&state, id).await;
     user_response(&patched)
 }
 
@@ -364,8 +368,7 @@ pub async fn remove(
     if !db::users::delete(&state.db, id, guard.expected(), events).await? {
         return Err(guard.missed(ApiError::NotFound(NO_SUCH_USER)));
     }
-    state.cache.evict(id, "local").await;
-    state.wrote();
+    changed(&state, id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
