@@ -386,6 +386,10 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         Some(auth) => Some(observe_key(ctx, &ns, &auth.jwt.jwks_secret_ref).await?),
         None => None,
     };
+    let events = match &sapi.spec.events {
+        Some(e) => observe_keys(ctx, &ns, &desired::kafka::secret_keys(&e.kafka)).await?,
+        None => None,
+    };
     let mut obs = Observation {
         generation: sapi.meta().generation,
         suspended: sapi.spec.suspend,
@@ -405,6 +409,7 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
             .pod_monitor_wanted()
             .then_some(ctx.apis.prometheus_operator),
         jwks: jwks.as_ref(),
+        events: events.as_ref(),
     };
     if sapi.spec.suspend {
         apply::suspend_children(&ctx.client, &ns, sapi).await?;
@@ -418,10 +423,15 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
         Some(SecretState::Found { hash }) => Some(hash.clone()),
         _ => None,
     };
+    let events_hash = match &events {
+        Some(SecretState::Found { hash }) => Some(hash.clone()),
+        _ => None,
+    };
     let inputs = Inputs {
         pod: ctx.pod_defaults.clone(),
         secret_hash,
         jwks_hash,
+        events_hash,
     };
     let children = match desired::desired(sapi, &inputs) {
         Ok(children) => children,
@@ -430,7 +440,10 @@ async fn reconcile_inner(sapi: &ScalableApi, ctx: &Context) -> Result<Outcome> {
             return observe_only(ctx, sapi, &ns, obs, Outcome::InvalidSpec).await;
         }
     };
-    if !secret.is_usable() || jwks.as_ref().is_some_and(|j| !j.is_usable()) {
+    if !secret.is_usable()
+        || jwks.as_ref().is_some_and(|j| !j.is_usable())
+        || events.as_ref().is_some_and(|e| !e.is_usable())
+    {
         // Existing children are left alone until the Secret is usable: a running stack
         // keeps serving while someone restores its Secret.
         return observe_only(ctx, sapi, &ns, obs, Outcome::WaitingForSecret).await;
@@ -545,6 +558,25 @@ async fn observe_key(ctx: &Context, ns: &str, r: &SecretKeyRef) -> Result<Secret
             },
         },
     })
+}
+
+/// Several Secret keys as one: the first that is missing, or one hash over all of them (so
+/// any new value rolls the pods). `None` for no keys.
+async fn observe_keys(
+    ctx: &Context,
+    ns: &str,
+    refs: &[SecretKeyRef],
+) -> Result<Option<SecretState>> {
+    let mut hashes = Vec::with_capacity(refs.len());
+    for r in refs {
+        match observe_key(ctx, ns, r).await? {
+            SecretState::Found { hash } => hashes.push(hash),
+            missing => return Ok(Some(missing)),
+        }
+    }
+    Ok((!hashes.is_empty()).then(|| SecretState::Found {
+        hash: hashes.join(":"),
+    }))
 }
 
 /// Writes the status only when it changed, then publishes Events for the transitions.

@@ -33,9 +33,11 @@ pub mod messages {
     pub const DATABASE_URI_FORM: &str = "spec.database.uriSecretRef carries host, name and user in the URI: remove spec.database.host, spec.database.name and spec.database.user";
     pub const POOL_MIN_ABOVE_MAX: &str = "spec.database.pool.minConnections must be less than or equal to spec.database.pool.maxConnections";
     pub const INGRESS_PATH: &str = "spec.ingress.path must start with '/', such as / or /users";
-    pub const RESERVED_ENV: &str = "spec.env must not set a variable the operator sets from the spec (PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSSLMODE, DATABASE_URL, DB_POOL_MAX, DB_POOL_MIN, DB_ACQUIRE_TIMEOUT_MS, REDIS_URL, CACHE_TTL_SECONDS, RATE_LIMIT_RPS, RATE_LIMIT_BURST, RATE_LIMIT_CLIENT_ADDRESS, RATE_LIMIT_TRUSTED_HOPS, RATE_LIMIT_MAX_CLIENTS, PORT, ADMIN_PORT, LOG_FORMAT, SHUTDOWN_TIMEOUT_SECONDS, AUTH_JWKS_PATH, AUTH_JWT_ISSUER, AUTH_JWT_AUDIENCE): set spec.database, spec.cache, spec.rateLimit or spec.auth instead";
+    pub const RESERVED_ENV: &str = "spec.env must not set a variable the operator sets from the spec (PGHOST, PGPORT, PGDATABASE, PGUSER, PGPASSWORD, PGSSLMODE, DATABASE_URL, DB_POOL_MAX, DB_POOL_MIN, DB_ACQUIRE_TIMEOUT_MS, REDIS_URL, CACHE_TTL_SECONDS, RATE_LIMIT_RPS, RATE_LIMIT_BURST, RATE_LIMIT_CLIENT_ADDRESS, RATE_LIMIT_TRUSTED_HOPS, RATE_LIMIT_MAX_CLIENTS, PORT, ADMIN_PORT, LOG_FORMAT, SHUTDOWN_TIMEOUT_SECONDS, AUTH_JWKS_PATH, AUTH_JWT_ISSUER, AUTH_JWT_AUDIENCE, EVENTS_KAFKA_BROKERS, EVENTS_TOPIC, EVENTS_SOURCE, EVENTS_KAFKA_SECURITY_PROTOCOL, EVENTS_KAFKA_SSL_CA_LOCATION, EVENTS_KAFKA_SSL_CERTIFICATE_LOCATION, EVENTS_KAFKA_SSL_KEY_LOCATION, EVENTS_KAFKA_SASL_MECHANISM, EVENTS_KAFKA_SASL_USERNAME, EVENTS_KAFKA_SASL_PASSWORD): set spec.database, spec.cache, spec.rateLimit, spec.auth or spec.events instead";
     pub const RESERVED_POD_LABEL: &str = "spec.pod.labels must not set the app.kubernetes.io/name, instance, component, part-of or managed-by labels: the operator sets them, and name and instance select the pods";
     pub const RESERVED_POD_ANNOTATION: &str = "spec.pod.annotations must not set scalable.dev/config-hash: the operator sets it to roll the pods when the config or the database Secret changes";
+    pub const KAFKA_BOOTSTRAP_SERVER: &str = "spec.events.kafka.bootstrapServers must be host:port entries, such as kafka-bootstrap.kafka.svc:9092 or [fd00::1]:9093";
+    pub const KAFKA_TOPIC: &str = "spec.events.kafka.topic must be a Kafka topic name: 1 to 249 of the letters a-z and A-Z, digits, '.', '_' and '-', and not '.' or '..'";
     pub const TRUSTED_HOPS_SOURCE: &str = "spec.rateLimit.clientAddress.trustedHops applies only to source XForwardedFor or Forwarded";
     pub const MAX_MEMORY_QUANTITY: &str = "spec.cache.maxMemory must be a positive Kubernetes quantity of at most 64Gi, such as 64Mi or 1Gi (it is a per-pod Redis sidecar: the pod requests maxMemory + 32Mi of memory)";
 }
@@ -67,10 +69,28 @@ pub const OPERATOR_ENV: &[&str] = &[
     "AUTH_JWKS_PATH",
     "AUTH_JWT_ISSUER",
     "AUTH_JWT_AUDIENCE",
+    "EVENTS_KAFKA_BROKERS",
+    "EVENTS_TOPIC",
+    "EVENTS_SOURCE",
+    "EVENTS_KAFKA_SECURITY_PROTOCOL",
+    "EVENTS_KAFKA_SSL_CA_LOCATION",
+    "EVENTS_KAFKA_SSL_CERTIFICATE_LOCATION",
+    "EVENTS_KAFKA_SSL_KEY_LOCATION",
+    "EVENTS_KAFKA_SASL_MECHANISM",
+    "EVENTS_KAFKA_SASL_USERNAME",
+    "EVENTS_KAFKA_SASL_PASSWORD",
 ];
 
 /// CEL rule on `spec.env`: `OPERATOR_ENV` written out (a test keeps the two equal).
-pub const RESERVED_ENV_RULE: &str = "self.all(e, !(e.name in ['PGHOST', 'PGPORT', 'PGDATABASE', 'PGUSER', 'PGPASSWORD', 'PGSSLMODE', 'DATABASE_URL', 'DB_POOL_MAX', 'DB_POOL_MIN', 'DB_ACQUIRE_TIMEOUT_MS', 'REDIS_URL', 'CACHE_TTL_SECONDS', 'RATE_LIMIT_RPS', 'RATE_LIMIT_BURST', 'RATE_LIMIT_CLIENT_ADDRESS', 'RATE_LIMIT_TRUSTED_HOPS', 'RATE_LIMIT_MAX_CLIENTS', 'PORT', 'ADMIN_PORT', 'LOG_FORMAT', 'SHUTDOWN_TIMEOUT_SECONDS', 'AUTH_JWKS_PATH', 'AUTH_JWT_ISSUER', 'AUTH_JWT_AUDIENCE']))";
+pub const RESERVED_ENV_RULE: &str = "self.all(e, !(e.name in ['PGHOST', 'PGPORT', 'PGDATABASE', 'PGUSER', 'PGPASSWORD', 'PGSSLMODE', 'DATABASE_URL', 'DB_POOL_MAX', 'DB_POOL_MIN', 'DB_ACQUIRE_TIMEOUT_MS', 'REDIS_URL', 'CACHE_TTL_SECONDS', 'RATE_LIMIT_RPS', 'RATE_LIMIT_BURST', 'RATE_LIMIT_CLIENT_ADDRESS', 'RATE_LIMIT_TRUSTED_HOPS', 'RATE_LIMIT_MAX_CLIENTS', 'PORT', 'ADMIN_PORT', 'LOG_FORMAT', 'SHUTDOWN_TIMEOUT_SECONDS', 'AUTH_JWKS_PATH', 'AUTH_JWT_ISSUER', 'AUTH_JWT_AUDIENCE', 'EVENTS_KAFKA_BROKERS', 'EVENTS_TOPIC', 'EVENTS_SOURCE', 'EVENTS_KAFKA_SECURITY_PROTOCOL', 'EVENTS_KAFKA_SSL_CA_LOCATION', 'EVENTS_KAFKA_SSL_CERTIFICATE_LOCATION', 'EVENTS_KAFKA_SSL_KEY_LOCATION', 'EVENTS_KAFKA_SASL_MECHANISM', 'EVENTS_KAFKA_SASL_USERNAME', 'EVENTS_KAFKA_SASL_PASSWORD']))";
+
+/// CEL rule on `spec.events.kafka.bootstrapServers`: `host:port`, the host a DNS name, an IPv4
+/// address or a bracketed IPv6 address.
+pub const KAFKA_BOOTSTRAP_RULE: &str = "self.all(s, s.matches('^([A-Za-z0-9]([-A-Za-z0-9.]*[A-Za-z0-9])?|\\\\[[0-9A-Fa-f:.]+\\\\]):[0-9]{1,5}$'))";
+
+/// CEL rule on `spec.events.kafka.topic`: Kafka's own rule for topic names.
+pub const KAFKA_TOPIC_RULE: &str =
+    "self.matches('^[a-zA-Z0-9._-]+$') && self != '.' && self != '..'";
 
 /// CEL rule on `spec.rateLimit.clientAddress`: a hop count only for the list headers (an
 /// absent source is the default, Peer).
@@ -193,6 +213,10 @@ pub struct ScalableApiSpec {
     /// Bearer-token (OAuth 2.0 JWT) authentication of `/users`; unset: the API is open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
+    /// User events (CloudEvents on Kafka, through a transactional outbox in Postgres); unset:
+    /// none are written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<EventsSpec>,
     /// Scraping of the API's metrics (its admin port) by prometheus-operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitoring: Option<MonitoringSpec>,
@@ -233,6 +257,98 @@ pub struct JwtAuth {
     /// Secret key (in this namespace) holding the issuer's JWKS, mounted as the file
     /// AUTH_JWKS_PATH names; a new value rolls the pods.
     pub jwks_secret_ref: SecretKeyRef,
+}
+
+/// Where user events go.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct EventsSpec {
+    /// A Kafka cluster: every committed create, update and delete of a user becomes one
+    /// CloudEvents message on `topic`, keyed by the user id.
+    pub kafka: KafkaEvents,
+}
+
+/// The Kafka cluster and topic of user events, and how the API authenticates to it.
+#[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaEvents {
+    /// Brokers the producer bootstraps from, `host:port` each (EVENTS_KAFKA_BROKERS), e.g.
+    /// Strimzi's `<cluster>-kafka-bootstrap.<namespace>.svc:9092`.
+    #[schemars(length(min = 1, max = 16), inner(length(min = 3, max = 261)))]
+    #[x_kube(validation = Rule::new(KAFKA_BOOTSTRAP_RULE).message(messages::KAFKA_BOOTSTRAP_SERVER))]
+    pub bootstrap_servers: Vec<String>,
+    /// Topic of the events (EVENTS_TOPIC). Create it with the partitions and replication you
+    /// want unless the brokers auto-create topics. Default users.events.
+    #[serde(default = "default_events_topic")]
+    #[schemars(length(min = 1, max = 249))]
+    #[x_kube(validation = Rule::new(KAFKA_TOPIC_RULE).message(messages::KAFKA_TOPIC))]
+    pub topic: String,
+    /// TLS to the brokers; unset: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<KafkaTls>,
+    /// SASL authentication; unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<KafkaSasl>,
+}
+
+/// TLS to the brokers. `{}` trusts the image's system CAs.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaTls {
+    /// Secret key holding the PEM CAs that sign the brokers' certificates, e.g. Strimzi's
+    /// `<cluster>-cluster-ca-cert` / `ca.crt`; unset: the system CAs. A new value rolls the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
+    /// A Secret with the client certificate and key, for brokers that authenticate clients by
+    /// TLS (a `kubernetes.io/tls` Secret, or Strimzi's KafkaUser Secret with its key names).
+    /// A new value rolls the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_certificate_secret_ref: Option<ClientCertificateRef>,
+}
+
+/// The Secret and key names of a PEM client certificate and its private key.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertificateRef {
+    /// Secret name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the certificate. Default tls.crt (Strimzi: user.crt).
+    #[serde(default = "default_certificate_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub certificate_key: String,
+    /// Key of the private key. Default tls.key (Strimzi: user.key).
+    #[serde(default = "default_private_key_key")]
+    #[schemars(length(min = 1, max = 253))]
+    pub private_key_key: String,
+}
+
+/// SASL authentication to the brokers.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSasl {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512` (EVENTS_KAFKA_SASL_MECHANISM). Default
+    /// SCRAM-SHA-512, what Strimzi's `scram-sha-512` KafkaUsers use.
+    #[serde(default)]
+    pub mechanism: SaslMechanism,
+    /// The user name (EVENTS_KAFKA_SASL_USERNAME), e.g. the KafkaUser's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub username: String,
+    /// Secret key holding the password (EVENTS_KAFKA_SASL_PASSWORD), e.g. the KafkaUser
+    /// Secret's `password`. A new value rolls the pods.
+    pub password_secret_ref: SecretKeyRef,
+}
+
+/// SASL mechanisms the API's Kafka client speaks.
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SaslMechanism {
+    #[serde(rename = "PLAIN")]
+    Plain,
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    #[default]
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
 }
 
 /// Metrics collection.
@@ -674,6 +790,15 @@ fn default_pool_min() -> i32 {
 }
 fn default_acquire_timeout_ms() -> i32 {
     2000
+}
+fn default_events_topic() -> String {
+    "users.events".to_owned()
+}
+fn default_certificate_key() -> String {
+    "tls.crt".to_owned()
+}
+fn default_private_key_key() -> String {
+    "tls.key".to_owned()
 }
 fn default_true() -> bool {
     true

@@ -44,12 +44,24 @@ impl ScalableApi {
         self.spec.database.auth().map(DatabaseAuth::secret_ref)
     }
 
-    /// Names of every Secret the pods read: the database's and the JWKS's.
+    /// Names of every Secret the pods read: the database's, the JWKS's and the Kafka ones.
     pub fn secret_names(&self) -> impl Iterator<Item = &str> {
+        let kafka = self.spec.events.as_ref().map(|e| &e.kafka);
+        let tls = kafka.and_then(|k| k.tls.as_ref());
         self.secret_ref()
             .into_iter()
             .chain(self.spec.auth.as_ref().map(|a| &a.jwt.jwks_secret_ref))
+            .chain(tls.and_then(|t| t.ca_secret_ref.as_ref()))
+            .chain(
+                kafka
+                    .and_then(|k| k.sasl.as_ref())
+                    .map(|s| &s.password_secret_ref),
+            )
             .map(|r| r.name.as_str())
+            .chain(
+                tls.and_then(|t| t.client_certificate_secret_ref.as_ref())
+                    .map(|c| c.name.as_str()),
+            )
     }
 
     /// True when `spec.monitoring.podMonitor` asks for a PodMonitor.

@@ -49,7 +49,12 @@ pub fn events_for(previous: Option<&ScalableApiStatus>, new: &ScalableApiStatus)
             types::STALLED if now_true => {
                 out.push(event(EventType::Warning, &c.reason, &c.message));
             }
-            types::HTTP_ROUTE | types::POD_MONITOR | types::AUTH_CONFIGURED if !now_true => {
+            types::HTTP_ROUTE
+            | types::POD_MONITOR
+            | types::AUTH_CONFIGURED
+            | types::EVENTS_CONFIGURED
+                if !now_true =>
+            {
                 out.push(event(EventType::Warning, &c.reason, &c.message));
             }
             types::READY if now_true => out.push(event(EventType::Normal, &c.reason, &c.message)),

@@ -7,8 +7,9 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 use crate::crd::{
-    Autoscaling, CacheSpec, DatabaseSpec, PoolSpec, RateLimit, ScalableApi, ScalableApiSpec,
-    SecretKeyRef, ServiceSpec, ServiceType, SslMode,
+    Autoscaling, CacheSpec, ClientCertificateRef, DatabaseSpec, EventsSpec, KafkaEvents, KafkaSasl,
+    KafkaTls, PoolSpec, RateLimit, SaslMechanism, ScalableApi, ScalableApiSpec, SecretKeyRef,
+    ServiceSpec, ServiceType, SslMode,
 };
 
 impl ScalableApi {
@@ -38,6 +39,7 @@ impl ScalableApi {
                 ingress: None,
                 http_route: None,
                 auth: None,
+                events: None,
                 monitoring: None,
                 pod: None,
                 env: Vec::new(),
@@ -143,6 +145,42 @@ impl ScalableApi {
             max_clients: None,
         });
         self
+    }
+
+    /// `spec.events.kafka`, plaintext, to `brokers` on the default topic.
+    pub fn with_kafka(mut self, brokers: &[&str]) -> Self {
+        self.spec.events = Some(EventsSpec {
+            kafka: KafkaEvents {
+                bootstrap_servers: brokers.iter().map(|b| (*b).to_owned()).collect(),
+                topic: "users.events".into(),
+                tls: None,
+                sasl: None,
+            },
+        });
+        self
+    }
+
+    /// `with_kafka` plus TLS with the CA in `kafka-ca`/`ca.crt`, a Strimzi-style client
+    /// certificate in `users-kafka` (`user.crt`, `user.key`) and SCRAM-SHA-256 with the
+    /// password in `users-kafka`/`password`.
+    pub fn with_kafka_tls_and_sasl(self, brokers: &[&str]) -> Self {
+        let mut sapi = self.with_kafka(brokers);
+        if let Some(e) = sapi.spec.events.as_mut() {
+            e.kafka.tls = Some(KafkaTls {
+                ca_secret_ref: Some(secret_ref("kafka-ca", "ca.crt")),
+                client_certificate_secret_ref: Some(ClientCertificateRef {
+                    name: "users-kafka".into(),
+                    certificate_key: "user.crt".into(),
+                    private_key_key: "user.key".into(),
+                }),
+            });
+            e.kafka.sasl = Some(KafkaSasl {
+                mechanism: SaslMechanism::ScramSha256,
+                username: "users".into(),
+                password_secret_ref: secret_ref("users-kafka", "password"),
+            });
+        }
+        sapi
     }
 
     pub fn with_image(mut self, image: &str) -> Self {

@@ -64,6 +64,7 @@ pub fn render_file(args: &RenderArgs) -> Result<String, RenderError> {
         pod: args.pod.pod_defaults(),
         secret_hash: None,
         jwks_hash: None,
+        events_hash: None,
     };
     render(&input, &path, &inputs)
 }

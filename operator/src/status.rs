@@ -18,6 +18,8 @@ pub mod types {
     pub const DATABASE_CONFIGURED: &str = "DatabaseConfigured";
     /// Only when `spec.auth` is set: whether the JWKS Secret key exists.
     pub const AUTH_CONFIGURED: &str = "AuthConfigured";
+    /// `spec.events` is set: every Secret key the Kafka settings name exists.
+    pub const EVENTS_CONFIGURED: &str = "EventsConfigured";
     /// Only when `spec.httpRoute` is set: whether the cluster serves HTTPRoutes.
     pub const HTTP_ROUTE: &str = "HTTPRoute";
     /// Only when `spec.monitoring.podMonitor` is true: whether the cluster serves PodMonitors.
@@ -47,6 +49,7 @@ pub mod reasons {
     pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
     pub const WAITING_FOR_DATABASE: &str = "WaitingForDatabase";
     pub const WAITING_FOR_JWKS: &str = "WaitingForJwks";
+    pub const WAITING_FOR_EVENTS_SECRET: &str = "WaitingForEventsSecret";
     pub const SUSPENDED: &str = "Suspended";
     pub const ACTIVE: &str = "Active";
     /// Stalled=False: nothing blocks the rollout.
@@ -112,6 +115,8 @@ pub struct Observation<'a> {
     pub pod_monitor: Option<bool>,
     /// The JWKS Secret key, when `spec.auth` is set.
     pub jwks: Option<&'a SecretState>,
+    /// The Kafka Secrets of `spec.events` together (the first missing one, or their hash).
+    pub events: Option<&'a SecretState>,
 }
 
 /// The condition of a child of an optional API that the spec asks for.
@@ -289,6 +294,19 @@ fn readiness(obs: &Observation<'_>, db: &(bool, &'static str, String)) -> [State
             not_stalled(),
         ];
     }
+    if let Some((false, reason, message)) =
+        obs.events.map(|e| secret_condition(e, "spec.events.kafka"))
+    {
+        return [
+            state(false, reason, message),
+            state(
+                true,
+                reasons::WAITING_FOR_EVENTS_SECRET,
+                "waiting for the Kafka Secrets of spec.events",
+            ),
+            not_stalled(),
+        ];
+    }
     if let Some(c) = &obs.conflict {
         if obs.collector_pending {
             return [
@@ -429,6 +447,10 @@ pub fn compute(
     .chain(obs.jwks.map(|j| {
         let (ok, reason, message) = secret_condition(j, "spec.auth.jwt");
         (types::AUTH_CONFIGURED, state(ok, reason, message))
+    }))
+    .chain(obs.events.map(|e| {
+        let (ok, reason, message) = secret_condition(e, "spec.events.kafka");
+        (types::EVENTS_CONFIGURED, state(ok, reason, message))
     }))
     .map(|(t, (ok, reason, message))| {
         let mut c = condition(t, ok, &reason, message, g);

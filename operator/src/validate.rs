@@ -1,5 +1,5 @@
 //! Admission-time checks without an API server, for `render` and tests: the CRD's structural
-//! schema (types, required, enums, ranges, lengths, unknown fields), then its CEL rules
+//! schema (types, required, enums, ranges, lengths, item counts, unknown fields), then its CEL rules
 //! evaluated by kube's `cel` feature, then deserialisation into `ScalableApi`.
 
 use kube::CustomResourceExt;
@@ -93,6 +93,7 @@ fn check(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
         Some("object") => check_object(schema, value, path, out),
         Some("array") => match value.as_array() {
             Some(items) => {
+                check_items(schema, items.len(), at, out);
                 let item_schema = schema.get("items").unwrap_or(&Value::Null);
                 for (i, item) in items.iter().enumerate() {
                     check(item_schema, item, &format!("{path}[{i}]"), out);
@@ -175,6 +176,24 @@ fn check_length(schema: &Value, s: &str, at: &str, out: &mut Vec<String>) {
     {
         out.push(format!(
             "{at}: Too long: may not be more than {max} characters"
+        ));
+    }
+}
+
+fn check_items(schema: &Value, n: usize, at: &str, out: &mut Vec<String>) {
+    let n = n as u64;
+    if let Some(min) = schema.get("minItems").and_then(Value::as_u64)
+        && n < min
+    {
+        out.push(format!(
+            "{at}: Invalid value: {n}: must have at least {min} items"
+        ));
+    }
+    if let Some(max) = schema.get("maxItems").and_then(Value::as_u64)
+        && n > max
+    {
+        out.push(format!(
+            "{at}: Too many: {n}: must have at most {max} items"
         ));
     }
 }

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 
-use super::child_meta;
+use kube::ResourceExt;
+
+use super::{child_meta, kafka};
 use crate::crd::{ClientAddressSource, ScalableApi};
 use crate::crd_funcs::DatabaseAuth;
 
@@ -72,6 +74,11 @@ pub fn config_map(sapi: &ScalableApi) -> ConfigMap {
         set("AUTH_JWKS_PATH", format!("{JWKS_DIR}/{JWKS_FILE}"));
         set("AUTH_JWT_ISSUER", auth.jwt.issuer.clone());
         set("AUTH_JWT_AUDIENCE", auth.jwt.audience.clone());
+    }
+    if let Some(events) = &spec.events {
+        for (k, v) in kafka::settings(&events.kafka, &sapi.name_any()) {
+            set(k, v);
+        }
     }
     set(
         "SHUTDOWN_TIMEOUT_SECONDS",

@@ -7,10 +7,10 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
-    EnvVarSource, HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, PodSpec, PodTemplateSpec,
-    Probe, ResourceRequirements, SecretKeySelector, SecretVolumeSource, SleepAction,
-    TopologySpreadConstraint, Volume, VolumeMount,
+    ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource,
+    HTTPGetAction, KeyToPath, Lifecycle, LifecycleHandler, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SecretVolumeSource, SleepAction, TopologySpreadConstraint, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -18,7 +18,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 use super::configmap::{ADMIN_PORT, HTTP_PORT, JWKS_DIR, JWKS_FILE, SHUTDOWN_TIMEOUT_SECONDS};
-use super::{CONFIG_HASH_ANNOTATION, Inputs, SpecError, child_meta, labels, redis, security};
+use super::{
+    CONFIG_HASH_ANNOTATION, Inputs, SpecError, child_meta, kafka, labels, redis, secret_env,
+    security,
+};
 use crate::crd::ScalableApi;
 use crate::crd_funcs::DatabaseAuth;
 
@@ -55,6 +58,11 @@ pub fn deployment(
             ..Volume::default()
         });
     }
+    volumes.extend(
+        spec.events
+            .as_ref()
+            .and_then(|e| kafka::tls_volume(&e.kafka)),
+    );
     if spec.cache.enabled {
         init_containers.push(redis::sidecar(&spec.cache, &inputs.pod)?);
         volumes.push(empty_dir(redis::DATA_VOLUME));
@@ -170,20 +178,14 @@ fn api_container(sapi: &ScalableApi, inputs: &Inputs) -> Result<Container, SpecE
         }]),
         // Ours first; spec.env may not repeat our names (CEL and `check`), so order is moot.
         env: Some(
-            std::iter::once(EnvVar {
-                name: env_name.into(),
-                value_from: Some(EnvVarSource {
-                    secret_key_ref: Some(SecretKeySelector {
-                        name: secret.name.clone(),
-                        key: secret.key.clone(),
-                        optional: Some(false),
-                    }),
-                    ..EnvVarSource::default()
-                }),
-                ..EnvVar::default()
-            })
-            .chain(spec.env.iter().cloned())
-            .collect(),
+            std::iter::once(secret_env(env_name, secret))
+                .chain(
+                    spec.events
+                        .as_ref()
+                        .and_then(|e| kafka::password_env(&e.kafka)),
+                )
+                .chain(spec.env.iter().cloned())
+                .collect(),
         ),
         resources: Some(resources(sapi)?),
         // Startup covers migrations at first boot; liveness only restarts a hung process.
@@ -212,6 +214,12 @@ fn api_container(sapi: &ScalableApi, inputs: &Inputs) -> Result<Container, SpecE
                 read_only: Some(true),
                 ..VolumeMount::default()
             }))
+            .chain(
+                spec.events
+                    .as_ref()
+                    .filter(|e| !kafka::tls_files(&e.kafka).is_empty())
+                    .map(|_| kafka::tls_mount()),
+            )
             .collect(),
         ),
         ..Container::default()

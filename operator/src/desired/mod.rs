@@ -6,7 +6,9 @@
 use hmac::{Hmac, Mac};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, EnvVar, EnvVarSource, Secret, SecretKeySelector, Service,
+};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -14,13 +16,14 @@ use kube::{Resource, ResourceExt};
 use sha2::{Digest, Sha256};
 
 pub use crate::crd::DEFAULT_IMAGE;
-use crate::crd::ScalableApi;
+use crate::crd::{ScalableApi, SecretKeyRef};
 
 pub mod configmap;
 pub mod deployment;
 pub mod hpa;
 pub mod httproute;
 pub mod ingress;
+pub mod kafka;
 pub mod labels;
 pub mod pdb;
 pub mod podmonitor;
@@ -63,6 +66,8 @@ pub struct Inputs {
     pub secret_hash: Option<String>,
     /// `secret_hash()` of the JWKS Secret key (`spec.auth.jwt`), when there is one.
     pub jwks_hash: Option<String>,
+    /// One hash of every Kafka Secret key (`spec.events`), when there are any.
+    pub events_hash: Option<String>,
 }
 
 /// Every child of one ScalableApi. `hpa`, `pdb`, `ingress` and `http_route` are `None` when
@@ -114,6 +119,22 @@ pub enum SpecError {
     ReservedPodAnnotation,
 }
 
+/// Variable `name` read from a Secret key that must exist.
+fn secret_env(name: &str, secret: &SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
 /// Build every child of `sapi`. Pure: the same inputs always give the same children.
 ///
 /// `spec.suspend` only removes the HPA (`hpa: None`): the controller does not apply anything
@@ -125,6 +146,7 @@ pub fn desired(sapi: &ScalableApi, inputs: &Inputs) -> Result<Children, SpecErro
         &config_map,
         inputs.secret_hash.as_deref(),
         inputs.jwks_hash.as_deref(),
+        inputs.events_hash.as_deref(),
     );
     Ok(Children {
         deployment: deployment::deployment(sapi, inputs, &hash)?,
@@ -268,11 +290,13 @@ pub fn secret_hash(secret: &Secret, key: &str, hash_key: &HashKey) -> Option<Str
 }
 
 /// Hash of the rendered ConfigMap data plus the Secret hash: the pod-template annotation.
-/// `jwks_hash` counts only when present, so objects without `spec.auth` keep their hash.
+/// `jwks_hash` and `events_hash` count only when present, so objects without `spec.auth` or
+/// `spec.events` keep their hash.
 pub fn config_hash(
     config_map: &ConfigMap,
     secret_hash: Option<&str>,
     jwks_hash: Option<&str>,
+    events_hash: Option<&str>,
 ) -> String {
     let mut h = Sha256::new();
     // BTreeMap iteration is sorted, and NUL separators keep "a=bc" apart from "ab=c".
@@ -287,6 +311,10 @@ pub fn config_hash(
     if let Some(jwks) = jwks_hash {
         h.update(b"\0jwks\0");
         h.update(jwks.as_bytes());
+    }
+    if let Some(events) = events_hash {
+        h.update(b"\0events\0");
+        h.update(events.as_bytes());
     }
     // 128 bits are plenty to detect a change, and keep `kubectl describe` readable.
     hex(&h.finalize()[..16])

@@ -45,6 +45,7 @@ fn obs<'a>(secret: &'a SecretState, d: Option<&'a Deployment>) -> Observation<'a
         http_route: None,
         pod_monitor: None,
         jwks: None,
+        events: None,
     }
 }
 
@@ -442,4 +443,52 @@ fn a_missing_jwks_secret_is_not_ready_and_says_which() {
     let s = compute(&o, None, Timestamp::now());
     assert_eq!(get(&s, types::AUTH_CONFIGURED).status, "True");
     assert_eq!(get(&s, types::READY).status, "True");
+}
+
+#[test]
+fn a_missing_kafka_key_is_not_ready_and_says_which() {
+    let d = deployment(3, 3);
+    let secret = found();
+    let missing = SecretState::KeyNotFound {
+        name: "kafka-user".into(),
+        key: "password".into(),
+    };
+    let mut o = obs(&secret, Some(&d));
+    o.events = Some(&missing);
+    let s = compute(&o, None, Timestamp::now());
+    let ready = get(&s, types::READY);
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", reasons::KEY_NOT_FOUND)
+    );
+    assert!(
+        ready
+            .message
+            .contains("\"kafka-user\" has no key \"password\"")
+            && ready.message.contains("spec.events.kafka"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(
+        get(&s, types::RECONCILING).reason,
+        reasons::WAITING_FOR_EVENTS_SECRET
+    );
+    assert_eq!(get(&s, types::EVENTS_CONFIGURED).status, "False");
+    let there = found();
+    o.events = Some(&there);
+    let s = compute(&o, None, Timestamp::now());
+    assert_eq!(get(&s, types::EVENTS_CONFIGURED).status, "True");
+    assert_eq!(get(&s, types::READY).status, "True");
+}
+
+#[test]
+fn without_events_there_is_no_events_condition() {
+    let d = deployment(3, 3);
+    let secret = found();
+    let s = compute(&obs(&secret, Some(&d)), None, Timestamp::now());
+    assert!(
+        s.conditions
+            .iter()
+            .all(|c| c.type_ != types::EVENTS_CONFIGURED)
+    );
 }

@@ -408,3 +408,68 @@ fn rate_limit_client_address_takes_a_source_and_hops_only_for_list_headers() {
     ));
     assert!(p[0].contains("maxClients"), "{p:?}");
 }
+
+#[test]
+fn events_kafka_takes_host_port_brokers_a_topic_tls_and_sasl() {
+    let kafka = |v: Value| with("/spec/events", Some(json!({"kafka": v})));
+    let sapi = validate(&kafka(json!({
+        "bootstrapServers": ["kafka-bootstrap.kafka.svc:9093", "10.0.0.7:9092", "[fd00::1]:9094"],
+        "tls": {
+            "caSecretRef": {"name": "kafka-cluster-ca-cert", "key": "ca.crt"},
+            "clientCertificateSecretRef": {"name": "users-kafka"}
+        },
+        "sasl": {"username": "users", "passwordSecretRef": {"name": "users-kafka", "key": "password"}}
+    })))
+    .expect("TLS and SASL");
+    let k = sapi.spec.events.expect("events").kafka;
+    assert_eq!(k.topic, "users.events", "default topic");
+    let client = k.tls.unwrap().client_certificate_secret_ref.unwrap();
+    assert_eq!(
+        (
+            client.certificate_key.as_str(),
+            client.private_key_key.as_str()
+        ),
+        ("tls.crt", "tls.key")
+    );
+    assert_eq!(
+        k.sasl.unwrap().mechanism,
+        crate::crd::SaslMechanism::ScramSha512
+    );
+    validate(&kafka(
+        json!({"bootstrapServers": ["k:9092"], "topic": "a_b-c.9", "tls": {}}),
+    ))
+    .expect("system CAs");
+
+    for broker in [
+        "kafka",
+        "kafka:",
+        ":9092",
+        "http://kafka:9092",
+        "kafka:9092,other:9092",
+        "-k:1",
+    ] {
+        assert_rejected_with(
+            &kafka(json!({"bootstrapServers": [broker]})),
+            messages::KAFKA_BOOTSTRAP_SERVER,
+        );
+    }
+    for topic in [".", "..", "users events", "users/events"] {
+        assert_rejected_with(
+            &kafka(json!({"bootstrapServers": ["k:9092"], "topic": topic})),
+            messages::KAFKA_TOPIC,
+        );
+    }
+    let p = problems(&kafka(json!({"bootstrapServers": []})));
+    assert!(p[0].contains("bootstrapServers"), "{p:?}");
+    let p = problems(&kafka(
+        json!({"bootstrapServers": ["k:9092"], "topic": "t".repeat(250)}),
+    ));
+    assert!(p[0].contains("topic"), "{p:?}");
+    let p = problems(&kafka(json!({"bootstrapServers": ["k:9092"],
+        "sasl": {"mechanism": "GSSAPI", "username": "u", "passwordSecretRef": {"name": "s", "key": "k"}}})));
+    assert!(p[0].contains("mechanism: Unsupported value"), "{p:?}");
+    let p = problems(&kafka(
+        json!({"bootstrapServers": ["k:9092"], "sasl": {"username": "u"}}),
+    ));
+    assert!(p[0].contains("passwordSecretRef: Required value"), "{p:?}");
+}

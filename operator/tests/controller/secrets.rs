@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::ResourceExt;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use operator::crd::ScalableApi;
@@ -264,12 +264,12 @@ async fn the_config_hash_is_keyed_by_one_key_that_two_operator_processes_share()
     let annotation = config_hash(&deployment).expect("config-hash annotation");
     assert_eq!(
         annotation,
-        desired::config_hash(&config_map, Some(&keyed), None),
+        desired::config_hash(&config_map, Some(&keyed), None, None),
         "the config hash is made with the key in the operator's Secret"
     );
     assert_ne!(
         annotation,
-        desired::config_hash(&config_map, Some(&unkeyed), None),
+        desired::config_hash(&config_map, Some(&unkeyed), None, None),
         "the config hash must not be derived from the unkeyed SHA-256 of the password"
     );
     assert!(!annotation.contains(&unkeyed[..16]));
@@ -344,6 +344,89 @@ async fn a_jwks_secret_is_awaited_then_mounted_and_a_new_value_rolls_the_pods() 
         )
         .await
         .expect("rotate the JWKS");
+    c.wait_for::<Deployment>("users", "a new config hash", |d| {
+        config_hash(d) != config_hash(&before)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn kafka_secrets_are_awaited_then_mounted_and_a_new_password_rolls_the_pods() {
+    let c = Cluster::with_operator("kafka").await;
+    create_db_secret(&c, "users").await;
+    scalable_api("users")
+        .with(
+            "/spec/events",
+            json!({"kafka": {"bootstrapServers": ["kafka-bootstrap.kafka.svc:9093"],
+                "tls": {"caSecretRef": {"name": "kafka-ca", "key": "ca.crt"}},
+                "sasl": {"username": "users",
+                    "passwordSecretRef": {"name": "users-kafka", "key": "password"}}}}),
+        )
+        .create(&c)
+        .await;
+    // Neither Secret yet: the first missing one is named, with a Warning, and nothing is
+    // applied (the pods could not start without their files).
+    c.wait_for_condition("users", "EventsConfigured", "False", "SecretNotFound")
+        .await;
+    c.wait_for_event("users", "SecretNotFound").await;
+    assert!(c.get::<Deployment>("users").await.is_none());
+
+    c.api::<Secret>()
+        .create(
+            &PostParams::default(),
+            &secret_in(&c.ns, "kafka-ca", "ca.crt", "-----BEGIN CERTIFICATE-----"),
+        )
+        .await
+        .expect("create the CA Secret");
+    c.api::<Secret>()
+        .create(
+            &PostParams::default(),
+            &secret_in(&c.ns, "users-kafka", "other", "x"),
+        )
+        .await
+        .expect("create the user Secret without its key");
+    c.wait_for_condition("users", "EventsConfigured", "False", "KeyNotFound")
+        .await;
+    c.api::<Secret>()
+        .patch(
+            "users-kafka",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"password": "first"}})),
+        )
+        .await
+        .expect("add the password");
+    c.wait_for_condition("users", "Ready", "True", "Available")
+        .await;
+    c.wait_for_condition("users", "EventsConfigured", "True", "SecretFound")
+        .await;
+    let before = c.get::<Deployment>("users").await.expect("Deployment");
+    let pod = before.spec.clone().unwrap().template.spec.unwrap();
+    let projected: Vec<String> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.projected.as_ref())
+        .flat_map(|p| p.sources.iter().flatten())
+        .filter_map(|s| s.secret.as_ref().map(|s| s.name.clone()))
+        .collect();
+    assert_eq!(projected, ["kafka-ca"]);
+    let config: ConfigMap = c.get("users-config").await.expect("ConfigMap");
+    let data = config.data.unwrap_or_default();
+    assert_eq!(
+        data.get("EVENTS_KAFKA_SECURITY_PROTOCOL")
+            .map(String::as_str),
+        Some("sasl_ssl")
+    );
+    assert!(!data.contains_key("EVENTS_KAFKA_SASL_PASSWORD"));
+
+    c.api::<Secret>()
+        .patch(
+            "users-kafka",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"password": "rotated"}})),
+        )
+        .await
+        .expect("rotate the password");
     c.wait_for::<Deployment>("users", "a new config hash", |d| {
         config_hash(d) != config_hash(&before)
     })

@@ -93,6 +93,7 @@ fn api_container_uses_the_default_image_unless_spec_image_is_set() {
         },
         secret_hash: None,
         jwks_hash: None,
+        events_hash: None,
     };
     let d = desired(&ScalableApi::test(), &inputs)
         .expect("valid")
@@ -282,6 +283,7 @@ fn with_platform_uids_no_id_is_set_and_the_rest_stays_restricted() {
         },
         secret_hash: None,
         jwks_hash: None,
+        events_hash: None,
     };
     let d = desired(&ScalableApi::test(), &inputs)
         .expect("valid")
@@ -476,17 +478,11 @@ fn a_new_jwks_rolls_the_pods_and_no_auth_keeps_the_old_hash() {
             jwks_hash: jwks.map(str::to_owned),
             ..Inputs::default()
         };
-        let d = desired(&ScalableApi::test(), &inputs)
-            .expect("valid")
-            .deployment;
-        d.spec
-            .unwrap()
-            .template
-            .metadata
-            .unwrap()
-            .annotations
-            .unwrap()[CONFIG_HASH_ANNOTATION]
-            .clone()
+        template_hash(
+            &desired(&ScalableApi::test(), &inputs)
+                .expect("valid")
+                .deployment,
+        )
     };
     assert_ne!(hash(Some("k1")), hash(Some("k2")));
     assert_ne!(hash(None), hash(Some("k1")));
@@ -494,8 +490,102 @@ fn a_new_jwks_rolls_the_pods_and_no_auth_keeps_the_old_hash() {
         .unwrap()
         .config_map;
     assert_eq!(
-        crate::desired::config_hash(&cm, Some("db"), None),
+        crate::desired::config_hash(&cm, Some("db"), None, None),
         hash(None),
         "the same hash as before spec.auth existed"
     );
+}
+
+#[test]
+fn events_mount_the_kafka_files_and_read_the_password_from_its_secret() {
+    let sapi = ScalableApi::test().with_kafka_tls_and_sasl(&["kafka.kafka.svc:9093"]);
+    let c = desired(&sapi, &Inputs::default()).expect("valid");
+    let data = c.config_map.data.clone().unwrap();
+    assert_eq!(
+        data.get("EVENTS_KAFKA_BROKERS").map(String::as_str),
+        Some("kafka.kafka.svc:9093")
+    );
+    assert_eq!(data.get("EVENTS_SOURCE").map(String::as_str), Some("users"));
+    let p = pod(&c.deployment);
+    let volume = p
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == crate::desired::kafka::TLS_VOLUME)
+        .expect("kafka-tls volume");
+    assert!(volume.projected.is_some());
+    let mount = api(&c.deployment)
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == crate::desired::kafka::TLS_VOLUME)
+        .expect("kafka-tls mount");
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only),
+        ("/etc/scalable-api/kafka-tls", Some(true))
+    );
+    let password = api(&c.deployment)
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "EVENTS_KAFKA_SASL_PASSWORD")
+        .expect("password variable");
+    assert!(password.value.is_none() && password.value_from.is_some());
+
+    // Plaintext: settings only, nothing mounted, no password.
+    let plain = desired(
+        &ScalableApi::test().with_kafka(&["k:9092"]),
+        &Inputs::default(),
+    )
+    .expect("valid");
+    let p = pod(&plain.deployment);
+    assert!(
+        p.volumes
+            .iter()
+            .flatten()
+            .all(|v| v.name != crate::desired::kafka::TLS_VOLUME)
+    );
+    assert!(
+        api(&plain.deployment)
+            .env
+            .iter()
+            .flatten()
+            .all(|e| e.name != "EVENTS_KAFKA_SASL_PASSWORD")
+    );
+}
+
+#[test]
+fn a_new_kafka_secret_value_rolls_the_pods_and_no_events_keeps_the_old_hash() {
+    let sapi = ScalableApi::test().with_kafka_tls_and_sasl(&["k:9093"]);
+    let hash = |events: Option<&str>| {
+        let inputs = Inputs {
+            secret_hash: Some("db".into()),
+            events_hash: events.map(str::to_owned),
+            ..Inputs::default()
+        };
+        template_hash(&desired(&sapi, &inputs).expect("valid").deployment)
+    };
+    assert_ne!(hash(Some("a:b")), hash(Some("a:c")));
+    let cm = desired(&ScalableApi::test(), &Inputs::default())
+        .unwrap()
+        .config_map;
+    assert_eq!(
+        crate::desired::config_hash(&cm, Some("db"), None, None),
+        crate::desired::config_hash(&cm, Some("db"), None, None),
+    );
+    assert_ne!(
+        crate::desired::config_hash(&cm, Some("db"), None, Some("e")),
+        crate::desired::config_hash(&cm, Some("db"), None, None),
+        "the events hash counts when present"
+    );
+}
+
+/// The pod template's config-hash annotation.
+fn template_hash(d: &Deployment) -> String {
+    d.spec
+        .clone()
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.annotations)
+        .and_then(|a| a.get(CONFIG_HASH_ANNOTATION).cloned())
+        .expect("config-hash annotation")
 }
