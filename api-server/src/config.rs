@@ -289,7 +289,14 @@ pub struct CacheConfig {
     /// slow for the circuit breaker.
     #[arg(long = "redis-timeout-ms", env = "REDIS_TIMEOUT_MS", default_value_t = 20, value_parser = clap::value_parser!(u64).range(2..=10_000))]
     pub redis_timeout_ms: u64,
+    /// Bytes of users the in-process layer in front of Redis may hold (0: none, every read
+    /// asks Redis). It is invalidated exactly as Redis is; only with REDIS_URL.
+    #[arg(long = "cache-local-max-bytes", env = "CACHE_LOCAL_MAX_BYTES", default_value_t = DEFAULT_CACHE_LOCAL_MAX_BYTES)]
+    pub local_max_bytes: u64,
 }
+
+/// 16 MiB: about 50,000 users of the usual size, next to the pod's 256 MiB default limit.
+pub const DEFAULT_CACHE_LOCAL_MAX_BYTES: u64 = 16 * 1024 * 1024;
 
 #[derive(Debug, Clone, Args)]
 pub struct RateLimitConfig {

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: HistogramFamily,
     pub cache_hits: Counter,
+    pub cache_local_hits: Counter,
+    pub cache_local_misses: Counter,
     pub cache_misses: Counter,
     pub cache_errors: Counter,
     pub cache_bypassed: Counter,
@@ -105,6 +107,18 @@ impl Metrics {
             "cache_hits",
             "User reads answered from Redis",
             cache_hits.clone(),
+        );
+        let cache_local_hits = Counter::default();
+        registry.register(
+            "cache_local_hits",
+            "User reads answered from the in-process cache, before Redis",
+            cache_local_hits.clone(),
+        );
+        let cache_local_misses = Counter::default();
+        registry.register(
+            "cache_local_misses",
+            "User reads not found in the in-process cache (then asked of Redis)",
+            cache_local_misses.clone(),
         );
         let cache_misses = Counter::default();
         registry.register(
@@ -239,6 +253,8 @@ impl Metrics {
             http_requests,
             http_duration,
             cache_hits,
+            cache_local_hits,
+            cache_local_misses,
             cache_misses,
             cache_errors,
             cache_bypassed,

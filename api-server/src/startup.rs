@@ -112,6 +112,7 @@ impl Application {
                 url.expose(),
                 config.cache.ttl(),
                 config.cache.redis_timeout(),
+                config.cache.local_max_bytes,
                 metrics.clone(),
             )
             .map_err(StartupError::Redis)?,

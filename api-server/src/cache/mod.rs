@@ -1,4 +1,4 @@
-//! Cache-aside for single users in the pod's own Redis.
+//! Cache-aside for single users in the pod's own Redis, with an in-process layer in front.
 //!
 //! - Values are the user's JSON exactly as served, so a hit is returned without decoding.
 //! - Misses for one id are coalesced (single-flight): N concurrent readers, one query.
@@ -27,6 +27,16 @@
 //! round trip of a fill that would be refused, and they still refuse one whose Redis
 //! restarted empty after the eviction (its generation then reads absent, as it may have
 //! before the eviction).
+//!
+//! **The in-process layer** (`CACHE_LOCAL_MAX_BYTES`, moka, bounded by bytes, same TTL)
+//! answers a hit with no round trip at all. It promises what Redis promises because every
+//! path that forgets a user in Redis forgets it here too, and the same epoch and stripe
+//! counters guard its fills: an entry records the epoch it was read under (a flush makes it
+//! unreachable, and clears the layer), and a fill stores only if its id's stripe counter is
+//! unchanged since before the read, checked and stored under that stripe's lock, the lock
+//! an eviction bumps the counter under. An eviction bumps and clears twice: before Redis is
+//! told (so a fill from Postgres that started earlier is refused), and again after Redis
+//! confirmed (so a Redis hit read just before the `UNLINK` landed is refused, or removed).
 
 mod breaker;
 pub mod invalidation;
@@ -39,6 +49,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use futures::future::BoxFuture;
+use moka::sync::Cache as LocalCache;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 use uuid::Uuid;
@@ -76,10 +87,28 @@ return 0
 /// A stripe's generation as read by a lookup ("" when absent), to be checked by the fill.
 type Generation = String;
 
-/// Test seam: runs after a fill decided to store and before its script is sent.
-type StoreHook = Arc<dyn Fn(Cache, Uuid) -> BoxFuture<'static, ()> + Send + Sync>;
+/// Test seam: runs after a fill decided to store and before it stores.
+type StoreHook = Arc<dyn Fn(Cache, Uuid, Layer) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// The cache's two layers, as the store hook names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    /// In process, in front of Redis.
+    Local,
+    Redis,
+}
 
 type Flight = Arc<OnceCell<Result<Option<Bytes>, Arc<sqlx::Error>>>>;
+
+/// An in-process entry: the value and the epoch it was read under.
+#[derive(Clone)]
+struct Local {
+    epoch: u64,
+    json: Bytes,
+}
+
+/// Bytes an entry costs beyond its value: the key, the epoch and moka's bookkeeping.
+const LOCAL_ENTRY_OVERHEAD: usize = 96;
 
 /// Cheap to clone; all clones share one state.
 #[derive(Clone)]
@@ -95,6 +124,11 @@ struct Inner {
     /// True while invalidations are being received, so cached values can be believed.
     trusted: AtomicBool,
     invalidations: [AtomicU64; STRIPES],
+    /// Held while a stripe's counter moves and while a fill of the in-process layer checks
+    /// it and stores, so no eviction falls between the check and the store.
+    stripe_locks: [Mutex<()>; STRIPES],
+    /// The in-process layer; `None` without Redis or with `CACHE_LOCAL_MAX_BYTES=0`.
+    local: Option<LocalCache<Uuid, Local>>,
     in_flight: Mutex<HashMap<Uuid, Flight>>,
     /// SHA1 of `FILL_SCRIPT` as Redis reported it (no SHA1 code of our own needed).
     fill_sha: std::sync::OnceLock<String>,
@@ -141,15 +175,17 @@ impl CacheStatus {
 impl Cache {
     /// No Redis: every read goes to Postgres (still single-flighted).
     pub fn disabled(metrics: Arc<Metrics>) -> Self {
-        Self::new(None, 1, DEFAULT_REDIS_TIMEOUT, metrics)
+        Self::new(None, 1, DEFAULT_REDIS_TIMEOUT, 0, metrics)
     }
 
     /// Prepares a Redis connection; it is made lazily, so a Redis that is down at start-up
-    /// does not stop the server. Fails only on an invalid URL.
+    /// does not stop the server. Fails only on an invalid URL. `local_max_bytes` bounds the
+    /// in-process layer (0: none).
     pub fn connect(
         url: &str,
         ttl: Duration,
         timeout: Duration,
+        local_max_bytes: u64,
         metrics: Arc<Metrics>,
     ) -> Result<Self, redis::RedisError> {
         let client = redis::Client::open(url)?;
@@ -167,6 +203,7 @@ impl Cache {
             Some(manager),
             ttl.as_secs().max(1),
             timeout,
+            local_max_bytes,
             metrics,
         ))
     }
@@ -175,9 +212,19 @@ impl Cache {
         redis: Option<ConnectionManager>,
         ttl_secs: u64,
         timeout: Duration,
+        local_max_bytes: u64,
         metrics: Arc<Metrics>,
     ) -> Self {
         metrics.cache_breaker_open.set(0);
+        let local = (redis.is_some() && local_max_bytes > 0).then(|| {
+            LocalCache::builder()
+                .max_capacity(local_max_bytes)
+                .weigher(|_: &Uuid, v: &Local| {
+                    u32::try_from(v.json.len() + LOCAL_ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+                })
+                .time_to_live(Duration::from_secs(ttl_secs))
+                .build()
+        });
         Self(Arc::new(Inner {
             redis,
             ttl_secs,
@@ -190,6 +237,8 @@ impl Cache {
             epoch: AtomicU64::new(rand::random()),
             trusted: AtomicBool::new(false),
             invalidations: std::array::from_fn(|_| AtomicU64::new(0)),
+            stripe_locks: std::array::from_fn(|_| Mutex::new(())),
+            local,
             in_flight: Mutex::new(HashMap::new()),
             fill_sha: std::sync::OnceLock::new(),
             before_store: Mutex::new(None),
@@ -215,7 +264,15 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<Bytes>, sqlx::Error>>,
     {
+        if let Some(json) = self.local_get(id) {
+            return Ok(Some(json));
+        }
+        // Read before Redis is asked: a Redis hit may go into the in-process layer only if
+        // no eviction of the id began since.
+        let epoch = self.0.epoch.load(Ordering::Acquire);
+        let seen = self.stripe(id).load(Ordering::Acquire);
         if let Lookup::Hit(json) = self.lookup(id, true).await {
+            self.local_fill(id, epoch, seen, &json).await;
             return Ok(Some(json));
         }
         let flight = Joined::new(self, id);
@@ -235,6 +292,7 @@ impl Cache {
                 let Some(json) = load().await.map_err(Arc::new)? else {
                     return Ok(None);
                 };
+                self.local_fill(id, epoch, seen, &json).await;
                 if let Some(generation) = generation {
                     self.fill(id, epoch, seen, generation, json.clone()).await;
                 }
@@ -242,6 +300,15 @@ impl Cache {
             })
             .await
             .clone()
+    }
+
+    /// Bytes the in-process layer holds by its weigher (0 without it), after moka applied
+    /// its pending evictions.
+    pub fn local_bytes(&self) -> u64 {
+        self.0.local.as_ref().map_or(0, |local| {
+            local.run_pending_tasks();
+            local.weighted_size()
+        })
     }
 
     /// Ids with a load in progress (single-flight entries).
@@ -259,9 +326,7 @@ impl Cache {
         if ids.is_empty() {
             return;
         }
-        for &id in ids {
-            self.stripe(id).fetch_add(1, Ordering::AcqRel);
-        }
+        self.forget_locally(ids);
         {
             let mut flights = self.flights();
             for id in ids {
@@ -276,6 +341,7 @@ impl Cache {
             self.flush("an eviction could not be confirmed");
             return;
         }
+        let _again = ForgetAgain { cache: self, ids };
         // Generations first: a fill's script that runs between the two sees the new one and
         // stores nothing; one that ran before has its value unlinked.
         let mut stripes: Vec<usize> = ids.iter().map(|&id| stripe_index(id)).collect();
@@ -298,13 +364,14 @@ impl Cache {
         }
     }
 
-    /// Test seam: `hook` runs in every fill after it decided to store and before its script
-    /// is sent, the window in which a racing write used to slip a stale value in. It gets
-    /// this cache (a hook that captured it would keep it alive).
+    /// Test seam: `hook` runs in every fill of a layer after it decided to store and before
+    /// it stores (the in-process layer: before its check under the stripe lock; Redis: before
+    /// the script is sent), the window in which a racing write used to slip a stale value
+    /// in. It gets this cache (a hook that captured it would keep it alive).
     #[doc(hidden)]
     pub fn set_before_store_hook(
         &self,
-        hook: impl Fn(Cache, Uuid) -> BoxFuture<'static, ()> + Send + Sync + 'static,
+        hook: impl Fn(Cache, Uuid, Layer) -> BoxFuture<'static, ()> + Send + Sync + 'static,
     ) {
         *self
             .0
@@ -313,9 +380,12 @@ impl Cache {
             .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(hook));
     }
 
-    /// Makes every cached entry unreachable (new epoch).
+    /// Makes every cached entry unreachable (new epoch), and empties the in-process layer.
     pub fn flush(&self, reason: &'static str) {
         self.0.epoch.fetch_add(1, Ordering::AcqRel);
+        if let Some(local) = &self.0.local {
+            local.invalidate_all();
+        }
         self.0.metrics.cache_flushes.inc();
         // Debug: during a Redis outage every write flushes; the metric counts them.
         tracing::debug!(reason, "cache flushed");
@@ -344,6 +414,78 @@ impl Cache {
         match self.call_within::<String>("PING", ping, budget).await {
             Ok(_) => CacheStatus::Up,
             Err(_) => CacheStatus::Down,
+        }
+    }
+
+    async fn before_store(&self, id: Uuid, layer: Layer) {
+        let hook = self
+            .0
+            .before_store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(hook) = hook {
+            hook(self.clone(), id, layer).await;
+        }
+    }
+
+    /// The in-process layer's value, if it has one of the current epoch and the cache is
+    /// trusted.
+    fn local_get(&self, id: Uuid) -> Option<Bytes> {
+        let local = self.0.local.as_ref()?;
+        if !self.is_trusted() {
+            return None;
+        }
+        match local.get(&id) {
+            Some(entry) if entry.epoch == self.0.epoch.load(Ordering::Acquire) => {
+                self.0.metrics.cache_local_hits.inc();
+                Some(entry.json)
+            }
+            _ => {
+                self.0.metrics.cache_local_misses.inc();
+                None
+            }
+        }
+    }
+
+    /// Stores a value read (from Redis or Postgres) after `epoch` and `seen` were read,
+    /// unless a flush or an eviction of its stripe happened since. Checked and stored under
+    /// the stripe's lock, which every eviction takes to move the counter.
+    async fn local_fill(&self, id: Uuid, epoch: u64, seen: u64, json: &Bytes) {
+        let Some(local) = &self.0.local else {
+            return;
+        };
+        self.before_store(id, Layer::Local).await;
+        let _stripe = self.0.stripe_locks[stripe_index(id)]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if self.is_trusted()
+            && self.stripe(id).load(Ordering::Acquire) == seen
+            && self.0.epoch.load(Ordering::Acquire) == epoch
+        {
+            local.insert(
+                id,
+                Local {
+                    epoch,
+                    json: json.clone(),
+                },
+            );
+        }
+    }
+
+    /// Moves the stripe counters of `ids` (refusing fills that read before now) and removes
+    /// them from the in-process layer.
+    fn forget_locally(&self, ids: &[Uuid]) {
+        for &id in ids {
+            let _stripe = self.0.stripe_locks[stripe_index(id)]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            self.stripe(id).fetch_add(1, Ordering::AcqRel);
+        }
+        if let Some(local) = &self.0.local {
+            for id in ids {
+                local.invalidate(id);
+            }
         }
     }
 
@@ -390,15 +532,7 @@ impl Cache {
         {
             return;
         }
-        let hook = self
-            .0
-            .before_store
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some(hook) = hook {
-            hook(self.clone(), id).await;
-        }
+        self.before_store(id, Layer::Redis).await;
         // The epoch is the one read before the query: if a flush happened since, this value
         // lands in the old, unreachable namespace instead of poisoning the new one.
         let keys = [self.key(epoch, id), generation_key(stripe_index(id))];
@@ -562,6 +696,20 @@ fn stripe_index(id: Uuid) -> usize {
 
 fn generation_key(stripe: usize) -> String {
     format!("{GENERATION_PREFIX}:{stripe}")
+}
+
+/// Forgets the ids in process once more when the Redis eviction is over, whatever its
+/// outcome (a failure flushes as well): a Redis hit read before the `UNLINK` landed may have
+/// been stored in the in-process layer after the first pass.
+struct ForgetAgain<'a> {
+    cache: &'a Cache,
+    ids: &'a [Uuid],
+}
+
+impl Drop for ForgetAgain<'_> {
+    fn drop(&mut self) {
+        self.cache.forget_locally(self.ids);
+    }
 }
 
 /// One caller's share of an id's single flight. Dropping it, on completion or on

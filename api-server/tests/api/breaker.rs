@@ -9,6 +9,8 @@ async fn app_behind_proxy(redis_timeout_ms: Option<u64>) -> (TestApp, String) {
     let app = spawn_app_with(Options {
         redis_proxy: true,
         redis_timeout_ms,
+        // Every read must reach Redis: these tests are about its calls.
+        cache_local_max_bytes: Some(0),
         ..Options::default()
     })
     .await;

@@ -6,8 +6,12 @@ use serde_json::{Value, json};
 use crate::helpers::{Options, eventually, spawn_app, spawn_app_with};
 
 #[tokio::test]
-async fn the_second_read_is_a_cache_hit() {
-    let app = spawn_app().await;
+async fn the_second_read_is_a_redis_hit_without_the_in_process_layer() {
+    let app = spawn_app_with(Options {
+        cache_local_max_bytes: Some(0),
+        ..Options::default()
+    })
+    .await;
     let user = app.create_user("Ada", "ada@example.com").await;
     let id = user["id"].as_str().unwrap();
 
@@ -131,6 +135,8 @@ async fn a_fill_after_redis_lost_its_scripts_still_stores() {
     // About the script fallback, not timeouts: Redis gets time to answer on a loaded machine.
     let app = spawn_app_with(Options {
         redis_timeout_ms: Some(250),
+        // The second read must reach Redis to show the value was stored there.
+        cache_local_max_bytes: Some(0),
         ..Options::default()
     })
     .await;
@@ -182,6 +188,7 @@ async fn ten_thousand_cancelled_misses_leave_no_single_flight_entry() {
         &redis.url(),
         Duration::from_secs(60),
         Duration::from_millis(20),
+        0,
         metrics,
     )
     .unwrap();
@@ -248,6 +255,7 @@ async fn a_fill_that_read_the_row_before_a_write_and_its_eviction_stores_nothing
         &redis.url(),
         Duration::from_secs(60),
         Duration::from_millis(250),
+        0,
         Arc::new(api_server::metrics::Metrics::new()),
     )
     .unwrap();
@@ -271,24 +279,7 @@ async fn a_fill_that_read_the_row_before_a_write_and_its_eviction_stores_nothing
     events.subscribe("__keyspace@0__:marker").await.unwrap();
 
     // The writer runs exactly once, between the fill's Postgres read and its store.
-    let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    {
-        let (pool, writes) = (pool.clone(), writes.clone());
-        cache.set_before_store_hook(move |cache, hook_id| {
-            let (pool, writes) = (pool.clone(), writes.clone());
-            Box::pin(async move {
-                if hook_id != id || writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
-                    return;
-                }
-                sqlx::query("UPDATE users SET name = 'after' WHERE id = $1")
-                    .bind(id)
-                    .execute(&pool)
-                    .await
-                    .unwrap();
-                cache.evict(id, "local").await;
-            })
-        });
-    }
+    let writes = write_once_before_store(&cache, &pool, id, api_server::cache::Layer::Redis);
     let db = api_server::db::Db::from(pool.clone());
     let load = || async {
         let user = api_server::db::users::get(&db, id).await?;
@@ -337,4 +328,152 @@ async fn a_fill_that_read_the_row_before_a_write_and_its_eviction_stores_nothing
         serde_json::from_slice::<Value>(&next).unwrap()["name"],
         "after"
     );
+}
+
+#[tokio::test]
+async fn the_second_read_is_an_in_process_hit_and_redis_is_not_asked() {
+    let app = spawn_app().await;
+    let id = app.create_user_id("Ada", "ada@example.com").await;
+
+    let first: Value = app.get_user(&id).await.json().await.unwrap();
+    let second: Value = app.get_user(&id).await.json().await.unwrap();
+
+    assert_eq!(first, second);
+    assert_eq!(app.metric("db_user_reads_total").await, 1.0);
+    assert_eq!(app.metric("cache_local_misses_total").await, 1.0);
+    assert_eq!(app.metric("cache_local_hits_total").await, 1.0);
+    assert_eq!(
+        app.metric("cache_misses_total").await,
+        1.0,
+        "Redis asked once"
+    );
+    assert_eq!(app.metric("cache_hits_total").await, 0.0);
+}
+
+/// The in-process layer hears what Redis hears: a change made in SQL (no API write on this
+/// replica) reaches it through NOTIFY, long before the TTL.
+#[tokio::test]
+async fn an_update_made_in_sql_evicts_the_in_process_layer_through_notify() {
+    let app = spawn_app().await;
+    let id = app.create_user_id("Ada", "ada@example.com").await;
+    app.get_user(&id).await;
+    app.get_user(&id).await;
+    assert_eq!(
+        app.metric("cache_local_hits_total").await,
+        1.0,
+        "cached in process"
+    );
+
+    let pool = sqlx::PgPool::connect(&app.pg.url(&app.database))
+        .await
+        .unwrap();
+    sqlx::query("UPDATE users SET name = 'Grace' WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(2), "the SQL update served", || async {
+        let read: Value = app.get_user(&id).await.json().await.unwrap();
+        read["name"] == "Grace"
+    })
+    .await;
+}
+
+/// The fill race of the in-process layer, forced: the reader read the old row, then a
+/// write commits and evicts before the reader stores. The store must be refused, or the old
+/// value would be served until the TTL.
+#[tokio::test]
+async fn an_in_process_fill_that_read_the_row_before_a_write_and_its_eviction_stores_nothing() {
+    let app = spawn_app().await;
+    let id = app.create_user_id("before", "ada@example.com").await;
+    let id = uuid::Uuid::parse_str(&id).unwrap();
+    let metrics = Arc::new(api_server::metrics::Metrics::new());
+    let cache = api_server::cache::Cache::connect(
+        &app.redis.as_ref().unwrap().url(),
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        1 << 20,
+        metrics.clone(),
+    )
+    .unwrap();
+    cache.set_trusted(true);
+    let pool = sqlx::PgPool::connect(&app.pg.url(&app.database))
+        .await
+        .unwrap();
+    let writes = write_once_before_store(&cache, &pool, id, api_server::cache::Layer::Local);
+    let db = api_server::db::Db::from(pool.clone());
+    let read = || async {
+        let load = || async {
+            let user = api_server::db::users::get(&db, id).await?;
+            Ok(user.map(|u| axum::body::Bytes::from(serde_json::to_vec(&u).unwrap())))
+        };
+        let json = cache.get_user(id, load).await.unwrap().unwrap();
+        serde_json::from_slice::<Value>(&json).unwrap()["name"].clone()
+    };
+
+    assert_eq!(read().await, "before", "the read started before the write");
+    assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(read().await, "after", "the old value was stored in process");
+    assert_eq!(metrics.cache_local_hits.get(), 0);
+    assert_eq!(read().await, "after");
+    assert_eq!(
+        metrics.cache_local_hits.get(),
+        1,
+        "the fresh value is cached"
+    );
+}
+
+#[tokio::test]
+async fn the_in_process_layer_stays_within_its_bytes() {
+    let app = spawn_app().await;
+    const MAX: u64 = 64 * 1024;
+    let cache = api_server::cache::Cache::connect(
+        &app.redis.as_ref().unwrap().url(),
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        MAX,
+        Arc::new(api_server::metrics::Metrics::new()),
+    )
+    .unwrap();
+    cache.set_trusted(true);
+    let value = axum::body::Bytes::from(vec![b'x'; 300]);
+    for _ in 0..2_000 {
+        let value = value.clone();
+        cache
+            .get_user(uuid::Uuid::now_v7(), || async move { Ok(Some(value)) })
+            .await
+            .unwrap();
+    }
+    let held = cache.local_bytes();
+    assert!(held > 0 && held <= MAX, "{held} bytes held, bound {MAX}");
+}
+
+/// Makes `cache` update `id` to "after" and evict it exactly once, inside the first fill of
+/// `layer` (between its read and its store); returns the count of hook runs that wrote.
+fn write_once_before_store(
+    cache: &api_server::cache::Cache,
+    pool: &sqlx::PgPool,
+    id: uuid::Uuid,
+    layer: api_server::cache::Layer,
+) -> Arc<std::sync::atomic::AtomicUsize> {
+    let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (pool, counter) = (pool.clone(), writes.clone());
+    cache.set_before_store_hook(move |cache, hook_id, hook_layer| {
+        let (pool, writes) = (pool.clone(), counter.clone());
+        Box::pin(async move {
+            if hook_id != id
+                || hook_layer != layer
+                || writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0
+            {
+                return;
+            }
+            sqlx::query("UPDATE users SET name = 'after' WHERE id = $1")
+                .bind(id)
+                .execute(&pool)
+                .await
+                .unwrap();
+            cache.evict(id, "local").await;
+        })
+    });
+    writes
 }

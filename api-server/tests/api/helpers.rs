@@ -75,6 +75,8 @@ pub struct Options {
     /// Reach Postgres through a fault-injecting proxy (`TestApp::pg_proxy`).
     pub pg_proxy: bool,
     pub redis_timeout_ms: Option<u64>,
+    /// `CACHE_LOCAL_MAX_BYTES` (0: no in-process layer, every read asks Redis).
+    pub cache_local_max_bytes: Option<u64>,
     /// Bind `[::]` (the production default) instead of 127.0.0.1.
     pub bind_all_interfaces: bool,
     /// Bearer-token authentication (off by default, as in production).
@@ -117,6 +119,9 @@ pub fn config(url: &str, redis_url: Option<String>, options: &Options) -> Config
             redis_url: redis_url.map(Secret::new),
             ttl_seconds: 300,
             redis_timeout_ms: options.redis_timeout_ms.unwrap_or(20),
+            local_max_bytes: options
+                .cache_local_max_bytes
+                .unwrap_or(api_server::config::DEFAULT_CACHE_LOCAL_MAX_BYTES),
         },
         rate_limit: RateLimitConfig {
             rps: options.rate_limit.and_then(|(rps, _)| rps.try_into().ok()),
@@ -347,6 +352,11 @@ impl TestApp {
             })
             .and_then(|value| value.trim().parse().ok())
             .unwrap_or_else(|| panic!("metric {name} not found in:\n{text}"))
+    }
+
+    /// Reads answered from either cache layer (in process or Redis).
+    pub async fn cached_reads(&self) -> f64 {
+        self.metric("cache_hits_total").await + self.metric("cache_local_hits_total").await
     }
 
     /// A second app on the same database, with its own Redis.
