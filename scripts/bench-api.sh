@@ -2,19 +2,28 @@
 # `make bench-api`: load test of a release build of api-server on 127.0.0.1.
 #
 # Starts a fresh throwaway PostgreSQL and Redis (scripts/dev-services.sh, state in
-# .tools/bench), builds and starts api-server (cache on, no rate limit, JSON logs at warn),
-# seeds BENCH_SEED users through POST /users, then drives wrk with BENCH_CONNECTIONS
-# connections on BENCH_THREADS threads for BENCH_DURATION seconds per scenario, each after
-# a BENCH_WARMUP-second warm-up whose figures are discarded:
+# .tools/bench), builds and starts api-server configured as the operator renders a default
+# ScalableApi (cache on, no rate limit, DB_POOL_MAX=10, DB_POOL_MIN=1, the default log
+# filter, JSON logs, CACHE_TTL_SECONDS=300), seeds BENCH_SEED users through POST /users,
+# then drives wrk with BENCH_CONNECTIONS connections on BENCH_THREADS threads for
+# BENCH_DURATION seconds per scenario, each after a BENCH_WARMUP-second warm-up whose
+# figures are discarded:
 #   GET /healthz | GET /users/{random seeded id} (cache warmed first) | GET /users?limit=50 |
-#   POST /users
+#   POST /users | PUT /users/{random seeded id} | DELETE /users/{id} (of users created for
+#   it) | mixed: 90% GET and 10% PUT of random seeded ids
 # and prints a Markdown table (req/s, p50, p99, non-2xx, CPU of each process) plus the
-# server's peak RSS. Everything it started is stopped on exit. Files: .tools/bench/.
+# server's peak RSS. Then open-loop runs (vegeta, a constant offered rate, so no coordinated
+# omission): the cached GET and the POST at half the req/s their closed-loop run reached,
+# with p50/p99/p99.9. Everything it started is stopped on exit. Files: .tools/bench/.
 #
 # Knobs (environment): BENCH_DURATION=15 BENCH_WARMUP=5 BENCH_CONNECTIONS=64
-# BENCH_THREADS=2 BENCH_SEED=10000 BENCH_DB_POOL_MAX=32
-# BENCH_SCENARIOS="healthz get list post" (list before post: it then reads a table that
-# autovacuum is not busy with), plus optional post-nosync (POST /users while Postgres
+# BENCH_THREADS=2 BENCH_SEED=10000 BENCH_DB_POOL_MAX=10 BENCH_DB_POOL_MIN=1
+# BENCH_RUST_LOG (unset: the api-server's default filter) BENCH_DELETE_POOL=100000 (users
+# created for the DELETE run; more deletes than that show as 404s)
+# BENCH_SCENARIOS="healthz get list post put delete mixed open-get open-post" (list before
+# post: it then reads a table that autovacuum is not busy with; open-get and open-post
+# take half the rate of get and post in the same run, or BENCH_OPEN_RATE_GET and
+# BENCH_OPEN_RATE_POST), plus optional post-nosync (POST /users while Postgres
 # runs with synchronous_commit=off, to separate the app's cost from the disk's fsync rate)
 # BENCH_NO_BUILD=1 (use the existing target/release/api-server; BENCH_SERVER_BIN=path another binary).
 # KAFKA=1 also starts a Kafka broker (dev-services.sh), so the server publishes user events:
@@ -30,8 +39,10 @@ warmup="${BENCH_WARMUP:-5}"
 conns="${BENCH_CONNECTIONS:-64}"
 threads="${BENCH_THREADS:-2}"
 seed="${BENCH_SEED:-10000}"
-pool_max="${BENCH_DB_POOL_MAX:-32}"
-scenarios="${BENCH_SCENARIOS:-healthz get list post}"
+pool_max="${BENCH_DB_POOL_MAX:-10}"
+pool_min="${BENCH_DB_POOL_MIN:-1}"
+delete_pool="${BENCH_DELETE_POOL:-100000}"
+scenarios="${BENCH_SCENARIOS:-healthz get list post put delete mixed open-get open-post}"
 work="$root/.tools/bench"
 services="$root/scripts/dev-services.sh"
 lua="$root/scripts/bench"
@@ -79,10 +90,12 @@ port="$("$services" free-port)"
 admin_port="$("$services" free-port)"
 base="http://127.0.0.1:$port"
 admin="http://127.0.0.1:$admin_port"
-log "starting api-server on $base (DB_POOL_MAX=$pool_max, cache on, no rate limit)"
-env -u RATE_LIMIT_RPS -u RATE_LIMIT_BURST \
-  BIND_ADDRESS=127.0.0.1 PORT="$port" ADMIN_PORT="$admin_port" RUST_LOG=warn LOG_FORMAT=json DB_POOL_MAX="$pool_max" DB_POOL_MIN="$pool_max" \
-  CACHE_TTL_SECONDS=3600 "$server_bin" >"$work/server.log" 2>&1 &
+log "starting api-server on $base (DB_POOL_MAX=$pool_max, DB_POOL_MIN=$pool_min, RUST_LOG=${BENCH_RUST_LOG:-<default>}, cache on, no rate limit)"
+log_env=(-u RUST_LOG)
+[ -n "${BENCH_RUST_LOG:-}" ] && log_env=(RUST_LOG="$BENCH_RUST_LOG")
+env -u RATE_LIMIT_RPS -u RATE_LIMIT_BURST -u CACHE_TTL_SECONDS "${log_env[@]}" \
+  BIND_ADDRESS=127.0.0.1 PORT="$port" ADMIN_PORT="$admin_port" LOG_FORMAT=json DB_POOL_MAX="$pool_max" DB_POOL_MIN="$pool_min" \
+  "$server_bin" >"$work/server.log" 2>&1 &
 server_pid=$!
 
 for i in $(seq 600); do
@@ -148,27 +161,36 @@ run_wrk() {
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # --- seed -----------------------------------------------------------------------------------
+# seed_users <count> <dir>: creates <count> users through POST /users (16 connections), their
+# ids in <dir>/ids.txt; prints the seconds it took.
+seed_users() {
+  local count="$1" dir="$2" start n_done failed n_ids
+  rm -rf "$dir"; mkdir -p "$dir"
+  start=$(date +%s.%N)
+  BENCH_SEED="$count" BENCH_IDS_DIR="$dir" \
+    wrk -t"$threads" -c16 -d300s -s "$lua/seed-users.lua" "$base/users" -- "$threads" \
+    >"$dir/wrk-seed.txt" 2>&1 &
+  wrk_pid=$!
+  while kill -0 "$wrk_pid" 2>/dev/null; do
+    n_done=$(find "$dir" -name 'done-*' | wc -l)
+    [ "$n_done" -ge "$threads" ] && { kill -INT "$wrk_pid"; break; }
+    sleep 0.1
+  done
+  wait "$wrk_pid" || true
+  wrk_pid=""
+  failed=$(cat "$dir"/done-* 2>/dev/null | awk '{s+=$2} END{print s+0}')
+  cat "$dir"/ids-* >"$dir/ids.txt"
+  n_ids=$(wc -l <"$dir/ids.txt")
+  if [ "$n_ids" -ne "$count" ] || [ "$failed" -ne 0 ]; then
+    log "seeding failed: $n_ids ids, $failed failures"; cat "$dir/wrk-seed.txt" >&2; exit 1
+  fi
+  awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}'
+}
+
 log "seeding $seed users through POST /users"
-seed_start=$(date +%s.%N)
-BENCH_SEED="$seed" BENCH_IDS_DIR="$work/ids" \
-  wrk -t"$threads" -c16 -d300s -s "$lua/seed-users.lua" "$base/users" -- "$threads" \
-  >"$work/wrk-seed.txt" 2>&1 &
-wrk_pid=$!
-while kill -0 "$wrk_pid" 2>/dev/null; do
-  n_done=$(find "$work/ids" -name 'done-*' | wc -l)
-  [ "$n_done" -ge "$threads" ] && { kill -INT "$wrk_pid"; break; }
-  sleep 0.1
-done
-wait "$wrk_pid" || true
-wrk_pid=""
-failed=$(cat "$work"/ids/done-* 2>/dev/null | awk '{s+=$2} END{print s+0}')
-cat "$work"/ids/ids-* >"$work/ids.txt"
-n_ids=$(wc -l <"$work/ids.txt")
-seed_secs=$(awk -v s="$seed_start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}')
-if [ "$n_ids" -ne "$seed" ] || [ "$failed" -ne 0 ]; then
-  log "seeding failed: $n_ids ids, $failed failures"; cat "$work/wrk-seed.txt" >&2; exit 1
-fi
-log "seeded $n_ids users in ${seed_secs} s"
+seed_secs="$(seed_users "$seed" "$work/ids")"
+cp "$work/ids/ids.txt" "$work/ids.txt"
+log "seeded $seed users in ${seed_secs} s"
 export BENCH_IDS="$work/ids.txt"
 
 # --- scenarios ------------------------------------------------------------------------------
@@ -178,22 +200,55 @@ label[get]="GET /users/{id}";       note[get]=" (random seeded id, warm cache)";
 label[post]="POST /users";          note[post]=" (unique emails)";              script[post]="$lua/post-users.lua";        path[post]="/users";         args[post]="run"
 label[post-nosync]="POST /users"; note[post-nosync]=" with Postgres \`synchronous_commit=off\` (not durable: the app's own ceiling)"; script[post-nosync]="$lua/post-users.lua"; path[post-nosync]="/users"; args[post-nosync]="nosync"
 label[list]="GET /users?limit=50";  note[list]=" (first page)";                 script[list]="$lua/common.lua";            path[list]="/users?limit=50"; args[list]=""
+label[put]="PUT /users/{id}";       note[put]=" (random seeded id, new name and email)"; script[put]="$lua/put-users-random.lua"; path[put]="/users"; args[put]="run"
+label[delete]="DELETE /users/{id}"; note[delete]=" (each id once, of $delete_pool users created for it)"; script[delete]="$lua/delete-users.lua"; path[delete]="/users"; args[delete]=""
+label[mixed]="90% GET + 10% PUT";   note[mixed]=" (random seeded ids)";         script[mixed]="$lua/mixed.lua";            path[mixed]="/users";        args[mixed]="run"
+declare -A max_rps
+open_rows=()
 
 rows=()
 for s in $scenarios; do
+  if [[ "$s" == open-* ]]; then
+    kind="${s#open-}"
+    case "$kind" in
+      get) fixed="${BENCH_OPEN_RATE_GET:-}" ;;
+      post) fixed="${BENCH_OPEN_RATE_POST:-}" ;;
+      *) log "unknown scenario $s"; exit 2 ;;
+    esac
+    rate="${fixed:-$(( ${max_rps[$kind]:-0} / 2 ))}"
+    [ "$rate" -gt 0 ] || { log "$s needs the $kind scenario earlier in BENCH_SCENARIOS (or BENCH_OPEN_RATE_${kind^^})"; exit 2; }
+    log "$s: ${duration} s at a constant $rate req/s (vegeta)"
+    read -r _ _ achieved o50 o99 o999 omax onon2xx ototal < <(VEGETA="$root/.tools/bin/vegeta" \
+      python3 "$lua/open_loop.py" "$kind" "$base" "$rate" "$duration" "$BENCH_IDS" | grep '^OPEN ')
+    open_rows+=("| \`${label[$kind]}\`${note[$kind]} | $rate | $achieved | $o50 ms | $o99 ms | $o999 ms | $omax ms | $onon2xx |")
+    log "$s: offered $rate/s, achieved $achieved/s, p50 $o50 ms, p99 $o99 ms, p99.9 $o999 ms, non-2xx $onon2xx of $ototal"
+    continue
+  fi
   [ -n "${label[$s]:-}" ] || { log "unknown scenario $s"; exit 2; }
+  if [ "$s" = delete ]; then
+    log "delete: creating $delete_pool users to delete"
+    seed_users "$delete_pool" "$work/victims" >/dev/null
+    export BENCH_DELETE_IDS="$work/victims/ids.txt"
+  fi
   warm_args="${args[$s]}"
   [ "$s" = get ] && warm_args="seq" # every seeded id once at least: a warm cache
   [ "$s" = post ] && warm_args="warm"
+  [ "$s" = put ] && warm_args="warm"
+  [ "$s" = mixed ] && warm_args="warm"
   [ "$s" = post-nosync ] && { warm_args="warmnosync"; pg_sync off; }
   log "$s: warm-up ${warmup} s"
   # shellcheck disable=SC2086 # no argument when empty
-  run_wrk "$s-warmup" "$warmup" "${script[$s]}" "${path[$s]}" $warm_args >/dev/null
+  if [ "$s" = delete ]; then # every id is for the measured run: warm up on /healthz
+    run_wrk "$s-warmup" "$warmup" "$lua/common.lua" /healthz >/dev/null
+  else
+    run_wrk "$s-warmup" "$warmup" "${script[$s]}" "${path[$s]}" $warm_args >/dev/null
+  fi
   log "$s: ${duration} s, $conns connections, $threads threads"
   read -r s_srv s_pg s_redis s_busy s_total < <(snapshot)
   # shellcheck disable=SC2086
   read -r rps p50 p99 non2xx sockerr total wrk_ticks < <(run_wrk "$s" "$duration" "${script[$s]}" "${path[$s]}" ${args[$s]})
   read -r e_srv e_pg e_redis e_busy e_total < <(snapshot)
+  max_rps[$s]="$rps"
   machine_busy=$(awk -v b=$((e_busy - s_busy)) -v t=$((e_total - s_total)) 'BEGIN{printf "%.0f%%", 100*b/t}')
   u_srv=$(us $((e_srv - s_srv)) "$total"); u_pg=$(us $((e_pg - s_pg)) "$total")
   u_redis=$(us $((e_redis - s_redis)) "$total"); u_wrk=$(us "$wrk_ticks" "$total")
@@ -245,13 +300,21 @@ rss=$(awk '/^VmRSS/{printf "%.1f MiB", $2/1024}' "/proc/$server_pid/status")
 
 {
   echo
-  echo "api-server load test: $conns connections, $threads wrk threads, ${duration} s per scenario after a ${warmup} s warm-up, $seed seeded users, DB_POOL_MAX=$pool_max"
+  echo "api-server load test: $conns connections, $threads wrk threads, ${duration} s per scenario after a ${warmup} s warm-up, $seed seeded users, DB_POOL_MAX=$pool_max, DB_POOL_MIN=$pool_min, RUST_LOG=${BENCH_RUST_LOG:-<api-server default>}"
   echo "$(nproc) CPUs shared with wrk; load average before the run: $load_before, after: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo
   echo "| scenario | req/s | p50 | p99 | non-2xx | CPU µs per request: api-server / Postgres / Redis / wrk | CPU-bound ceiling, req/s | machine busy |"
   echo "|---|---:|---:|---:|---:|---:|---:|---:|"
   printf '%s\n' "${rows[@]}"
   echo
+  if [ "${#open_rows[@]}" -gt 0 ]; then
+    echo "Open loop (vegeta, constant offered rate, latency from each request's scheduled send; non-2xx includes requests with no answer):"
+    echo
+    echo "| scenario | offered req/s | achieved req/s | p50 | p99 | p99.9 | max | non-2xx |"
+    echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+    printf '%s\n' "${open_rows[@]}"
+    echo
+  fi
   echo "api-server peak RSS (VmHWM): $hwm; RSS at the end: $rss. Seeding $seed users took ${seed_secs} s. Non-2xx answers counted by the server's /metrics over the whole run: $server_non2xx."
   if [ -n "$events_line" ]; then echo "$events_line"; fi
   echo "non-2xx: responses >= 400 plus socket errors (wrk). CPU µs per request: user + system time of each process during the measured run divided by its requests. Ceiling: $(nproc) cores / the sum of those costs, the rate the machine could sustain if nothing else ran. Machine busy: all CPUs, including other programs."

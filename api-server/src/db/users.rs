@@ -9,6 +9,10 @@
 //! only if its version is still that one, in the same statement, so no other write can slip
 //! in between the check and the change. The `users_versioned` trigger bumps the version.
 //!
+//! Spans are at debug level: at the default filter (info) the request span already names
+//! the method, path and request id, and a second span per query would be formatted and
+//! allocated on every request for nothing.
+//!
 //! With `events` (EVENTS_KAFKA_BROKERS set) a write runs `outbox`'s form of its statement,
 //! which also records the event in the same statement; without, the plain one (no outbox
 //! row at all). Both take the same binds.
@@ -28,7 +32,7 @@ macro_rules! columns {
     };
 }
 
-#[tracing::instrument(skip_all, fields(user_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = %id))]
 pub async fn insert(db: &Db, id: Uuid, user: &NewUser, events: bool) -> Result<User, sqlx::Error> {
     db.write(|conn| insert_on(conn, id, user.clone(), events).boxed())
         .await
@@ -53,7 +57,7 @@ pub async fn insert_on(
         .await
 }
 
-#[tracing::instrument(skip_all, fields(user_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = %id))]
 pub async fn get(db: &Db, id: Uuid) -> Result<Option<User>, sqlx::Error> {
     db.read(|conn| {
         sqlx::query_as::<_, User>(concat!("SELECT ", columns!(), " FROM users WHERE id = $1"))
@@ -65,7 +69,7 @@ pub async fn get(db: &Db, id: Uuid) -> Result<Option<User>, sqlx::Error> {
 }
 
 /// The user with this e-mail address, ignoring case (the `users_email_key` index).
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn find_by_email(db: &Db, email: &str) -> Result<Option<User>, sqlx::Error> {
     db.read(|conn| {
         sqlx::query_as::<_, User>(concat!(
@@ -81,7 +85,7 @@ pub async fn find_by_email(db: &Db, email: &str) -> Result<Option<User>, sqlx::E
 }
 
 /// The current version, to check an `If-Match` against.
-#[tracing::instrument(skip_all, fields(user_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = %id))]
 pub async fn version(db: &Db, id: Uuid) -> Result<Option<i64>, sqlx::Error> {
     db.read(|conn| {
         sqlx::query_scalar("SELECT version FROM users WHERE id = $1")
@@ -94,7 +98,7 @@ pub async fn version(db: &Db, id: Uuid) -> Result<Option<i64>, sqlx::Error> {
 
 /// Replaces name and email; `None` when there is no such user (at `expected`, if given).
 /// The `users_changed` trigger NOTIFYs in the same transaction.
-#[tracing::instrument(skip_all, fields(user_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = %id))]
 pub async fn update(
     db: &Db,
     id: Uuid,
@@ -120,7 +124,7 @@ pub async fn update(
 }
 
 /// Changes the fields the patch names (it must name one); `None` as for `update`.
-#[tracing::instrument(skip_all, fields(user_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = %id))]
 pub async fn patch(
     db: &Db,
     id: Uuid,
@@ -148,7 +152,7 @@ pub async fn patch(
 
 /// Returns whether a row was deleted (at `expected`, if given). The trigger NOTIFYs in the
 /// same transaction.
-#[tracing::instrument(skip_all, fields(user_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = %id))]
 pub async fn delete(
     db: &Db,
     id: Uuid,
@@ -174,7 +178,7 @@ pub async fn delete(
 ///
 /// Asks for one row more than the limit to know whether a next page exists without a
 /// COUNT. Two statements rather than `($1 IS NULL OR id > $1)` so each has a plain index plan.
-#[tracing::instrument(skip_all, fields(limit = page.limit))]
+#[tracing::instrument(level = "debug", skip_all, fields(limit = page.limit))]
 pub async fn list(db: &Db, page: Page) -> Result<(Vec<User>, Option<Uuid>), sqlx::Error> {
     let fetch = i64::from(page.limit) + 1;
     let mut users = db

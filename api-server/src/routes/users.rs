@@ -59,7 +59,7 @@ pub struct UserPage {
     (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
     (status = 422, description = "Invalid fields, or the Idempotency-Key was used with another body", body = Problem, content_type = "application/problem+json"),
 ))]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn create(
     State(state): State<AppState>,
     principal: Option<Extension<Principal>>,
@@ -219,7 +219,7 @@ pub async fn read(
     (status = 400, description = "A malformed query string (e.g. a parameter twice)", body = Problem, content_type = "application/problem+json"),
     (status = 422, description = "Invalid limit, cursor or email", body = Problem, content_type = "application/problem+json"),
 ))]
-#[tracing::instrument(skip_all)]
+#[tracing::instrument(level = "debug", skip_all)]
 pub async fn list(
     State(state): State<AppState>,
     AppQuery(query): AppQuery<PageQuery>,
@@ -273,7 +273,7 @@ async fn changed(state: &AppState, id: Uuid) {
     (status = 415, description = "Not application/json", body = Problem, content_type = "application/problem+json"),
     (status = 422, description = "Invalid fields", body = Problem, content_type = "application/problem+json"),
 ))]
-#[tracing::instrument(skip_all, fields(user_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = %id))]
 pub async fn update(
     State(state): State<AppState>,
     AppPath(Id(id)): AppPath<Id>,
@@ -306,7 +306,7 @@ pub async fn update(
     (status = 415, description = "Not application/merge-patch+json", body = Problem, content_type = "application/problem+json"),
     (status = 422, description = "Invalid fields, null for a field, or not an object", body = Problem, content_type = "application/problem+json"),
 ))]
-#[tracing::instrument(skip_all, fields(user_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = %id))]
 pub async fn patch(
     State(state): State<AppState>,
     AppPath(Id(id)): AppPath<Id>,
@@ -357,7 +357,7 @@ pub struct UserPatchBody {
     (status = 404, description = "No such user", body = Problem, content_type = "application/problem+json"),
     (status = 412, description = "If-Match did not match: nothing deleted", body = Problem, content_type = "application/problem+json"),
 ))]
-#[tracing::instrument(skip_all, fields(user_id = %id))]
+#[tracing::instrument(level = "debug", skip_all, fields(user_id = %id))]
 pub async fn remove(
     State(state): State<AppState>,
     AppPath(Id(id)): AppPath<Id>,

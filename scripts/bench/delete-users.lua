@@ -1,0 +1,21 @@
+-- DELETE /users/{id} of each id in $BENCH_DELETE_IDS once, each thread its own share, in
+-- order. When a thread has used its share it deletes its last id again: those 404s show up
+-- as non-2xx, so a run longer than the pool of ids cannot pass for a clean one.
+dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
+
+local ids = {}
+local pos, step
+
+function init(args)
+  for line in io.lines(os.getenv("BENCH_DELETE_IDS")) do
+    if line ~= "" then ids[#ids + 1] = line end
+  end
+  if #ids == 0 then error("no ids in " .. os.getenv("BENCH_DELETE_IDS")) end
+  pos, step = tid, 2 -- two wrk threads
+end
+
+function request()
+  local id = ids[math.min(pos, #ids)]
+  pos = pos + step
+  return wrk.format("DELETE", "/users/" .. id)
+end
