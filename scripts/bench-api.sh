@@ -71,7 +71,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 mkdir -p "$work"
-rm -rf "$work/ids" "$work"/wrk-*.txt
+rm -rf "$work/ids" "$work"/wrk-*.txt "$work"/events-*.txt
 mkdir -p "$work/ids"
 
 # --- build, services, server ------------------------------------------------------------------
@@ -193,6 +193,56 @@ cp "$work/ids/ids.txt" "$work/ids.txt"
 log "seeded $seed users in ${seed_secs} s"
 export BENCH_IDS="$work/ids.txt"
 
+# --- user events (KAFKA=1) ------------------------------------------------------------------
+backlog=""
+drain_outbox() { # waits (at most 120 s) until every event is published
+  log "events: waiting (at most 120 s) for the outbox to drain"
+  for _ in $(seq 600); do
+    backlog="$(curl -fsS "$admin/metrics" | awk '$1 == "events_outbox_backlog" {print $2}')"
+    [ "${backlog:-1}" = 0 ] && break
+    sleep 0.2
+  done
+}
+# lag <q> <metrics before> <metrics after>: the q-quantile of the publish lag of the events
+# published between the two scrapes (histogram_quantile as Prometheus computes it: linear
+# within the bucket that holds q, over the buckets' differences).
+lag() {
+  awk -v q="$1" '
+    /^events_publish_lag_seconds_bucket/ {
+      match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5)
+      if (FILENAME == ARGV[1]) { before[le] = $NF + 0; next }
+      n++; bound[n] = (le == "+Inf") ? -1 : le + 0; count[n] = $NF - before[le]
+    }
+    END {
+      total = count[n]; if (!total) { print "n/a"; exit }
+      rank = q * total; prev_b = 0; prev_c = 0
+      for (i = 1; i <= n; i++) {
+        if (count[i] >= rank) {
+          if (bound[i] < 0) { printf "> %.0f ms", prev_b * 1000; exit }
+          printf "%.1f ms", 1000 * (prev_b + (bound[i] - prev_b) * (rank - prev_c) / (count[i] - prev_c)); exit
+        }
+        prev_b = bound[i]; prev_c = count[i]
+      }
+    }' "$2" "$3"
+}
+events_rows=()
+if [ -n "${EVENTS_KAFKA_BROKERS:-}" ]; then # the seeding's events are not any scenario's
+  drain_outbox
+  curl -fsS "$admin/metrics" >"$work/events-before.txt"
+fi
+# events_row <scenario label>: after a scenario, the events it published and their lag
+events_row() {
+  [ -n "${EVENTS_KAFKA_BROKERS:-}" ] || return 0
+  drain_outbox
+  [ -f "$work/events-before.txt" ] || : >"$work/events-before.txt"
+  curl -fsS "$admin/metrics" >"$work/events-after.txt"
+  local n
+  n="$(awk -v f="$work/events-before.txt" 'BEGIN { while ((getline l < f) > 0) { split(l, a, " "); if (a[1] == "events_published_total") b = a[2] } }
+    $1 == "events_published_total" { printf "%d", $2 - b }' "$work/events-after.txt")"
+  events_rows+=("| $1 | $n | $(lag 0.5 "$work/events-before.txt" "$work/events-after.txt") | $(lag 0.99 "$work/events-before.txt" "$work/events-after.txt") |")
+  mv "$work/events-after.txt" "$work/events-before.txt"
+}
+
 # --- scenarios ------------------------------------------------------------------------------
 declare -A label note script path args
 label[healthz]="GET /healthz";      note[healthz]="";                           script[healthz]="$lua/common.lua";         path[healthz]="/healthz";     args[healthz]=""
@@ -222,6 +272,7 @@ for s in $scenarios; do
       python3 "$lua/open_loop.py" "$kind" "$base" "$rate" "$duration" "$BENCH_IDS" | grep '^OPEN ')
     open_rows+=("| \`${label[$kind]}\`${note[$kind]} | $rate | $achieved | $o50 ms | $o99 ms | $o999 ms | $omax ms | $onon2xx |")
     log "$s: offered $rate/s, achieved $achieved/s, p50 $o50 ms, p99 $o99 ms, p99.9 $o999 ms, non-2xx $onon2xx of $ototal"
+    events_row "\`${label[$kind]}\` at a constant $rate req/s (open loop)"
     continue
   fi
   [ -n "${label[$s]:-}" ] || { log "unknown scenario $s"; exit 2; }
@@ -257,39 +308,16 @@ for s in $scenarios; do
   rows+=("| \`${label[$s]}\`${note[$s]} | $rps | $p50 ms | $p99 ms | $((non2xx + sockerr)) | $u_srv / $u_pg / $u_redis / $u_wrk | $ceiling | $machine_busy |")
   [ "$s" = post-nosync ] && pg_sync on
   log "$s: $rps req/s, p50 $p50 ms, p99 $p99 ms, non-2xx $non2xx, socket errors $sockerr, $total requests"
+  events_row "\`${label[$s]}\`, closed loop ($conns connections, with its warm-up)"
 done
 
 events_line=""
 if [ -n "${EVENTS_KAFKA_BROKERS:-}" ]; then
-  log "events: waiting (at most 120 s) for the outbox to drain"
-  for _ in $(seq 600); do
-    backlog="$(curl -fsS "$admin/metrics" | awk '$1 == "events_outbox_backlog" {print $2}')"
-    [ "${backlog:-1}" = 0 ] && break
-    sleep 0.2
-  done
+  drain_outbox
   curl -fsS "$admin/metrics" >"$work/metrics.txt"
-  # histogram_quantile as Prometheus computes it: linear within the bucket that holds q.
-  lag() {
-    awk -v q="$1" '
-      /^events_publish_lag_seconds_bucket/ {
-        match($0, /le="[^"]+"/); le = substr($0, RSTART + 4, RLENGTH - 5)
-        n++; bound[n] = (le == "+Inf") ? -1 : le + 0; count[n] = $NF + 0
-      }
-      END {
-        total = count[n]; if (!total) { print "n/a"; exit }
-        rank = q * total; prev_b = 0; prev_c = 0
-        for (i = 1; i <= n; i++) {
-          if (count[i] >= rank) {
-            if (bound[i] < 0) { printf "> %.0f ms", prev_b * 1000; exit }
-            printf "%.1f ms", 1000 * (prev_b + (bound[i] - prev_b) * (rank - prev_c) / (count[i] - prev_c)); exit
-          }
-          prev_b = bound[i]; prev_c = count[i]
-        }
-      }' "$work/metrics.txt"
-  }
   published="$(awk '$1 == "events_published_total" {print $2}' "$work/metrics.txt")"
   failed_events="$(awk '$1 == "events_failed_total" {print $2}' "$work/metrics.txt")"
-  events_line="Events on (broker $EVENTS_KAFKA_BROKERS): ${published:-0} published, ${failed_events:-0} failed, outbox backlog at the end ${backlog:-?}; publish lag (commit to broker acknowledgement) p50 $(lag 0.5), p99 $(lag 0.99)."
+  events_line="Events on (broker $EVENTS_KAFKA_BROKERS): ${published:-0} published, ${failed_events:-0} failed, outbox backlog at the end ${backlog:-?}; publish lag (commit to broker acknowledgement) over the whole run p50 $(lag 0.5 /dev/null "$work/metrics.txt"), p99 $(lag 0.99 /dev/null "$work/metrics.txt")."
 else
   curl -fsS "$admin/metrics" >"$work/metrics.txt" 2>/dev/null || true
 fi
@@ -316,6 +344,12 @@ rss=$(awk '/^VmRSS/{printf "%.1f MiB", $2/1024}' "/proc/$server_pid/status")
     echo
   fi
   echo "api-server peak RSS (VmHWM): $hwm; RSS at the end: $rss. Seeding $seed users took ${seed_secs} s. Non-2xx answers counted by the server's /metrics over the whole run: $server_non2xx."
-  if [ -n "$events_line" ]; then echo "$events_line"; fi
+  if [ -n "$events_line" ]; then
+    echo "$events_line"
+    echo
+    echo "| events of | published | publish lag p50 | publish lag p99 |"
+    echo "|---|---:|---:|---:|"
+    printf '%s\n' "${events_rows[@]}"
+  fi
   echo "non-2xx: responses >= 400 plus socket errors (wrk). CPU µs per request: user + system time of each process during the measured run divided by its requests. Ceiling: $(nproc) cores / the sum of those costs, the rate the machine could sustain if nothing else ran. Machine busy: all CPUs, including other programs."
 } | tee "$work/results.md"
