@@ -12,7 +12,7 @@
 #   POST /users | PUT /users/{random seeded id} | DELETE /users/{id} (of users created for
 #   it) | mixed: 90% GET and 10% PUT of random seeded ids
 # and prints a Markdown table (req/s, p50, p99, non-2xx, CPU of each process) plus the
-# server's peak RSS. Then open-loop runs (vegeta, a constant offered rate, so no coordinated
+# server's peak RSS. Then open-loop runs (oha, a constant offered rate, so no coordinated
 # omission): the cached GET and the POST at half the req/s their closed-loop run reached,
 # with p50/p99/p99.9. Everything it started is stopped on exit. Files: .tools/bench/.
 #
@@ -267,8 +267,8 @@ for s in $scenarios; do
     esac
     rate="${fixed:-$(( ${max_rps[$kind]:-0} / 2 ))}"
     [ "$rate" -gt 0 ] || { log "$s needs the $kind scenario earlier in BENCH_SCENARIOS (or BENCH_OPEN_RATE_${kind^^})"; exit 2; }
-    log "$s: ${duration} s at a constant $rate req/s (vegeta)"
-    read -r _ _ achieved o50 o99 o999 omax onon2xx ototal < <(VEGETA="$root/.tools/bin/vegeta" \
+    log "$s: ${duration} s at a constant $rate req/s (oha)"
+    read -r _ _ achieved o50 o99 o999 omax onon2xx ototal < <(OHA="$root/.tools/bin/oha" VEGETA="$root/.tools/bin/vegeta" \
       python3 "$lua/open_loop.py" "$kind" "$base" "$rate" "$duration" "$BENCH_IDS" | grep '^OPEN ')
     open_rows+=("| \`${label[$kind]}\`${note[$kind]} | $rate | $achieved | $o50 ms | $o99 ms | $o999 ms | $omax ms | $onon2xx |")
     log "$s: offered $rate/s, achieved $achieved/s, p50 $o50 ms, p99 $o99 ms, p99.9 $o999 ms, non-2xx $onon2xx of $ototal"
@@ -336,7 +336,7 @@ rss=$(awk '/^VmRSS/{printf "%.1f MiB", $2/1024}' "/proc/$server_pid/status")
   printf '%s\n' "${rows[@]}"
   echo
   if [ "${#open_rows[@]}" -gt 0 ]; then
-    echo "Open loop (vegeta, constant offered rate, latency from each request's scheduled send; non-2xx includes requests with no answer):"
+    echo "Open loop (constant offered rate, latency from each request's scheduled send: GET with oha -q --latency-correction -c 64, POST with vegeta; non-2xx includes requests with no answer):"
     echo
     echo "| scenario | offered req/s | achieved req/s | p50 | p99 | p99.9 | max | non-2xx |"
     echo "|---|---:|---:|---:|---:|---:|---:|---:|"

