@@ -441,8 +441,32 @@ EOF
 }
 
 node_start_coredns() {
+  node_volumes
   node_coredns_manifest | kctl apply -f - >/dev/null || fail kubelet "creating CoreDNS failed"
   wait_healthy kubelet kctl -n kube-system rollout status deployment/coredns --timeout=2s
+}
+
+# Storage: no provisioner runs here, so up makes CLUSTER_PVS (default 8) hostPath
+# PersistentVolumes of 2Gi under $D/pv, with no StorageClass: a claim that names no class
+# (examples/postgres-dev.yaml's volumeClaimTemplates) binds to one. Retained, never reused.
+node_volumes() {
+  local i n="${CLUSTER_PVS:-8}"
+  for ((i = 0; i < n; i++)); do
+    mkdir -p "$D/pv/$i"
+    chmod 0777 "$D/pv/$i"
+    cat <<EOF
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: scalable-testenv-pv-$i, labels: {scalable.dev/testenv: "true"}}
+spec:
+  capacity: {storage: 2Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  hostPath: {path: $D/pv/$i, type: Directory}
+---
+EOF
+  done | kctl apply -f - >/dev/null || fail kubelet "creating the PersistentVolumes failed"
 }
 
 # ---------------------------------------------------------------------------------------
@@ -469,9 +493,11 @@ for n in spec.get("linux", {}).get("namespaces", []):
   for id in $(ctr_ tasks ls -q 2>/dev/null); do
     ctr_ tasks kill -a -s SIGKILL "$id" >/dev/null 2>&1 || true
   done
-  local deadline=$((SECONDS + 20))
-  for id in $(ctr_ tasks ls -q 2>/dev/null); do
-    while ! ctr_ tasks delete "$id" >/dev/null 2>&1 && ((SECONDS < deadline)); do sleep 0.2; done
+  # containerd's CRI deletes a task once it exits; delete what it has not, until none is left.
+  local deadline=$((SECONDS + 20)) left
+  while left="$(ctr_ tasks ls -q 2>/dev/null)" && [[ -n "$left" ]] && ((SECONDS < deadline)); do
+    for id in $left; do ctr_ tasks delete "$id" >/dev/null 2>&1 || true; done
+    sleep 0.2
   done
 }
 
