@@ -67,6 +67,7 @@ node_network_up() {
   nft list tables >"$D/node/nft-tables-before" 2>/dev/null || true
   [[ -d /run/containerd ]] || touch "$D/node/own-run-containerd"
   [[ -d /var/lib/cni ]] || touch "$D/node/own-var-lib-cni"
+  [[ -d /var/run/netns ]] || touch "$D/node/own-run-netns"
   ip link add "$NODE_BRIDGE" type bridge
   echo "$NODE_BRIDGE" >"$D/node/bridge"
   ip addr add "$NODE_GW/${NODE_POD_CIDR#*/}" dev "$NODE_BRIDGE"
@@ -505,7 +506,7 @@ for n in spec.get("linux", {}).get("namespaces", []):
 node_shim_pids() {
   local p
   for p in /proc/[0-9]*; do
-    tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "-address $D/containerd/containerd.sock" \
+    tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qF -- "-address $D/containerd/containerd.sock" \
       && echo "${p#/proc/}"
   done
   return 0
@@ -571,6 +572,11 @@ node_teardown() {
   fi
   if [[ -f "$D/node/own-run-containerd" ]]; then
     find /run/containerd -depth -type d -empty -delete 2>/dev/null || true
+  fi
+  # `ip netns` style: /var/run/netns is a bind mount of itself once a namespace was made.
+  if [[ -f "$D/node/own-run-netns" && -d /var/run/netns ]] && [[ -z "$(ls -A /var/run/netns)" ]]; then
+    umount /var/run/netns 2>/dev/null || true
+    rmdir /var/run/netns 2>/dev/null || true
   fi
   if [[ -f "$D/node/own-var-lib-cni" ]]; then
     find /var/lib/cni -depth -type d -empty -delete 2>/dev/null || true

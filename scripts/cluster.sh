@@ -203,6 +203,14 @@ https_ok() { # url: 200 with the admin certificate
 
 kctl() { "$K8S_BIN/kubectl" --kubeconfig="$D/admin.kubeconfig" "$@"; }
 
+# The process exists and has not exited: a zombie (exited, not yet reaped by whichever init
+# adopted it after `up` returned) counts as stopped.
+running() {
+  local st
+  st="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" || return 1
+  [[ -n "$st" && "$st" != Z ]]
+}
+
 stop_all() {
   local i c pid
   for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
@@ -213,7 +221,7 @@ stop_all() {
       if [[ "$c" == containerd ]]; then node_kill_pods; fi
       kill -TERM "$pid" 2>/dev/null || true
       local deadline=$((SECONDS + 15))
-      while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+      while running "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
       kill -KILL "$pid" 2>/dev/null || true
       echo "cluster: stopped $c (pid $pid)"
     fi
