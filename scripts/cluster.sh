@@ -7,6 +7,7 @@
 #   scripts/cluster.sh env    print the exports that point kubectl and the tests at it
 #   scripts/cluster.sh down   stop exactly what `up` started (by PID) and remove its state
 #   scripts/cluster.sh status one line per component: running or not
+#   scripts/cluster.sh import IMAGE...  (real node) copy podman images into its containerd
 #
 # CLUSTER_NODE=real `up` runs a real node instead of kwok: containerd + runc, a kubelet,
 # kube-proxy, CNI bridge networking and CoreDNS, with the project's images imported
@@ -522,10 +523,23 @@ down() {
   echo "cluster: down; removed $D"
 }
 
+# import IMAGE...: copies images from podman into the real node's containerd (after a
+# rebuild; `up` imports the project's images itself).
+import_cmd() {
+  if [[ "$MODE" != real ]] || ! pid_alive containerd; then
+    die "no real node is up in $D (CLUSTER_NODE=real scripts/cluster.sh up)"
+  fi
+  (($# > 0)) || die "usage: scripts/cluster.sh import IMAGE..."
+  podman_ save -m --format docker-archive "$@" | ctr_ images import --snapshotter overlayfs - >/dev/null \
+    || die "importing $* failed"
+  echo "cluster: imported $*"
+}
+
 case "${1:-}" in
   up) up ;;
+  import) shift; import_cmd "$@" ;;
   env) env_cmd ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: scripts/cluster.sh up|env|down|status" >&2; exit 2 ;;
+  *) echo "usage: scripts/cluster.sh up|env|down|status|import IMAGE..." >&2; exit 2 ;;
 esac
