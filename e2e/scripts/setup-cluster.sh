@@ -46,7 +46,9 @@ cluster_exists() {
 
 create_real() {
   mkdir -p "$(dirname "$E2E_KUBECONFIG")"
-  if real_cluster status 2>/dev/null | grep -q '^kubelet running'; then
+  local state
+  state="$(real_cluster status 2>/dev/null || true)"
+  if grep -q '^kubelet running' <<<"$state"; then
     log "reusing the real node in $E2E_CLUSTER_DIR"
   else
     log "starting the control plane and a real node in $E2E_CLUSTER_DIR"
