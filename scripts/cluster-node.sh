@@ -143,7 +143,7 @@ node_images_podman() {
   done
   if [[ -n "$missing" ]]; then
     echo "cluster: podman lacks$missing: building the images (scripts/images.sh build)" >&2
-    "$ROOT/scripts/images.sh" build || die "building the images failed"
+    "$ROOT/scripts/images.sh" build || fail containerd "building the images failed (scripts/images.sh build)"
   fi
 }
 

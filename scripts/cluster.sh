@@ -68,6 +68,7 @@ fail() { # component message: stop what was started, show the component's log
     echo "cluster: CLUSTER_KEEP_ON_FAILURE is set: left running for inspection; state in $D" >&2
   else
     stop_all >/dev/null 2>&1 || true
+    if [[ "$MODE" == real ]]; then node_teardown >/dev/null 2>&1 || true; fi
   fi
   exit 1
 }
