@@ -7,9 +7,15 @@
 #   scripts/cluster.sh env    print the exports that point kubectl and the tests at it
 #   scripts/cluster.sh down   stop exactly what `up` started (by PID) and remove its state
 #   scripts/cluster.sh status one line per component: running or not
+#   scripts/cluster.sh import IMAGE...  (real node) copy podman images into its containerd
+#
+# CLUSTER_NODE=real `up` runs a real node instead of kwok: containerd + runc, a kubelet,
+# kube-proxy, CNI bridge networking and CoreDNS, with the project's images imported
+# (scripts/cluster-node.sh, docs/real-node.md; root only). `down`, `env` and `status` read the
+# mode from the state folder. The default, CLUSTER_NODE=kwok, is unchanged.
 #
 # Every listener binds 127.0.0.1 on a free port (or CLUSTER_<COMPONENT>_PORT). Nodes and
-# pods get fake addresses; nothing here dials them. State lives in CLUSTER_DIR (default
+# pods get fake addresses; nothing here dials them (kwok mode). State lives in CLUSTER_DIR (default
 # .cluster in the checkout): PKI, kubeconfigs, logs, pids, etcd data. CLUSTER_KEEP_ON_FAILURE=1
 # leaves a component that did not become healthy running, for inspection.
 set -euo pipefail
@@ -19,7 +25,22 @@ D="$(realpath -m "${CLUSTER_DIR:-$ROOT/.cluster}")"
 NODES="${CLUSTER_NODES:-2}"
 # Seconds each component gets to become healthy.
 HEALTH_TIMEOUT="${CLUSTER_HEALTH_TIMEOUT:-120}"
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok metrics-server)
+KWOK_COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler kwok metrics-server)
+COMPONENTS=("${KWOK_COMPONENTS[@]}")
+# shellcheck source=scripts/cluster-node.sh
+source "$ROOT/scripts/cluster-node.sh"
+# use_mode kwok|real: the components of that mode (stop_all and status walk them).
+use_mode() {
+  MODE="$1"
+  case "$MODE" in
+    kwok) COMPONENTS=("${KWOK_COMPONENTS[@]}") ;;
+    real) COMPONENTS=("${REAL_COMPONENTS[@]}") ;;
+    *) echo "cluster: CLUSTER_NODE must be kwok or real, not '$MODE'" >&2; exit 2 ;;
+  esac
+}
+# The mode of the cluster in the state folder (kwok when it recorded none).
+state_mode() { if [[ -f "$D/mode" ]]; then cat "$D/mode"; else echo kwok; fi; }
+use_mode "$(state_mode)"
 
 # Marks a folder as this script's state, so `down` never removes anything else.
 MARKER=.scalable-testenv
@@ -47,6 +68,7 @@ fail() { # component message: stop what was started, show the component's log
     echo "cluster: CLUSTER_KEEP_ON_FAILURE is set: left running for inspection; state in $D" >&2
   else
     stop_all >/dev/null 2>&1 || true
+    if [[ "$MODE" == real ]]; then node_teardown >/dev/null 2>&1 || true; fi
   fi
   exit 1
 }
@@ -115,8 +137,12 @@ make_pki() {
       -keyout "$D/pki/$ca.key" -out "$D/pki/$ca.crt" 2>/dev/null
   done
   local san_server="subjectAltName=IP:127.0.0.1,DNS:localhost"
+  local san_api="$san_server"
+  # Real mode: pods reach the API server through the kubernetes Service's ClusterIP and the
+  # relay on the bridge's address.
+  if [[ "$MODE" == real ]]; then san_api+=",IP:10.96.0.1,IP:$NODE_GW"; fi
   cert apiserver /CN=kube-apiserver \
-    "$san_server,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\nextendedKeyUsage=serverAuth"
+    "$san_api,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\nextendedKeyUsage=serverAuth"
   cert admin "/O=system:masters/CN=admin" "extendedKeyUsage=clientAuth"
   cert kwok /CN=kwok "$san_server\nextendedKeyUsage=serverAuth"
   cert metrics-server /CN=metrics-server \
@@ -179,6 +205,14 @@ https_ok() { # url: 200 with the admin certificate
 
 kctl() { "$K8S_BIN/kubectl" --kubeconfig="$D/admin.kubeconfig" "$@"; }
 
+# The process exists and has not exited: a zombie (exited, not yet reaped by whichever init
+# adopted it after `up` returned) counts as stopped.
+running() {
+  local st
+  st="$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" || return 1
+  [[ -n "$st" && "$st" != Z ]]
+}
+
 stop_all() {
   local i c pid
   for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
@@ -186,9 +220,10 @@ stop_all() {
     [[ -f "$D/pids/$c" ]] || continue
     pid="$(cat "$D/pids/$c")"
     if pid_alive "$c"; then
+      if [[ "$c" == containerd ]]; then node_kill_pods; fi
       kill -TERM "$pid" 2>/dev/null || true
       local deadline=$((SECONDS + 15))
-      while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
+      while running "$pid" && ((SECONDS < deadline)); do sleep 0.1; done
       kill -KILL "$pid" 2>/dev/null || true
       echo "cluster: stopped $c (pid $pid)"
     fi
@@ -265,18 +300,29 @@ up() {
   fi
   command -v openssl >/dev/null || die "openssl is needed"
   command -v curl >/dev/null || die "curl is needed"
-  local bins
-  bins="$("$ROOT/scripts/testenv-build.sh" | tail -n 4)" || die "building the control plane failed (see above)"
+  local want="${CLUSTER_NODE:-kwok}" bins build_flags=() nbins=4
+  use_mode "$want" # validates it
+  if [[ "$want" == real ]]; then build_flags=(--node); nbins=6; fi
+  bins="$("$ROOT/scripts/testenv-build.sh" "${build_flags[@]}" | tail -n "$nbins")" || die "building the control plane failed (see above)"
   ETCD_BIN="$(sed -n 1p <<<"$bins")"
   K8S_BIN="$(sed -n 2p <<<"$bins")"
   KWOK_BIN="$(sed -n 3p <<<"$bins")"
   MS_BIN="$(sed -n 4p <<<"$bins")"
+  NODE_BIN="$(sed -n 5p <<<"$bins")"
+  COREDNS_BIN="$(sed -n 6p <<<"$bins")"
+  COREDNS_VERSION="${COREDNS_BIN##*/}"
 
-  # Leftovers of an earlier run whose API server died: stop what still runs, start afresh.
+  # Leftovers of an earlier run whose API server died: stop what still runs (in the mode it
+  # ran in), start afresh.
+  use_mode "$(state_mode)"
   if [[ -d "$D/pids" ]]; then stop_all >/dev/null 2>&1 || true; fi
+  if [[ "$MODE" == real ]]; then node_teardown >/dev/null 2>&1 || true; fi
   remove_state
+  use_mode "$want"
+  if [[ "$MODE" == real ]]; then node_preflight; fi
   mkdir -p "$D/logs" "$D/pids"
   touch "$D/$MARKER"
+  echo "$MODE" >"$D/mode"
   pick_port ETCD
   pick_port ETCD_PEER
   pick_port APISERVER
@@ -284,8 +330,25 @@ up() {
   pick_port SCHEDULER
   pick_port KWOK
   pick_port METRICS
+  if [[ "$MODE" == real ]]; then
+    pick_port KUBELET
+    pick_port KUBELET_HEALTHZ
+    pick_port KUBE_PROXY_HEALTHZ
+    pick_port KUBE_PROXY_METRICS
+  fi
   make_pki
   write_kubeconfig
+  # Real mode: the API server advertises the relay on the bridge (the kubernetes Service's
+  # endpoint), authorises kubelets as nodes, and calls kubelets with a client certificate.
+  local api_mode_flags=(--advertise-address=127.0.0.1 --endpoint-reconciler-type=none --authorization-mode=RBAC)
+  if [[ "$MODE" == real ]]; then
+    node_pki
+    node_network_up
+    # shellcheck disable=SC2054 # Node,RBAC is one flag value
+    api_mode_flags=(--advertise-address="$NODE_GW" --endpoint-reconciler-type=lease
+      --authorization-mode=Node,RBAC --kubelet-preferred-address-types=InternalIP
+      --kubelet-client-certificate="$D/pki/admin.crt" --kubelet-client-key="$D/pki/admin.key")
+  fi
 
   start etcd "$ETCD_BIN/etcd" --name=testenv --data-dir="$D/etcd" \
     --listen-client-urls="http://127.0.0.1:$ETCD_PORT" \
@@ -312,12 +375,11 @@ EOF
   # by sa.key so TokenRequest works, the aggregation layer's front-proxy client.
   start kube-apiserver "$K8S_BIN/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+    --bind-address=127.0.0.1 "${api_mode_flags[@]}" --secure-port="$APISERVER_PORT" \
     --cert-dir="$D/pki" --tls-cert-file="$D/pki/apiserver.crt" \
     --tls-private-key-file="$D/pki/apiserver.key" --client-ca-file="$D/pki/ca.crt" \
-    --authorization-mode=RBAC --allow-privileged=true \
+    --allow-privileged=true \
     --service-cluster-ip-range=10.96.0.0/16 \
-    --endpoint-reconciler-type=none \
     --service-account-issuer="https://127.0.0.1:$APISERVER_PORT" \
     --service-account-key-file="$D/pki/sa.pub" \
     --service-account-signing-key-file="$D/pki/sa.key" \
@@ -355,19 +417,33 @@ EOF
   wait_healthy kube-controller-manager curl -fsSk --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz"
   wait_healthy kube-scheduler curl -fsSk --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/healthz"
 
-  kwok_config >"$D/kwok.yaml"
-  start kwok "$KWOK_BIN/kwok" --kubeconfig="$D/admin.kubeconfig" --config="$D/kwok.yaml" \
-    --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
-    --manage-nodes-with-label-selector= --manage-single-node= \
-    --node-ip=127.0.0.1 --node-port="$KWOK_PORT" --server-address="127.0.0.1:$KWOK_PORT" \
-    --tls-cert-file="$D/pki/kwok.crt" --tls-private-key-file="$D/pki/kwok.key" \
-    --cidr=10.244.0.0/16 --node-lease-duration-seconds=40
-  wait_healthy kwok curl -fsS --max-time 2 --cacert "$D/pki/ca.crt" "https://127.0.0.1:$KWOK_PORT/healthz"
-  local i
-  for ((i = 0; i < NODES; i++)); do
-    node_json "$i" | kctl create -f - >/dev/null || fail kwok "creating node kwok-node-$i failed"
-  done
-  wait_healthy kwok kctl wait --for=condition=Ready node --all --timeout=2s
+  if [[ "$MODE" == real ]]; then
+    # The relay's argv[0] names the state folder, so pid_alive knows it for ours.
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    start apiserver-relay bash -c 'exec -a "socat-relay $1/" socat "TCP-LISTEN:$2,bind=$3,fork,reuseaddr" "TCP:127.0.0.1:$2"' \
+      relay "$D" "$APISERVER_PORT" "$NODE_GW"
+    wait_healthy apiserver-relay curl -fsS --max-time 2 --cacert "$D/pki/ca.crt" \
+      --cert "$D/pki/admin.crt" --key "$D/pki/admin.key" "https://$NODE_GW:$APISERVER_PORT/readyz"
+    node_images_podman
+    node_start_containerd
+    node_images_import
+    node_start_kubelet
+    node_start_kube_proxy
+  else
+    kwok_config >"$D/kwok.yaml"
+    start kwok "$KWOK_BIN/kwok" --kubeconfig="$D/admin.kubeconfig" --config="$D/kwok.yaml" \
+      --manage-all-nodes=false --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake \
+      --manage-nodes-with-label-selector= --manage-single-node= \
+      --node-ip=127.0.0.1 --node-port="$KWOK_PORT" --server-address="127.0.0.1:$KWOK_PORT" \
+      --tls-cert-file="$D/pki/kwok.crt" --tls-private-key-file="$D/pki/kwok.key" \
+      --cidr=10.244.0.0/16 --node-lease-duration-seconds=40
+    wait_healthy kwok curl -fsS --max-time 2 --cacert "$D/pki/ca.crt" "https://127.0.0.1:$KWOK_PORT/healthz"
+    local i
+    for ((i = 0; i < NODES; i++)); do
+      node_json "$i" | kctl create -f - >/dev/null || fail kwok "creating node kwok-node-$i failed"
+    done
+    wait_healthy kwok kctl wait --for=condition=Ready node --all --timeout=2s
+  fi
 
   start metrics-server "$MS_BIN/metrics-server" --kubeconfig="$D/admin.kubeconfig" \
     --authentication-kubeconfig="$D/admin.kubeconfig" \
@@ -384,6 +460,7 @@ EOF
 
   # Pods need the namespace's default ServiceAccount, made by the controller-manager.
   wait_healthy kube-controller-manager kctl -n default get serviceaccount default
+  if [[ "$MODE" == real ]]; then node_start_coredns; fi
 
   # The Gateway API's CRDs (the release testenv/gateway-api pins), so that HTTPRoutes are
   # served as on a cluster that has them. The module comes from the Go proxy (its cache).
@@ -410,7 +487,12 @@ export KUBECONFIG=$D/admin.kubeconfig
 export SCALABLE_TESTENV=$D
 export SCALABLE_TESTENV_BIN=$K8S_BIN
 EOF
-  echo "cluster: up ($NODES kwok nodes, API server https://127.0.0.1:$APISERVER_PORT); state in $D"
+  if [[ "$MODE" == real ]]; then
+    echo "export SCALABLE_TESTENV_NODE=real" >>"$D/env"
+    echo "cluster: up (real node $NODE_NAME: containerd, kubelet, kube-proxy, CoreDNS; API server https://127.0.0.1:$APISERVER_PORT); state in $D"
+  else
+    echo "cluster: up ($NODES kwok nodes, API server https://127.0.0.1:$APISERVER_PORT); state in $D"
+  fi
   echo "cluster: use it with: eval \"\$(scripts/cluster.sh env)\""
 }
 
@@ -431,14 +513,34 @@ status() {
 down() {
   if [[ ! -d "$D" ]]; then echo "cluster: nothing to stop in $D"; return 0; fi
   [[ -d "$D/pids" ]] && stop_all
+  if [[ "$MODE" == real ]]; then
+    NODE_BIN="$("$ROOT/scripts/testenv-build.sh" --print --node 2>/dev/null | sed -n 5p)" || true
+    node_teardown
+    if findmnt -rn -o TARGET | grep -qF "$D/"; then
+      die "mounts under $D remain (findmnt | grep $D); not removing it"
+    fi
+  fi
   remove_state
   echo "cluster: down; removed $D"
 }
 
+# import IMAGE...: copies images from podman into the real node's containerd (after a
+# rebuild; `up` imports the project's images itself).
+import_cmd() {
+  if [[ "$MODE" != real ]] || ! pid_alive containerd; then
+    die "no real node is up in $D (CLUSTER_NODE=real scripts/cluster.sh up)"
+  fi
+  (($# > 0)) || die "usage: scripts/cluster.sh import IMAGE..."
+  podman_ save -m --format docker-archive "$@" | ctr_ images import --snapshotter overlayfs - >/dev/null \
+    || die "importing $* failed"
+  echo "cluster: imported $*"
+}
+
 case "${1:-}" in
   up) up ;;
+  import) shift; import_cmd "$@" ;;
   env) env_cmd ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: scripts/cluster.sh up|env|down|status" >&2; exit 2 ;;
+  *) echo "usage: scripts/cluster.sh up|env|down|status|import IMAGE..." >&2; exit 2 ;;
 esac

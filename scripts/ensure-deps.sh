@@ -11,6 +11,9 @@
 #   scripts/ensure-deps.sh cluster    Go, openssl and curl for the test control plane (apt)
 #   scripts/ensure-deps.sh contract   schemathesis and PyJWT into .tools/venv (PyPI), for make test-contract
 #   scripts/ensure-deps.sh images     podman, runc and debootstrap (apt)
+#   scripts/ensure-deps.sh node       the real test node's host tools (apt): containerd (+ ctr),
+#                                     runc, the CNI plugins, iptables, iproute2, socat, gcc and
+#                                     static libc (the pause image), conntrack
 #   scripts/ensure-deps.sh kafka      the Apache Kafka broker's jars (Maven Central, testenv/kafka/pom.xml)
 #                                     into ~/.cache/scalable-api-operator/kafka-<version>; a JDK and Maven (apt)
 #   scripts/ensure-deps.sh kafka-home the same, then print that directory (its libs/ holds the jars)
@@ -121,6 +124,20 @@ ensure_rust() {
   fi
 }
 
+ensure_node() {
+  local missing=() pair
+  for pair in containerd:containerd ctr:containerd runc:runc iptables:iptables ip:iproute2 \
+    socat:socat gcc:gcc conntrack:conntrack findmnt:util-linux; do
+    command -v "${pair%%:*}" >/dev/null || missing+=("${pair#*:}")
+  done
+  [ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
+  [ -f /usr/lib/x86_64-linux-gnu/libc.a ] || [ -f /usr/lib/libc.a ] || missing+=(libc6-dev)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    # shellcheck disable=SC2046 # word splitting of the de-duplicated list is intended
+    apt_install $(printf '%s\n' "${missing[@]}" | sort -u)
+  fi
+}
+
 ensure_images() {
   command -v podman >/dev/null || apt_install podman
   command -v runc >/dev/null || apt_install runc
@@ -184,6 +201,7 @@ for what in "${@:-services}"; do
     cluster) ensure_cluster ;;
     contract) ensure_contract ;;
     images) ensure_images ;;
+    node) ensure_node ;;
     kafka) ensure_kafka ;;
     kafka-home) ensure_kafka; kafka_home ;;
     pg-bindir) pg_bindir ;;

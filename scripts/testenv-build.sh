@@ -6,6 +6,9 @@
 #   scripts/testenv-build.sh          build what is missing (progress on stderr), print the
 #                                     bin folder of each on stdout
 #   scripts/testenv-build.sh --print  print the folders only (exit 1 if one is missing)
+#   --node (before or after --print)  also the real node's programs: kubelet and kube-proxy
+#                                     (k8s-node, from testenv/k8s) and CoreDNS (coredns, from
+#                                     testenv/coredns), printed after the four above
 #
 # TESTENV_CACHE overrides the cache root
 # (default ${XDG_CACHE_HOME:-$HOME/.cache}/scalable-api-operator).
@@ -21,6 +24,7 @@ K8S_VERSION="$(pinned k8s k8s.io/kubernetes)"
 ETCD_VERSION="$(pinned etcd go.etcd.io/etcd/server/v3)"
 KWOK_VERSION="$(pinned kwok sigs.k8s.io/kwok)"
 MS_VERSION="$(pinned metrics-server sigs.k8s.io/metrics-server)"
+COREDNS_VERSION="$(pinned coredns github.com/coredns/coredns)"
 
 dir_of() { # component -> its cache folder
   case "$1" in
@@ -28,11 +32,21 @@ dir_of() { # component -> its cache folder
     etcd) echo "$CACHE/etcd/$ETCD_VERSION" ;;
     kwok) echo "$CACHE/kwok/$KWOK_VERSION" ;;
     metrics-server) echo "$CACHE/metrics-server/$MS_VERSION" ;;
+    k8s-node) echo "$CACHE/k8s-node/$K8S_VERSION" ;;
+    coredns) echo "$CACHE/coredns/$COREDNS_VERSION" ;;
   esac
 }
 COMPONENTS=(etcd k8s kwok metrics-server)
+PRINT=""
+for arg in "$@"; do
+  case "$arg" in
+    --print) PRINT=1 ;;
+    --node) COMPONENTS+=(k8s-node coredns) ;;
+    *) echo "usage: scripts/testenv-build.sh [--print] [--node]" >&2; exit 2 ;;
+  esac
+done
 
-if [[ "${1:-}" == "--print" ]]; then
+if [[ -n "$PRINT" ]]; then
   for c in "${COMPONENTS[@]}"; do
     d="$(dir_of "$c")"
     [[ -f "$d/.complete" ]] || { echo "testenv: $c is not built ($d); run scripts/testenv-build.sh" >&2; exit 1; }
@@ -68,7 +82,9 @@ build() {
   log="$CACHE/build-$c.log"
   mkdir -p "$tmp" "$CACHE"
   echo "testenv: building $c into $out (cold: minutes; log $log)" >&2
-  if ! (cd "$ROOT/testenv/$c" && go build -v -trimpath -tags=selinux,notest,grpcnotrace \
+  local mod="$c"
+  if [[ "$c" == k8s-node ]]; then mod=k8s; fi
+  if ! (cd "$ROOT/testenv/$mod" && go build -v -trimpath -tags=selinux,notest,grpcnotrace \
     -ldflags="-s -w $ldflags" -o "$tmp/" "$@") 2>&1 | tee "$log" | progress "$c" >&2; then
     echo "testenv: building $c failed; the last lines of $log:" >&2
     tail -n 30 "$log" >&2
@@ -96,5 +112,12 @@ build k8s "$k8s_version_flags" k8s.io/kubernetes/cmd/kube-apiserver \
 build kwok "" sigs.k8s.io/kwok/cmd/kwok
 build metrics-server "-X k8s.io/client-go/pkg/version.gitVersion=$MS_VERSION" \
   sigs.k8s.io/metrics-server/cmd/metrics-server
+if [[ " ${COMPONENTS[*]} " == *" k8s-node "* ]]; then
+  # The kubelet and kube-proxy come from the same wrapper module as the control plane (its
+  # go.sum already covers them); a folder of their own, so the control plane's cache stays
+  # valid and the default (kwok) mode never pays for them.
+  build k8s-node "$k8s_version_flags" k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
+  build coredns "-X github.com/coredns/coredns/coremain.GitCommit=$COREDNS_VERSION" github.com/coredns/coredns
+fi
 
 for c in "${COMPONENTS[@]}"; do dir_of "$c"; done

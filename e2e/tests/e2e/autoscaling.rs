@@ -86,11 +86,14 @@ async fn ready_at(
         name,
         "Ready at the new generation",
         ROLLOUT_TIMEOUT,
+        // At this generation or a later one: the hand-over itself writes spec.replicas
+        // (through the scale subresource), which bumps the generation once more, and a
+        // status written before that write may never be observed.
         move |o: Option<&ScalableApi>| {
             wait::sapi_ready(o)
                 && o.and_then(|o| o.status.as_ref())
                     .and_then(|s| s.observed_generation)
-                    == generation
+                    >= generation
         },
     )
     .await?;

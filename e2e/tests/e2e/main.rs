@@ -2,6 +2,7 @@
 //! Each scenario skips (printing why) unless E2E_KUBECONFIG is set; `make e2e` sets it.
 
 mod autoscaling;
+mod failure;
 mod lifecycle;
 mod operator_restart;
 mod secret_rotation;
