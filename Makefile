@@ -35,7 +35,13 @@ lint: ## cargo fmt --check and clippy -D warnings
 
 ##@ Test
 .PHONY: test
-test: deps lint test-rust test-contract check-manifests ## Run every test that can run without Docker (installs PostgreSQL/Redis/helm, builds the control plane when missing)
+test: deps lint test-rust test-contract check-manifests test-e2e ## Run every test that can run without Docker (installs PostgreSQL/Redis/helm, builds the control plane and the images when missing; the e2e part needs root)
+
+.PHONY: test-e2e
+test-e2e: ## The images (podman) and their lock-down test, then the e2e suite on a real node of this machine (kubelet, containerd, CNI; needs root)
+	scripts/images.sh build
+	scripts/images.sh test
+	SKIP_BUILD=true E2E_CLUSTER=real e2e/scripts/run.sh
 
 .PHONY: test-contract
 test-contract: ## schemathesis (PyPI) against a live api-server and its /openapi.json, open and with JWT authentication
@@ -109,5 +115,5 @@ kind-load: ## Load both images into the kind cluster (KIND_CLUSTER_NAME, default
 	  $${OPERATOR_IMAGE:-ghcr.io/scalable-dev/scalable-api-operator:$(VERSION)} \
 	  $${API_IMAGE:-ghcr.io/scalable-dev/api-server:$(VERSION)}
 
-e2e: ## kind end-to-end suite: cluster, images, chart, dev Postgres, Rust e2e tests (needs Docker + kind; PRESERVE_CLUSTER=true keeps it)
+e2e: ## End-to-end suite: cluster, images, chart, dev Postgres, Rust e2e tests (kind where Docker and kind are, else the real node of scripts/cluster.sh, as root; PRESERVE_CLUSTER=true keeps it)
 	e2e/scripts/run.sh
