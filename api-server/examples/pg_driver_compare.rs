@@ -691,7 +691,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// with the range of the rounds' own figures beside it.
 fn tables(results: &BTreeMap<(Workload, u32, Contender), Vec<Round>>) -> String {
     let mut out = String::new();
-    let mut groups: BTreeMap<(Workload, u32), Vec<(Contender, &Vec<Round>)>> = BTreeMap::new();
+    type Rows<'a> = Vec<(Contender, &'a Vec<Round>)>;
+    let mut groups: BTreeMap<(Workload, u32), Rows<'_>> = BTreeMap::new();
     for ((w, s, c), rounds) in results {
         groups.entry((*w, *s)).or_default().push((*c, rounds));
     }
