@@ -64,7 +64,7 @@ cluster-down: ## Stop the control plane started by cluster-up and remove its sta
 	scripts/cluster.sh down
 
 ##@ Run and benchmark
-.PHONY: run-api bench-api bench-limits bench-operator bench-events
+.PHONY: run-api bench-api bench-limits bench-operator bench-events bench-driver
 run-api: ## Run api-server on :8080 (PORT=...) against a throwaway local PostgreSQL + Redis, installed and started as needed
 	scripts/run-api.sh
 
@@ -81,6 +81,16 @@ bench-operator: ## COUNT (default 1000) ScalableApis on a fresh real control pla
 
 bench-limits: ## Ceilings of the backing services on this machine (redis-benchmark, pgbench, pg_test_fsync)
 	scripts/bench-limits.sh
+
+bench-driver: ## Postgres drivers on the api-server's INSERT and point read, interleaved in one run: sqlx 0.8 as configured vs tokio-postgres + deadpool/bb8; ops/s, p50/p99, client and Postgres CPU per op (ARGS=--help)
+	scripts/ensure-deps.sh services
+	$(CARGO) build --release --locked -p api-server --example pg_driver_compare
+	export DEV_SERVICES_DIR="$(CURDIR)/.tools/bench-driver"; \
+	trap 'scripts/dev-services.sh clean' EXIT; \
+	scripts/dev-services.sh start; \
+	eval "$$(scripts/dev-services.sh env)"; \
+	"$${CARGO_TARGET_DIR:-target}/release/examples/pg_driver_compare" \
+	  --postmaster-pid-file "$$DEV_SERVICES_DIR/pg/postmaster.pid" $(ARGS)
 
 ##@ Packaging
 .PHONY: generate chart-docs check-manifests lint-helm docker-build kind-load e2e
