@@ -162,12 +162,12 @@ load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # --- seed -----------------------------------------------------------------------------------
 # seed_users <count> <dir>: creates <count> users through POST /users (16 connections), their
-# ids in <dir>/ids.txt; prints the seconds it took.
+# ids in <dir>/ids.txt, their emails tagged with <dir>'s name; prints the seconds it took.
 seed_users() {
   local count="$1" dir="$2" start n_done failed n_ids
   rm -rf "$dir"; mkdir -p "$dir"
   start=$(date +%s.%N)
-  BENCH_SEED="$count" BENCH_IDS_DIR="$dir" \
+  BENCH_SEED="$count" BENCH_IDS_DIR="$dir" BENCH_SEED_TAG="$(basename "$dir")" \
     wrk -t"$threads" -c16 -d300s -s "$lua/seed-users.lua" "$base/users" -- "$threads" \
     >"$dir/wrk-seed.txt" 2>&1 &
   wrk_pid=$!

@@ -2,10 +2,13 @@
 -- is the thread count), writes each new id (from the Location header) to
 -- $BENCH_IDS_DIR/ids-<thread>, then creates $BENCH_IDS_DIR/done-<thread> and stops the
 -- thread (bench-api.sh then interrupts wrk). Fillers after a thread's quota are GET /healthz.
--- Every answer to a POST other than 201 is reported and counted as a failure.
+-- Every answer to a POST other than 201 is reported and counted as a failure. Emails are
+-- <$BENCH_SEED_TAG, default seed>-<thread>-<n>@bench.example.com, so each seeding of one run
+-- needs its own tag.
 dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 
 local quota, sent, created, failed, out
+local tag = os.getenv("BENCH_SEED_TAG") or "seed"
 local dir = os.getenv("BENCH_IDS_DIR")
 local headers = { ["Content-Type"] = "application/json" }
 
@@ -26,8 +29,8 @@ function request()
     return wrk.format("GET", "/healthz")
   end
   sent = sent + 1
-  local body = string.format('{"name":"Seed User %d-%d","email":"seed-%d-%d@bench.example.com"}',
-    tid, sent, tid, sent)
+  local body = string.format('{"name":"Seed User %d-%d","email":"%s-%d-%d@bench.example.com"}',
+    tid, sent, tag, tid, sent)
   return wrk.format("POST", "/users", headers, body)
 end
 
