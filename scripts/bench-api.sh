@@ -250,8 +250,10 @@ label[get]="GET /users/{id}";       note[get]=" (random seeded id, warm cache)";
 label[post]="POST /users";          note[post]=" (unique emails)";              script[post]="$lua/post-users.lua";        path[post]="/users";         args[post]="run"
 label[post-nosync]="POST /users"; note[post-nosync]=" with Postgres \`synchronous_commit=off\` (not durable: the app's own ceiling)"; script[post-nosync]="$lua/post-users.lua"; path[post-nosync]="/users"; args[post-nosync]="nosync"
 label[list]="GET /users?limit=50";  note[list]=" (first page)";                 script[list]="$lua/common.lua";            path[list]="/users?limit=50"; args[list]=""
-label[put]="PUT /users/{id}";       note[put]=" (random seeded id, new name and email)"; script[put]="$lua/put-users-random.lua"; path[put]="/users"; args[put]="run"
-label[delete]="DELETE /users/{id}"; note[delete]=" (each id once, of $delete_pool users created for it)"; script[delete]="$lua/delete-users.lua"; path[delete]="/users"; args[delete]=""
+# ../shared/peers/ratios.py finds our GET row by the text "/users/{id}" (and POST by
+# "POST"): the other rows must not contain them, hence <id> below and "open loop:" first.
+label[put]="PUT /users/<id>";       note[put]=" (random seeded id, new name and email)"; script[put]="$lua/put-users-random.lua"; path[put]="/users"; args[put]="run"
+label[delete]="DELETE /users/<id>"; note[delete]=" (each id once, of $delete_pool users created for it)"; script[delete]="$lua/delete-users.lua"; path[delete]="/users"; args[delete]=""
 label[mixed]="90% GET + 10% PUT";   note[mixed]=" (random seeded ids)";         script[mixed]="$lua/mixed.lua";            path[mixed]="/users";        args[mixed]="run"
 declare -A max_rps
 open_rows=()
@@ -270,7 +272,7 @@ for s in $scenarios; do
     log "$s: ${duration} s at a constant $rate req/s (oha)"
     read -r _ _ achieved o50 o99 o999 omax onon2xx ototal < <(OHA="$root/.tools/bin/oha" VEGETA="$root/.tools/bin/vegeta" \
       python3 "$lua/open_loop.py" "$kind" "$base" "$rate" "$duration" "$BENCH_IDS" | grep '^OPEN ')
-    open_rows+=("| \`${label[$kind]}\`${note[$kind]} | $rate | $achieved | $o50 ms | $o99 ms | $o999 ms | $omax ms | $onon2xx |")
+    open_rows+=("| open loop: \`${label[$kind]}\`${note[$kind]} | $rate | $achieved | $o50 ms | $o99 ms | $o999 ms | $omax ms | $onon2xx |")
     log "$s: offered $rate/s, achieved $achieved/s, p50 $o50 ms, p99 $o99 ms, p99.9 $o999 ms, non-2xx $onon2xx of $ototal"
     events_row "\`${label[$kind]}\` at a constant $rate req/s (open loop)"
     continue
