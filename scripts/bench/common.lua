@@ -17,3 +17,20 @@ function done(summary, latency, requests)
     latency:percentile(50) / 1000, latency:percentile(99) / 1000,
     e.status, e.connect + e.read + e.write + e.timeout, summary.requests))
 end
+
+-- The ids in the file named by the environment variable `var` (one per line; an error if
+-- there are none).
+function load_ids(var)
+  local ids = {}
+  for line in io.lines(os.getenv(var)) do
+    if line ~= "" then ids[#ids + 1] = line end
+  end
+  if #ids == 0 then error("no ids in " .. os.getenv(var)) end
+  return ids
+end
+
+-- A user body whose email is unique per `tag` (run and purpose), thread and request `n`.
+function user_body(kind, tag, n)
+  return string.format('{"name":"%s User %d","email":"%s-%s-%d-%d@bench.example.com"}',
+    kind, n, string.lower(string.sub(kind, 1, 1)), tag, tid, n)
+end

@@ -3,14 +3,11 @@
 -- as non-2xx, so a run longer than the pool of ids cannot pass for a clean one.
 dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 
-local ids = {}
+local ids
 local pos, step
 
 function init(args)
-  for line in io.lines(os.getenv("BENCH_DELETE_IDS")) do
-    if line ~= "" then ids[#ids + 1] = line end
-  end
-  if #ids == 0 then error("no ids in " .. os.getenv("BENCH_DELETE_IDS")) end
+  ids = load_ids("BENCH_DELETE_IDS")
   pos, step = tid, 2 -- two wrk threads
 end
 

@@ -3,14 +3,11 @@
 -- default: a uniformly random id per request.
 dofile(os.getenv("BENCH_LUA_DIR") .. "/common.lua")
 
-local ids = {}
+local ids
 local mode, pos, step
 
 function init(args)
-  for line in io.lines(os.getenv("BENCH_IDS")) do
-    if line ~= "" then ids[#ids + 1] = line end
-  end
-  if #ids == 0 then error("no ids in " .. os.getenv("BENCH_IDS")) end
+  ids = load_ids("BENCH_IDS")
   math.randomseed(os.time() + tid * 7919)
   mode = args[1] or "random"
   pos, step = tid, 2 -- two wrk threads

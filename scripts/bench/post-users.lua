@@ -11,7 +11,5 @@ end
 
 function request()
   n = n + 1
-  local body = string.format('{"name":"Bench User %d","email":"b-%s-%d-%d@bench.example.com"}',
-    n, tag, tid, n)
-  return wrk.format("POST", "/users", headers, body)
+  return wrk.format("POST", "/users", headers, user_body("Bench", tag, n))
 end
