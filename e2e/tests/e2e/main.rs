@@ -6,4 +6,5 @@ mod failure;
 mod lifecycle;
 mod operator_restart;
 mod secret_rotation;
+mod sidecar_order;
 mod validation;

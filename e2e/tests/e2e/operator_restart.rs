@@ -1,5 +1,5 @@
-//! (7) Killing the operator in the middle of a reconcile: the standby (or the restarted pod)
-//! resumes, the ScalableApi becomes Ready, and nothing is duplicated.
+//! (7) Killing the operator in the middle of converging 30 ScalableApis: the standby (or the
+//! restarted pod) resumes, every one becomes Ready, and nothing is duplicated.
 
 use e2e::TestEnv;
 use e2e::children::{Children, live_pods};
@@ -12,9 +12,13 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use kube::api::{DeleteParams, ListParams, PostParams};
-use kube::{Api, ResourceExt};
+use kube::{Api, Resource, ResourceExt};
 use operator::crd::ScalableApi;
 use serde_json::json;
+
+/// ScalableApis created at once besides `inventory`: 30 in all. Small (10m CPU, no cache
+/// sidecar, 2 connections) so their real pods fit one 2-core node beside the other scenarios.
+const BULK: usize = 29;
 
 const OPERATOR_SELECTOR: &str =
     "app.kubernetes.io/component=operator,app.kubernetes.io/part-of=scalable-api-operator";
@@ -42,6 +46,18 @@ async fn killing_the_operator_mid_reconcile_resumes_without_duplicates() -> anyh
             &scalable_api("inventory", &db, json!({"replicas": 2}))?,
         )
         .await?;
+    let bulk: Vec<String> = (0..BULK).map(|i| format!("bulk-{i:02}")).collect();
+    for name in &bulk {
+        let small = json!({
+            "replicas": 1,
+            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}},
+            "database": {"pool": {"maxConnections": 2, "minConnections": 1}},
+            "cache": {"enabled": false}
+        });
+        sapis
+            .create(&PostParams::default(), &scalable_api(name, &db, small)?)
+            .await?;
+    }
     // Mid-way: the first child exists, the stack is not Ready yet.
     wait::until(
         &env.api::<Deployment>(),
@@ -51,6 +67,18 @@ async fn killing_the_operator_mid_reconcile_resumes_without_duplicates() -> anyh
         |d: Option<&Deployment>| d.is_some(),
     )
     .await?;
+    let ready_before = sapis
+        .list(&ListParams::default())
+        .await?
+        .items
+        .iter()
+        .filter(|s| wait::sapi_ready(Some(s)))
+        .count();
+    assert!(
+        ready_before < BULK + 1,
+        "all {} were Ready before the kill: nothing was mid-convergence",
+        BULK + 1
+    );
     for pod in &before.items {
         operator_pods
             .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
@@ -68,6 +96,19 @@ async fn killing_the_operator_mid_reconcile_resumes_without_duplicates() -> anyh
         wait::sapi_ready,
     )
     .await?;
+    let mut owners = vec![sapi.clone()];
+    for name in &bulk {
+        owners.push(
+            wait::until(
+                &sapis,
+                name,
+                "Ready after the operator restart",
+                READY_TIMEOUT,
+                wait::sapi_ready,
+            )
+            .await?,
+        );
+    }
     let operators: Api<Deployment> =
         Api::namespaced(env.client.clone(), &env.settings.operator_namespace);
     for d in operators
@@ -119,42 +160,36 @@ async fn killing_the_operator_mid_reconcile_resumes_without_duplicates() -> anyh
         metrics.text
     );
 
-    // Exactly one of each child, all owned by this ScalableApi.
-    let children = Children::get(&env, "inventory").await?;
-    children.assert_owned_by(&sapi)?;
-    assert_eq!(
-        env.api::<Deployment>()
-            .list(&ListParams::default())
+    // Exactly one of each child per ScalableApi, each owned by it; one ReplicaSet each: the
+    // restart did not change any pod template (the config hash is stable).
+    for owner in &owners {
+        Children::get(&env, &owner.name_any())
             .await?
-            .items
-            .len(),
-        1
-    );
-    assert_eq!(
-        env.api::<Service>()
-            .list(&ListParams::default())
-            .await?
-            .items
-            .len(),
-        1
-    );
+            .assert_owned_by(owner)?;
+    }
+    let deployments = env.api::<Deployment>().list(&ListParams::default()).await?;
+    let services = env.api::<Service>().list(&ListParams::default()).await?;
     let config_maps = env.api::<ConfigMap>().list(&ListParams::default()).await?;
-    let ours: Vec<_> = config_maps
-        .items
-        .iter()
-        .filter(|c| c.name_any().starts_with("inventory"))
-        .collect();
-    assert_eq!(
-        ours.len(),
-        1,
-        "config maps: {:?}",
-        ours.iter().map(|c| c.name_any()).collect::<Vec<_>>()
-    );
-    // One ReplicaSet: the restart did not change the pod template (the config hash is stable).
     let replica_sets = env.api::<ReplicaSet>().list(&ListParams::default()).await?;
+    for (kind, controllers) in [
+        ("Deployment", controllers(&deployments.items)),
+        ("Service", controllers(&services.items)),
+        ("ConfigMap", controllers(&config_maps.items)),
+    ] {
+        for owner in &owners {
+            let uid = owner.uid().unwrap_or_default();
+            let n = controllers.iter().filter(|c| **c == uid).count();
+            assert_eq!(n, 1, "{n} {kind}s controlled by {}", owner.name_any());
+        }
+        assert_eq!(
+            controllers.len(),
+            owners.len(),
+            "{kind}s controlled by a ScalableApi: {controllers:?}"
+        );
+    }
     assert_eq!(
         replica_sets.items.len(),
-        1,
+        owners.len(),
         "replica sets: {:?}",
         replica_sets
             .items
@@ -174,4 +209,19 @@ async fn killing_the_operator_mid_reconcile_resumes_without_duplicates() -> anyh
 
     env.pass();
     Ok(())
+}
+
+/// The uid of the ScalableApi controlling each object that has one.
+fn controllers<K: Resource>(objects: &[K]) -> Vec<String> {
+    objects
+        .iter()
+        .filter_map(|o| {
+            o.meta()
+                .owner_references
+                .iter()
+                .flatten()
+                .find(|r| r.controller == Some(true) && r.kind == "ScalableApi")
+                .map(|r| r.uid.clone())
+        })
+        .collect()
 }
