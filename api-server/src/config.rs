@@ -260,6 +260,12 @@ pub struct DatabaseConfig {
         default_value_t = 1000
     )]
     pub ping_after_idle_ms: u64,
+    /// Most creates (`POST /users` without an `Idempotency-Key`) written by one statement:
+    /// creates that arrive while the previous ones are being written are inserted together
+    /// (one round trip, one commit). 1 writes each create on its own. Up to half the pool
+    /// (DB_POOL_MAX / 2, rounded up) such statements run at once.
+    #[arg(long = "db-insert-batch-max", env = "DB_INSERT_BATCH_MAX", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub insert_batch_max: u16,
     /// `true`: apply the embedded migrations at start-up (after the port is bound; /readyz is
     /// 503 until they are done). `false`: apply none, and be unready until another step (a Job
     /// running `MIGRATE=only`) has applied them all. `only`: apply them and exit.
@@ -503,6 +509,7 @@ impl DatabaseConfig {
             idle_in_transaction_timeout_ms: 10_000,
             query_timeout_ms: 6000,
             ping_after_idle_ms: 1000,
+            insert_batch_max: 64,
             migrate: MigrateMode::True,
         }
     }
@@ -903,6 +910,7 @@ mod tests {
             "DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
             "DB_QUERY_TIMEOUT_MS",
             "DB_PING_AFTER_IDLE_MS",
+            "DB_INSERT_BATCH_MAX",
             "MIGRATE",
             "REDIS_URL",
             "CACHE_TTL_SECONDS",

@@ -61,6 +61,8 @@ pub struct Metrics {
     pub cache_flushes: Counter,
     pub db_user_reads: Counter,
     pub db_pool_connections: Family<StateLabel, Gauge>,
+    pub db_inserts_queued: Gauge,
+    pub db_insert_batch_rows: Histogram,
     pub rate_limited: Counter,
     pub rate_limit_clients: Gauge,
     pub listener_connected: Gauge,
@@ -74,6 +76,11 @@ pub struct Metrics {
     pub events_relay_leader: Gauge,
     pub events_publish_lag: Histogram,
 }
+
+/// Rows per batched INSERT, 1 to the most DB_INSERT_BATCH_MAX allows.
+const BATCH_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1000.0,
+];
 
 /// Publish lag buckets (commit to broker acknowledgement), 1 ms to 60 s.
 const LAG_BUCKETS: [f64; 16] = [
@@ -174,6 +181,18 @@ impl Metrics {
             "Postgres pool connections by state (in_use, idle)",
             db_pool_connections.clone(),
         );
+        let db_inserts_queued = Gauge::default();
+        registry.register(
+            "db_inserts_queued",
+            "Creates waiting for a lane to write them (db/inserts.rs)",
+            db_inserts_queued.clone(),
+        );
+        let db_insert_batch_rows = Histogram::new(BATCH_BUCKETS);
+        registry.register(
+            "db_insert_batch_rows",
+            "Creates written by one INSERT statement",
+            db_insert_batch_rows.clone(),
+        );
         let rate_limited = Counter::default();
         registry.register(
             "rate_limited",
@@ -263,6 +282,8 @@ impl Metrics {
             cache_flushes,
             db_user_reads,
             db_pool_connections,
+            db_inserts_queued,
+            db_insert_batch_rows,
             rate_limited,
             rate_limit_clients,
             listener_connected,

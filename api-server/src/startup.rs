@@ -15,6 +15,7 @@ use crate::auth::{AuthSetupError, Authenticator};
 use crate::cache::{Cache, invalidation};
 use crate::config::{Config, ConfigError, DatabaseConfig, HttpLimits, MigrateMode};
 use crate::db::Db;
+use crate::db::inserts::{Batching, Inserts};
 use crate::events::{self, Events, relay::Relay};
 use crate::metrics::Metrics;
 use crate::middleware::RateLimiter;
@@ -157,8 +158,16 @@ impl Application {
             })?
             .port();
 
+        let events = config.events.brokers().map(|_| Events::new());
+        let inserts = Inserts::start(
+            db.clone(),
+            events.is_some(),
+            Batching::from(&config.database),
+            &metrics,
+        );
         let state = AppState::new(Shared {
             db,
+            inserts,
             cache,
             metrics,
             shutdown: CancellationToken::new(),
@@ -166,7 +175,7 @@ impl Application {
             rate_limiter,
             openapi,
             auth,
-            events: config.events.brokers().map(|_| Events::new()),
+            events,
         });
         let relay = match (config.events.brokers(), &state.events) {
             (Some(brokers), Some(events)) => {

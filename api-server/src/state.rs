@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Authenticator;
 use crate::cache::Cache;
 use crate::db::Db;
+use crate::db::inserts::Inserts;
 use crate::events::Events;
 use crate::metrics::Metrics;
 use crate::middleware::RateLimiter;
@@ -23,6 +24,8 @@ pub struct AppState(Arc<Shared>);
 
 pub struct Shared {
     pub db: Db,
+    /// Creates without an `Idempotency-Key`, grouped into shared statements.
+    pub inserts: Inserts,
     pub cache: Cache,
     pub metrics: Arc<Metrics>,
     /// Cancelled when shutdown begins; `/readyz` turns 503 at once.

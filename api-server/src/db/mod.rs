@@ -2,6 +2,7 @@
 
 mod bounded;
 pub mod idempotency;
+pub mod inserts;
 pub mod outbox;
 pub mod users;
 

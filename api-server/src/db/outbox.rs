@@ -40,6 +40,17 @@ pub const INSERT: &str = concat!(
     record!("created")
 );
 
+/// `db::inserts`' statement, also recording a `created` event for each row it inserted (a
+/// create skipped for its e-mail records nothing).
+pub const INSERT_MANY: &str = concat!(
+    "WITH changed AS (INSERT INTO users (id, name, email) \
+     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) \
+     ON CONFLICT DO NOTHING RETURNING ",
+    columns!(),
+    ")",
+    record!("created")
+);
+
 /// `db::users`' update, also recording an `updated` event (same binds).
 pub const UPDATE: &str = concat!(
     "WITH changed AS (UPDATE users SET name = $2, email = $3, updated_at = now() \

@@ -164,8 +164,14 @@ mod tests {
             .connect_lazy("postgres://postgres@127.0.0.1:1/none")
             .unwrap();
         let metrics = Arc::new(Metrics::new());
+        let db = crate::db::Db::from(db);
+        let batching = crate::db::inserts::Batching {
+            lanes: 1,
+            max_rows: 1,
+        };
         router(AppState::new(Shared {
-            db: db.into(),
+            inserts: crate::db::inserts::Inserts::start(db.clone(), false, batching, &metrics),
+            db,
             cache: Cache::disabled(metrics.clone()),
             metrics,
             shutdown: CancellationToken::new(),

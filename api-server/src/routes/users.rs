@@ -14,6 +14,7 @@ use super::conditional::{self, Guard};
 use crate::auth::Principal;
 use crate::db;
 use crate::db::idempotency::{Created, Recorded, Recording};
+use crate::db::inserts::Inserted;
 use crate::domain::{NewUser, User, UserBody, UserPatch};
 use crate::error::{ApiError, Problem, ResultExt};
 use crate::extract::{
@@ -69,9 +70,11 @@ pub async fn create(
     let user = NewUser::try_from(body).map_err(ApiError::Validation)?;
     let events = state.events.is_some();
     let Some(key) = idempotency_key(&headers)? else {
-        let created = db::users::insert(&state.db, Uuid::now_v7(), &user, events)
-            .await
-            .on_constraint(EMAIL_UNIQUE, |_| ApiError::DuplicateEmail)?;
+        let created = match state.inserts.insert(Uuid::now_v7(), user).await {
+            Ok(Inserted::Created(created)) => created,
+            Ok(Inserted::EmailTaken) => return Err(ApiError::DuplicateEmail),
+            Err(error) => return Err(ApiError::from_db(error)),
+        };
         state.wrote();
         return created_response(&created);
     };

@@ -15,6 +15,7 @@ mod events;
 mod faults;
 mod health;
 mod helpers;
+mod inserts;
 mod proxy;
 mod rate_limit;
 mod raw;
