@@ -26,6 +26,7 @@
 # BENCH_OPEN_RATE_POST), plus optional post-nosync (POST /users while Postgres
 # runs with synchronous_commit=off, to separate the app's cost from the disk's fsync rate)
 # BENCH_NO_BUILD=1 (use the existing target/release/api-server; BENCH_SERVER_BIN=path another binary).
+# BENCH_CACHE_TTL_SECONDS=N (the server's CACHE_TTL_SECONDS; default: unset, the operator's 300 s).
 # KAFKA=1 also starts a Kafka broker (dev-services.sh), so the server publishes user events:
 # after the scenarios it waits for the outbox to drain and prints the events published and
 # the publish lag (commit to broker acknowledgement, p50/p99 from the server's histogram).
@@ -93,6 +94,8 @@ admin="http://127.0.0.1:$admin_port"
 log "starting api-server on $base (DB_POOL_MAX=$pool_max, DB_POOL_MIN=$pool_min, RUST_LOG=${BENCH_RUST_LOG:-<default>}, cache on, no rate limit)"
 log_env=(-u RUST_LOG)
 [ -n "${BENCH_RUST_LOG:-}" ] && log_env=(RUST_LOG="$BENCH_RUST_LOG")
+# The cache TTL the operator renders (300 s) unless BENCH_CACHE_TTL_SECONDS says otherwise.
+[ -n "${BENCH_CACHE_TTL_SECONDS:-}" ] && log_env+=(CACHE_TTL_SECONDS="$BENCH_CACHE_TTL_SECONDS")
 env -u RATE_LIMIT_RPS -u RATE_LIMIT_BURST -u CACHE_TTL_SECONDS "${log_env[@]}" \
   BIND_ADDRESS=127.0.0.1 PORT="$port" ADMIN_PORT="$admin_port" LOG_FORMAT=json DB_POOL_MAX="$pool_max" DB_POOL_MIN="$pool_min" \
   "$server_bin" >"$work/server.log" 2>&1 &
