@@ -92,11 +92,11 @@ admin_port="$("$services" free-port)"
 base="http://127.0.0.1:$port"
 admin="http://127.0.0.1:$admin_port"
 log "starting api-server on $base (DB_POOL_MAX=$pool_max, DB_POOL_MIN=$pool_min, RUST_LOG=${BENCH_RUST_LOG:-<default>}, cache on, no rate limit)"
-log_env=(-u RUST_LOG)
-[ -n "${BENCH_RUST_LOG:-}" ] && log_env=(RUST_LOG="$BENCH_RUST_LOG")
+server_env=(-u RUST_LOG)
+[ -n "${BENCH_RUST_LOG:-}" ] && server_env=(RUST_LOG="$BENCH_RUST_LOG")
 # The cache TTL the operator renders (300 s) unless BENCH_CACHE_TTL_SECONDS says otherwise.
-[ -n "${BENCH_CACHE_TTL_SECONDS:-}" ] && log_env+=(CACHE_TTL_SECONDS="$BENCH_CACHE_TTL_SECONDS")
-env -u RATE_LIMIT_RPS -u RATE_LIMIT_BURST -u CACHE_TTL_SECONDS "${log_env[@]}" \
+[ -n "${BENCH_CACHE_TTL_SECONDS:-}" ] && server_env+=(CACHE_TTL_SECONDS="$BENCH_CACHE_TTL_SECONDS")
+env -u RATE_LIMIT_RPS -u RATE_LIMIT_BURST -u CACHE_TTL_SECONDS "${server_env[@]}" \
   BIND_ADDRESS=127.0.0.1 PORT="$port" ADMIN_PORT="$admin_port" LOG_FORMAT=json DB_POOL_MAX="$pool_max" DB_POOL_MIN="$pool_min" \
   "$server_bin" >"$work/server.log" 2>&1 &
 server_pid=$!

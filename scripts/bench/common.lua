@@ -34,3 +34,19 @@ function user_body(kind, tag, n)
   return string.format('{"name":"%s User %d","email":"%s-%s-%d-%d@bench.example.com"}',
     kind, n, string.lower(string.sub(kind, 1, 1)), tag, tid, n)
 end
+
+-- For the scripts that write random seeded ids (put-users-random, mixed): the ids of
+-- $BENCH_IDS, a random seed per thread, a run tag (wrk arg 1, else `default_tag`) and a
+-- request counter `n` for unique emails.
+function init_random_writes(args, default_tag)
+  ids = load_ids("BENCH_IDS")
+  math.randomseed(os.time() + tid * 7919)
+  tag = (args[1] or default_tag) .. os.time()
+  n = 0
+end
+
+-- PUT /users/{id} with a new name and an email unique per run, thread and request.
+function put_user(id, kind)
+  return wrk.format("PUT", "/users/" .. id, { ["Content-Type"] = "application/json" },
+    user_body(kind, tag, n))
+end

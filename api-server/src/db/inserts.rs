@@ -34,18 +34,10 @@ use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{Db, connection_lost, outbox};
+use super::{Db, connection_lost, outbox, users};
 use crate::config::DatabaseConfig;
 use crate::domain::{NewUser, User};
 use crate::metrics::Metrics;
-
-/// The plain form (no events): every row of the three arrays, duplicates skipped.
-pub const INSERT_MANY: &str = concat!(
-    "INSERT INTO users (id, name, email) \
-     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) \
-     ON CONFLICT DO NOTHING RETURNING ",
-    "id, name, email, created_at, updated_at, version"
-);
 
 /// What a create came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,7 +187,7 @@ impl Lane {
         let sql = if self.events {
             outbox::INSERT_MANY
         } else {
-            INSERT_MANY
+            users::INSERT_MANY
         };
         self.db
             .write(|conn| {

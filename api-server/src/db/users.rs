@@ -32,6 +32,15 @@ macro_rules! columns {
     };
 }
 
+/// `db::inserts`' statement without events: every row of the three arrays (ids, names,
+/// emails), a row whose e-mail is taken skipped rather than failing the rest.
+pub const INSERT_MANY: &str = concat!(
+    "INSERT INTO users (id, name, email) \
+     SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) \
+     ON CONFLICT DO NOTHING RETURNING ",
+    columns!()
+);
+
 #[tracing::instrument(level = "debug", skip_all, fields(user_id = %id))]
 pub async fn insert(db: &Db, id: Uuid, user: &NewUser, events: bool) -> Result<User, sqlx::Error> {
     db.write(|conn| insert_on(conn, id, user.clone(), events).boxed())
